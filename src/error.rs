@@ -1,0 +1,96 @@
+//! Errors: what failed, where, and the errno the C boundary returns (negated).
+//!
+//! errno mapping (QEMU's convention):
+//! - [`Error::Io`]: the OS errno of the failed call, passed through (`EIO`, `ENOSPC`, `ENOENT`, …);
+//! - [`Error::Invalid`], [`Error::OutOfRange`]: `EINVAL` (bad argument, malformed header);
+//! - [`Error::Unsupported`]: `ENOTSUP` (unknown version, a feature this build lacks);
+//! - [`Error::ReadOnly`]: `EPERM` (write or truncate on a read-only image).
+
+use std::io;
+
+/// Every failure of the library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call on one of the files (or host byte sources) failed.
+    #[error("{op} {file} at offset {offset}: {source}")]
+    Io {
+        /// What was being done: "read", "write", "flush", "open", …
+        op: &'static str,
+        /// Which file, with its role: `image file 'disk.raw'`.
+        file: String,
+        /// Byte offset of the request in that file (0 where none applies).
+        offset: u64,
+        source: io::Error,
+    },
+    /// A bad argument or a malformed header.
+    #[error("{0}")]
+    Invalid(String),
+    /// A request outside the image.
+    #[error(
+        "request at offset {offset} of {len} bytes is past the end of the image ({size} bytes)"
+    )]
+    OutOfRange { offset: u64, len: u64, size: u64 },
+    /// Something this version does not support.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A write or truncate on an image opened read-only.
+    #[error("{0} on an image opened read-only")]
+    ReadOnly(&'static str),
+}
+
+/// The library's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// The positive errno for this error; the C boundary returns it negated.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            Error::Invalid(_) | Error::OutOfRange { .. } => libc::EINVAL,
+            Error::Unsupported(_) => libc::ENOTSUP,
+            Error::ReadOnly(_) => libc::EPERM,
+        }
+    }
+
+    /// Wraps an OS error with what failed and where.
+    pub(crate) fn io(op: &'static str, file: &str, offset: u64, source: io::Error) -> Error {
+        Error::Io {
+            op,
+            file: file.to_owned(),
+            offset,
+            source,
+        }
+    }
+
+    pub(crate) fn invalid(msg: impl Into<String>) -> Error {
+        Error::Invalid(msg.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_mapping() {
+        let e = Error::io(
+            "read",
+            "image file 'x'",
+            7,
+            io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert_eq!(e.errno(), libc::ENOSPC);
+        assert!(e.to_string().contains("image file 'x' at offset 7"));
+        let custom = Error::io("read", "x", 0, io::Error::other("host said no"));
+        assert_eq!(custom.errno(), libc::EIO);
+        assert_eq!(Error::invalid("bad").errno(), libc::EINVAL);
+        assert_eq!(Error::Unsupported("v2".into()).errno(), libc::ENOTSUP);
+        assert_eq!(Error::ReadOnly("write").errno(), libc::EPERM);
+        let r = Error::OutOfRange {
+            offset: 1,
+            len: 2,
+            size: 2,
+        };
+        assert_eq!(r.errno(), libc::EINVAL);
+    }
+}

@@ -1,0 +1,21 @@
+//! libaddcow: the add-cow disk-image format.
+//!
+//! An add-cow image is a raw *image file* with a *backing file*: a small `.add-cow` file names
+//! both and keeps one bit per cluster (0 = read the backing file, 1 = read the image file). The
+//! first write to a cluster copies the rest of it from the backing file into the image file,
+//! then sets the bit. Once every bit is set the raw file stands alone.
+//!
+//! Layers, bottom up: [`layout`] (bytes on disk) → [`bitmap`] (in-memory state) → [`storage`]
+//! (byte sources) → [`engine`] (semantics).
+
+pub mod bitmap;
+pub mod engine;
+pub mod error;
+pub mod layout;
+pub mod storage;
+
+pub use engine::{
+    create, read_header, Backing, BackingFormat, CreateOptions, Image, OpenOptions, Parts,
+};
+pub use error::{Error, Result};
+pub use layout::probe;

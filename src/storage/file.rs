@@ -1,0 +1,196 @@
+//! A file, read and written with `preadv`/`pwritev` (no shared offset).
+//!
+//! The common case is one system call straight on the caller's iovecs; only a short transfer
+//! (end of file, more than `IOV_MAX` buffers, a signal) copies the iovec list to continue.
+
+use super::{iov_len, zero_fill, Storage};
+use std::fs::File;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::AsRawFd;
+
+/// At most this many iovecs go to one system call (Linux's IOV_MAX).
+const IOV_MAX: usize = 1024;
+
+/// A regular file as a [`Storage`].
+#[derive(Debug)]
+pub struct FileStorage {
+    file: File,
+}
+
+impl FileStorage {
+    pub fn new(file: File) -> FileStorage {
+        FileStorage { file }
+    }
+
+    /// The underlying file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// One `preadv`, retried on EINTR; returns the bytes read (0 at end of file).
+    fn preadv(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<u64> {
+        let off = to_off(offset)?;
+        loop {
+            // SAFETY: IoSliceMut is ABI-compatible with struct iovec on Unix; the first
+            // `min(len, IOV_MAX)` entries are valid writable buffers borrowed for the call.
+            let n = unsafe {
+                libc::preadv(
+                    self.file.as_raw_fd(),
+                    bufs.as_mut_ptr().cast::<libc::iovec>(),
+                    bufs.len().min(IOV_MAX) as libc::c_int,
+                    off,
+                )
+            };
+            if let Some(n) = syscall_result(n)? {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// One `pwritev`, retried on EINTR; returns the bytes written.
+    fn pwritev(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<u64> {
+        let off = to_off(offset)?;
+        loop {
+            // SAFETY: IoSlice is ABI-compatible with struct iovec on Unix; the first
+            // `min(len, IOV_MAX)` entries are valid readable buffers borrowed for the call.
+            let n = unsafe {
+                libc::pwritev(
+                    self.file.as_raw_fd(),
+                    bufs.as_ptr().cast::<libc::iovec>(),
+                    bufs.len().min(IOV_MAX) as libc::c_int,
+                    off,
+                )
+            };
+            if let Some(n) = syscall_result(n)? {
+                return Ok(n);
+            }
+        }
+    }
+}
+
+/// `Ok(None)` asks to retry after EINTR.
+fn syscall_result(n: isize) -> io::Result<Option<u64>> {
+    if n >= 0 {
+        return Ok(Some(n as u64));
+    }
+    let err = io::Error::last_os_error();
+    match err.kind() {
+        io::ErrorKind::Interrupted => Ok(None),
+        _ => Err(err),
+    }
+}
+
+fn to_off(offset: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+impl Storage for FileStorage {
+    fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], mut offset: u64) -> io::Result<()> {
+        let mut done = self.preadv(bufs, offset)?;
+        if done == iov_len(bufs) {
+            return Ok(());
+        }
+        let mut copy: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let mut rest = &mut copy[..];
+        loop {
+            if done == 0 {
+                // End of file: the rest reads as zeros.
+                zero_fill(rest);
+                return Ok(());
+            }
+            IoSliceMut::advance_slices(&mut rest, done as usize);
+            offset += done;
+            if rest.is_empty() {
+                return Ok(());
+            }
+            done = self.preadv(rest, offset)?;
+        }
+    }
+
+    fn write_vectored_at(&self, bufs: &[IoSlice<'_>], mut offset: u64) -> io::Result<()> {
+        let mut done = self.pwritev(bufs, offset)?;
+        if done == iov_len(bufs) {
+            return Ok(());
+        }
+        let mut copy = bufs.to_vec();
+        let mut rest = &mut copy[..];
+        loop {
+            if done == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero));
+            }
+            IoSlice::advance_slices(&mut rest, done as usize);
+            offset += done;
+            if rest.is_empty() {
+                return Ok(());
+            }
+            done = self.pwritev(rest, offset)?;
+        }
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn resize(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storage() -> (tempfile::NamedTempFile, FileStorage) {
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        let s = FileStorage::new(tmp.reopen().unwrap());
+        (tmp, s)
+    }
+
+    #[test]
+    fn vectored_round_trip_and_zeros_past_end() {
+        let (_t, s) = storage();
+        s.write_vectored_at(&[IoSlice::new(b"hello "), IoSlice::new(b"world")], 10)
+            .unwrap();
+        assert_eq!(s.len().unwrap(), 21);
+        let (mut a, mut b) = ([9u8; 16], [9u8; 10]);
+        s.read_vectored_at(&mut [IoSliceMut::new(&mut a), IoSliceMut::new(&mut b)], 5)
+            .unwrap();
+        assert_eq!(&a, b"\0\0\0\0\0hello world");
+        assert_eq!(b, [0; 10]);
+        let mut far = [7u8; 4];
+        s.read_at(&mut far, 1 << 30).unwrap();
+        assert_eq!(far, [0; 4]);
+    }
+
+    #[test]
+    fn more_buffers_than_iov_max() {
+        let (_t, s) = storage();
+        let data: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let slices: Vec<IoSlice<'_>> = data
+            .iter()
+            .map(std::slice::from_ref)
+            .map(IoSlice::new)
+            .collect();
+        s.write_vectored_at(&slices, 1).unwrap();
+        let mut back = vec![0u8; 3000];
+        let mut bufs: Vec<IoSliceMut<'_>> = back.chunks_mut(1).map(IoSliceMut::new).collect();
+        s.read_vectored_at(&mut bufs, 1).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn resize_grows_with_zeros() {
+        let (_t, s) = storage();
+        s.write_at(b"abc", 0).unwrap();
+        s.resize(1).unwrap();
+        s.resize(5).unwrap();
+        let mut buf = [9u8; 5];
+        s.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"a\0\0\0\0");
+        s.flush().unwrap();
+    }
+}

@@ -1,0 +1,52 @@
+//! Byte sources: the files (or host callbacks, or memory) an image is made of.
+//!
+//! Contract of every [`Storage`]:
+//! - positional and vectored: no shared file offset, so any number of threads may call at once;
+//! - a read transfers the whole range or fails; bytes past the end read as zeros;
+//! - a write transfers the whole range or fails, growing the storage when it ends past the end;
+//! - `flush` makes every completed write durable;
+//! - `resize` grows with zeros or shrinks.
+
+mod file;
+mod mem;
+
+pub use file::FileStorage;
+pub use mem::MemStorage;
+
+use std::io::{self, IoSlice, IoSliceMut};
+
+/// A positional, vectored byte source.
+pub trait Storage: Send + Sync {
+    /// Fills `bufs` from `offset`; zeros past the end.
+    fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<()>;
+    /// Writes all of `bufs` at `offset`.
+    fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()>;
+    /// Makes completed writes durable.
+    fn flush(&self) -> io::Result<()>;
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Sets the length: growing reads as zeros.
+    fn resize(&self, len: u64) -> io::Result<()>;
+
+    /// Convenience: one buffer.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_vectored_at(&mut [IoSliceMut::new(buf)], offset)
+    }
+
+    /// Convenience: one buffer.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_vectored_at(&[IoSlice::new(buf)], offset)
+    }
+}
+
+/// Total bytes in an iovec list.
+pub fn iov_len<B: std::ops::Deref<Target = [u8]>>(bufs: &[B]) -> u64 {
+    bufs.iter().map(|b| b.len() as u64).sum()
+}
+
+/// Fills every buffer with zeros.
+pub fn zero_fill(bufs: &mut [IoSliceMut<'_>]) {
+    for b in bufs {
+        b.fill(0);
+    }
+}
