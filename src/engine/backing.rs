@@ -26,7 +26,7 @@ impl Backing {
     }
 
     /// Length of the backing data in bytes.
-    pub fn len(&self) -> Result<u64> {
+    pub fn size(&self) -> Result<u64> {
         match self {
             Backing::Raw { storage, name } => storage
                 .len()

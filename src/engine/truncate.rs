@@ -40,7 +40,7 @@ impl Image {
     }
 
     fn backing_len(&self) -> Result<u64> {
-        self.backing.as_ref().map_or(Ok(0), |b| b.len())
+        self.backing.as_ref().map_or(Ok(0), |b| b.size())
     }
 
     /// Sets the `.add-cow` file's length for `clusters` and resizes the bitmap in memory.

@@ -16,6 +16,8 @@ pub use mem::MemStorage;
 use std::io::{self, IoSlice, IoSliceMut};
 
 /// A positional, vectored byte source.
+// `len` is fallible I/O, not a container size: an `is_empty` would add nothing.
+#[allow(clippy::len_without_is_empty)]
 pub trait Storage: Send + Sync {
     /// Fills `bufs` from `offset`; zeros past the end.
     fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<()>;
