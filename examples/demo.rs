@@ -19,7 +19,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..Default::default()
         },
     )?;
-    let img = Image::open(&overlay, &OpenOptions { writable: true, ..Default::default() })?;
+    let img = Image::open(
+        &overlay,
+        &OpenOptions {
+            writable: true,
+            ..Default::default()
+        },
+    )?;
     img.write_at(70_000, b"hello, add-cow")?;
     let mut buf = [0u8; 16];
     img.read_at(69_999, &mut buf)?;
@@ -27,7 +33,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut offset = 0;
     while offset < img.size() {
         let (allocated, n) = img.is_allocated(offset, u64::MAX)?;
-        let from = if allocated { "image file" } else { "backing file" };
+        let from = if allocated {
+            "image file"
+        } else {
+            "backing file"
+        };
         println!("{offset:>8} +{n:<8} {from}");
         offset += n;
     }

@@ -9,6 +9,7 @@
 //! (byte sources) → [`engine`] (semantics).
 
 pub mod bitmap;
+pub mod capi;
 pub mod engine;
 pub mod error;
 pub mod layout;

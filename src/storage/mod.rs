@@ -8,9 +8,11 @@
 //! - `resize` grows with zeros or shrinks.
 
 mod file;
+mod host;
 mod mem;
 
 pub use file::FileStorage;
+pub use host::{AddCowIo, HostStorage};
 pub use mem::MemStorage;
 
 use std::io::{self, IoSlice, IoSliceMut};

@@ -1,0 +1,150 @@
+//! `addcow_create` and its versioned options struct.
+
+use super::boundary::{bad_arg, c_str, ffi, opt_c_str};
+use crate::engine::{create, BackingFormat, CreateOptions};
+use crate::error::{Error, Result};
+use std::ffi::{c_char, c_int, CStr, OsStr};
+use std::mem::{offset_of, size_of};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+/// What `addcow_create` makes. Set `struct_size` to `sizeof(AddCowCreateOptions)` as compiled
+/// by the caller: fields past it take their zero default, and a larger struct from a newer
+/// header is accepted when its extra bytes are zero.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct AddCowCreateOptions {
+    /// sizeof(AddCowCreateOptions) as the caller compiled it.
+    pub struct_size: u32,
+    /// 0 = the default = 1 = the seed's layout; other layouts give -ENOTSUP.
+    pub layout: u32,
+    /// Name of the raw image file (required), stored as given; relative names resolve against
+    /// the `.add-cow` file's directory.
+    pub image_file: *const c_char,
+    /// Name of the backing file; NULL or "" = none.
+    pub backing_file: *const c_char,
+    /// Format of the backing file: NULL = "raw"; "add-cow" allowed.
+    pub backing_fmt: *const c_char,
+    /// Above 0: the image file is created if missing and resized to `size`. 0: the image file
+    /// must exist and gives the size, or, missing with a backing file, is created with its
+    /// length.
+    pub size: u64,
+    /// 0 = the layout's default; layout 1 accepts only 0 or 65536.
+    pub cluster_size: u32,
+    /// Reserved, must be 0.
+    pub flags: u32,
+}
+
+/// The fields every caller must provide: up to and including `size`.
+const MIN_SIZE: usize = offset_of!(AddCowCreateOptions, size) + size_of::<u64>();
+
+/// # Safety
+/// `opts` points at `struct_size` readable bytes, `struct_size` being its first field.
+unsafe fn read_versioned(opts: *const AddCowCreateOptions) -> Result<AddCowCreateOptions> {
+    // SAFETY: every struct version starts with struct_size.
+    let size = unsafe { opts.cast::<u32>().read_unaligned() } as usize;
+    if size < MIN_SIZE {
+        return Err(bad_arg(&format!(
+            "struct_size {size} is smaller than {MIN_SIZE}"
+        )));
+    }
+    let ours = size_of::<AddCowCreateOptions>();
+    let base = opts.cast::<u8>();
+    if size > ours {
+        // SAFETY: the caller's struct holds `size` bytes.
+        let extra = unsafe { std::slice::from_raw_parts(base.add(ours), size - ours) };
+        if extra.iter().any(|&b| b != 0) {
+            return Err(Error::Unsupported(
+                "AddCowCreateOptions has non-zero fields this library does not know".into(),
+            ));
+        }
+    }
+    let mut out = AddCowCreateOptions {
+        struct_size: 0,
+        layout: 0,
+        image_file: std::ptr::null(),
+        backing_file: std::ptr::null(),
+        backing_fmt: std::ptr::null(),
+        size: 0,
+        cluster_size: 0,
+        flags: 0,
+    };
+    // SAFETY: copies min(size, ours) bytes of plain data between non-overlapping structs.
+    unsafe { std::ptr::copy_nonoverlapping(base, (&raw mut out).cast::<u8>(), size.min(ours)) };
+    Ok(out)
+}
+
+fn to_path(s: &CStr) -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(s.to_bytes()))
+}
+
+/// # Safety
+/// The string fields are NULL or NUL-terminated.
+unsafe fn to_options(o: &AddCowCreateOptions) -> Result<CreateOptions> {
+    if o.layout > 1 {
+        return Err(Error::Unsupported(format!(
+            "layout {} is not supported (only layout 1)",
+            o.layout
+        )));
+    }
+    if o.cluster_size != 0 && o.cluster_size != 65536 {
+        return Err(bad_arg(&format!(
+            "cluster_size {} is not allowed by layout 1 (only 65536)",
+            o.cluster_size
+        )));
+    }
+    if o.flags != 0 {
+        return Err(bad_arg(&format!(
+            "flags {:#x} are reserved and must be 0",
+            o.flags
+        )));
+    }
+    // SAFETY: the caller's guarantee on the string fields.
+    let (image, backing, fmt) = unsafe {
+        (
+            c_str(o.image_file, "image_file")?,
+            opt_c_str(o.backing_file),
+            opt_c_str(o.backing_fmt),
+        )
+    };
+    let backing_format = match fmt.map(CStr::to_bytes) {
+        None | Some(b"raw") => BackingFormat::Raw,
+        Some(b"add-cow") => BackingFormat::AddCow,
+        Some(other) => {
+            return Err(bad_arg(&format!(
+                "backing_fmt '{}' is not supported (raw or add-cow)",
+                String::from_utf8_lossy(other)
+            )))
+        }
+    };
+    Ok(CreateOptions {
+        image_file: to_path(image),
+        backing_file: backing.map(to_path),
+        backing_format,
+        size: o.size,
+    })
+}
+
+/// Creates the `.add-cow` file at `path` (replacing any file there) and, as `opts->size` says,
+/// the image file. Refuses (-EINVAL) an image file that is the `.add-cow` file or the backing
+/// file, and names of 1024 bytes or more, before touching any file. 0 or -errno.
+///
+/// # Safety
+/// `path` is NULL or NUL-terminated; `opts` is NULL or points at `opts->struct_size` readable
+/// bytes whose string fields are NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn addcow_create(
+    path: *const c_char,
+    opts: *const AddCowCreateOptions,
+) -> c_int {
+    ffi("addcow_create", || {
+        // SAFETY: the caller's guarantees; NULLs are refused.
+        unsafe {
+            let p = c_str(path, "path")?;
+            if opts.is_null() {
+                return Err(bad_arg("opts is NULL"));
+            }
+            create(to_path(p), &to_options(&read_versioned(opts)?)?).map(|()| 0)
+        }
+    })
+}

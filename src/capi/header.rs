@@ -1,0 +1,145 @@
+//! Reading a header before opening anything else: a host that supplies its own I/O learns here
+//! which image and backing files to open.
+
+use super::boundary::{bad_arg, c_str, ffi};
+use crate::engine::read_header;
+use crate::error::{Error, Result};
+use crate::storage::{AddCowIo, FileStorage, HostStorage};
+use std::ffi::{c_char, c_int, CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+
+/// A parsed `.add-cow` header. Opaque: read it with `addcow_header_read` or
+/// `addcow_header_read_io`, free it with `addcow_header_free`.
+pub struct AddCowHeader {
+    layout: u32,
+    cluster_size: u32,
+    image_file: CString,
+    backing_file: Option<CString>,
+}
+
+fn store(
+    out: *mut *mut AddCowHeader,
+    read: impl FnOnce() -> Result<crate::layout::Header>,
+) -> Result<c_int> {
+    if out.is_null() {
+        return Err(bad_arg("out is NULL"));
+    }
+    // SAFETY: non-NULL and writable per the caller; cleared so that failure leaves NULL.
+    unsafe { out.write(std::ptr::null_mut()) };
+    let h = read()?;
+    let name = |b: &[u8]| CString::new(b).map_err(|_| Error::invalid("a name holds a NUL byte"));
+    let header = AddCowHeader {
+        layout: 1,
+        cluster_size: 1 << h.cluster_bits(),
+        image_file: name(&h.image_file)?,
+        backing_file: h.backing_file.as_deref().map(name).transpose()?,
+    };
+    // SAFETY: as above.
+    unsafe { out.write(Box::into_raw(Box::new(header))) };
+    Ok(0)
+}
+
+/// Reads and validates the header of the `.add-cow` file at `path` without opening the files
+/// it names. 0 with a new header in `*out`, or -errno (NULL stored) as for `addcow_open`.
+///
+/// # Safety
+/// `path` is NULL or NUL-terminated; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn addcow_header_read(
+    path: *const c_char,
+    out: *mut *mut AddCowHeader,
+) -> c_int {
+    ffi("addcow_header_read", || {
+        // SAFETY: the caller's guarantee.
+        let path = OsStr::from_bytes(unsafe { c_str(path, "path")? }.to_bytes());
+        store(out, || {
+            let name = format!("add-cow file '{}'", path.to_string_lossy());
+            let file = std::fs::File::open(path).map_err(|e| Error::io("open", &name, 0, e))?;
+            read_header(&FileStorage::new(file))
+        })
+    })
+}
+
+/// As `addcow_header_read`, through the host's I/O for the `.add-cow` file (only `preadv` and
+/// `get_length` are called).
+///
+/// # Safety
+/// `meta` is NULL or a valid table; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn addcow_header_read_io(
+    meta: *const AddCowIo,
+    out: *mut *mut AddCowHeader,
+) -> c_int {
+    ffi("addcow_header_read_io", || {
+        // SAFETY: the caller's guarantee; NULL is refused.
+        let table = unsafe { meta.as_ref() }.ok_or_else(|| bad_arg("meta is NULL"))?;
+        store(out, || {
+            let storage = HostStorage::new(*table)
+                .map_err(|e| Error::io("get length of", "add-cow file (host I/O)", 0, e))?;
+            read_header(&storage)
+        })
+    })
+}
+
+/// # Safety
+/// `h` is NULL or a live header.
+unsafe fn get<'a>(h: *const AddCowHeader) -> Option<&'a AddCowHeader> {
+    // SAFETY: the caller's guarantee.
+    unsafe { h.as_ref() }
+}
+
+/// The header's layout (1 = the seed's), or 0 for NULL.
+///
+/// # Safety
+/// `h` is NULL or a live header.
+#[no_mangle]
+pub unsafe extern "C" fn addcow_header_layout(h: *const AddCowHeader) -> u32 {
+    // SAFETY: the caller's guarantee.
+    unsafe { get(h) }.map_or(0, |h| h.layout)
+}
+
+/// The cluster size in bytes, or 0 for NULL.
+///
+/// # Safety
+/// `h` is NULL or a live header.
+#[no_mangle]
+pub unsafe extern "C" fn addcow_header_cluster_size(h: *const AddCowHeader) -> u32 {
+    // SAFETY: the caller's guarantee.
+    unsafe { get(h) }.map_or(0, |h| h.cluster_size)
+}
+
+/// The image file name exactly as stored (relative names are relative to the `.add-cow` file's
+/// directory); NULL for a NULL header. Valid until `addcow_header_free`.
+///
+/// # Safety
+/// `h` is NULL or a live header.
+#[no_mangle]
+pub unsafe extern "C" fn addcow_header_image_file(h: *const AddCowHeader) -> *const c_char {
+    // SAFETY: the caller's guarantee.
+    unsafe { get(h) }.map_or(std::ptr::null(), |h| h.image_file.as_ptr())
+}
+
+/// The backing file name as stored, or NULL when there is none (or for a NULL header). Valid
+/// until `addcow_header_free`.
+///
+/// # Safety
+/// `h` is NULL or a live header.
+#[no_mangle]
+pub unsafe extern "C" fn addcow_header_backing_file(h: *const AddCowHeader) -> *const c_char {
+    // SAFETY: the caller's guarantee.
+    unsafe { get(h) }
+        .and_then(|h| h.backing_file.as_ref())
+        .map_or(std::ptr::null(), |b| b.as_ptr())
+}
+
+/// Frees a header; NULL is a no-op.
+///
+/// # Safety
+/// `h` is NULL or a live header, not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn addcow_header_free(h: *mut AddCowHeader) {
+    if !h.is_null() {
+        // SAFETY: a live header from Box::into_raw, handed back exactly once.
+        drop(unsafe { Box::from_raw(h) });
+    }
+}
