@@ -1,0 +1,619 @@
+//! QEMU as the oracle: a qcow2 overlay with an external data file
+//! (`qemu-img create -f qcow2 -o data_file=D,cluster_size=65536 -b BASE -F raw O SIZE`) does the
+//! same job as add-cow, and its clusters map 1:1 into D. Every workload applies the same seeded
+//! pseudo-random writes (and, in some workloads, truncates) to an add-cow image and to such an
+//! overlay over the same BASE, and at a few checkpoints compares
+//! 1. the guest content (`qemu-img convert` vs `Image::read_at`),
+//! 2. the allocation of every cluster (`qemu-img map`, `depth 0 && present`, vs `is_allocated`),
+//! 3. while no truncate has happened yet: our image file vs the data file D, byte for byte.
+//!
+//! Our image is closed and reopened (read-only) before every comparison, so what is compared is
+//! what reached the disk.
+//!
+//! qemu-io accepts byte-granular (unaligned) writes on qcow2; qcow2 refuses sizes that are not a
+//! multiple of 512, so image sizes and truncate sizes here are multiples of 512.
+
+use addcow::{BackingFormat, CreateOptions, Image, OpenOptions};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const CLUSTER: u64 = 65536;
+const SECTOR: u64 = 512;
+
+/// xorshift64*: small, deterministic, good enough for workloads.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        assert!(lo <= hi);
+        lo + self.next() % (hi - lo + 1)
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Workload {
+    seed: u64,
+    /// Length of BASE (the backing file).
+    base_len: u64,
+    /// Initial virtual size (a multiple of 512).
+    size: u64,
+    /// Operations per phase; a comparison follows every phase.
+    phases: &'static [usize],
+    /// Percent of operations that are truncates (0: none).
+    truncate_percent: u64,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write { offset: u64, len: u64, pattern: u8 },
+    Truncate { size: u64 },
+}
+
+impl Op {
+    /// The same operation as a qemu-io command.
+    fn qemu_io(&self) -> String {
+        match *self {
+            Op::Write {
+                offset,
+                len,
+                pattern,
+            } => format!("write -P 0x{pattern:02x} {offset} {len}"),
+            Op::Truncate { size } => format!("truncate {size}"),
+        }
+    }
+}
+
+fn workloads() -> Vec<Workload> {
+    let w = |seed, base_len, size, phases, truncate_percent| Workload {
+        seed,
+        base_len,
+        size,
+        phases,
+        truncate_percent,
+    };
+    const SHORT: &[usize] = &[4, 12, 40];
+    const LONG: &[usize] = &[6, 20, 50, 120];
+    vec![
+        // Backing file longer than the image.
+        w(1, 40 * CLUSTER + 333, 32 * CLUSTER, SHORT, 0),
+        // Backing file shorter than the image, odd length; image size not cluster-aligned.
+        w(2, 3 * CLUSTER + 777, 5 * CLUSTER + 4096, SHORT, 0),
+        w(3, 37 * CLUSTER + 777, 64 * CLUSTER + 4096, LONG, 0),
+        // Backing file exactly as long as the image (not cluster-aligned).
+        w(4, 48 * CLUSTER + 512, 48 * CLUSTER + 512, LONG, 0),
+        // Empty backing file.
+        w(5, 0, 20 * CLUSTER + 512, SHORT, 0),
+        // The same shapes, with truncates (grow and shrink).
+        w(6, 70 * CLUSTER + 333, 48 * CLUSTER + 4096, LONG, 6),
+        w(7, 9 * CLUSTER + 777, 16 * CLUSTER + 512, LONG, 8),
+        w(8, 16 * CLUSTER, 16 * CLUSTER, LONG, 8),
+        w(9, 0, 12 * CLUSTER + 512, LONG, 8),
+        // Odd shapes: backing one byte into a cluster; a one-sector image over a longer
+        // backing file, growing and shrinking a lot; a one-cluster image.
+        w(10, CLUSTER + 1, 3 * CLUSTER + 1536, SHORT, 0),
+        w(11, 2 * CLUSTER + 100, SECTOR, &[3, 10, 30], 25),
+        w(12, 7 * CLUSTER + 4095, CLUSTER, &[3, 10, 30], 20),
+    ]
+}
+
+/// The next random operation on an image of `size` bytes.
+fn gen_op(rng: &mut Rng, w: &Workload, size: u64, pattern: u8) -> Op {
+    if w.truncate_percent > 0 && rng.chance(w.truncate_percent) {
+        let max = (2 * w.size).max(8 * CLUSTER);
+        let new = match rng.next() % 5 {
+            // Grow by a little (stays within or just past the current last cluster).
+            0 => size + SECTOR * rng.range(1, 16),
+            // Grow by a few clusters, unaligned.
+            1 => size + CLUSTER * rng.range(0, 3) + SECTOR * rng.range(1, 127),
+            // Shrink to an unaligned size.
+            2 => SECTOR * rng.range(1, size.div_ceil(SECTOR)),
+            // To a cluster boundary.
+            3 => CLUSTER * rng.range(1, max / CLUSTER),
+            // Near the backing file's end, so that growing sometimes starts below it.
+            _ => (w.base_len / SECTOR + rng.range(0, 300))
+                .saturating_sub(rng.range(0, 300))
+                .saturating_mul(SECTOR),
+        };
+        let new = new.clamp(SECTOR, max);
+        if new != size {
+            return Op::Truncate { size: new };
+        }
+    }
+    let (offset, len) = match rng.next() % 15 {
+        // Tiny, at any byte.
+        0..=2 => (rng.range(0, size - 1), rng.range(1, 16)),
+        // Byte granularity, small.
+        3..=4 => (rng.range(0, size - 1), rng.range(1, 8192)),
+        // Byte granularity, up to three clusters.
+        5 => (rng.range(0, size - 1), rng.range(1, 3 * CLUSTER)),
+        // Sector granularity.
+        6..=8 => {
+            let sectors = size / SECTOR;
+            (
+                SECTOR * rng.range(0, sectors - 1),
+                SECTOR * rng.range(1, 64),
+            )
+        }
+        // Crossing a cluster boundary.
+        9..=10 if size > CLUSTER => {
+            let boundary = CLUSTER * rng.range(1, (size - 1) / CLUSTER);
+            let before = rng.range(1, 4096);
+            (boundary - before, before + rng.range(1, 4096))
+        }
+        // Whole clusters.
+        11 => {
+            let clusters = size.div_ceil(CLUSTER);
+            (
+                CLUSTER * rng.range(0, clusters - 1),
+                CLUSTER * rng.range(1, 2),
+            )
+        }
+        // Ending exactly at the image end.
+        12 => {
+            let len = rng.range(1, size.min(8192));
+            (size - len, len)
+        }
+        // A single byte at a cluster edge.
+        _ => {
+            let c = rng.range(0, (size - 1) / CLUSTER);
+            let offset = if rng.chance(50) {
+                CLUSTER * c
+            } else {
+                (CLUSTER * (c + 1)).min(size) - 1
+            };
+            (offset, 1)
+        }
+    };
+    Op::Write {
+        offset,
+        len: len.min(size - offset),
+        pattern,
+    }
+}
+
+fn tool_missing(name: &str) -> bool {
+    Command::new(name).arg("--version").output().is_err()
+}
+
+/// A QEMU tool run in the overlay's directory: qcow2 resolves a relative `data_file` name
+/// against the working directory (the backing file name against the overlay's directory).
+fn qemu(tool: &str, overlay: &Path) -> Command {
+    let mut cmd = Command::new(tool);
+    cmd.current_dir(overlay.parent().unwrap());
+    cmd
+}
+
+/// Runs a QEMU tool; fails on a non-zero exit or on "error"/"failed" in its output.
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let text = format!("{stdout}{stderr}").to_lowercase();
+    if !out.status.success() || text.contains("error") || text.contains("failed") {
+        panic!(
+            "{cmd:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            out.status
+        );
+    }
+    stdout.into_owned()
+}
+
+/// Allocation state of every cluster of a qcow2 overlay of `size` bytes: `qemu-img map`'s
+/// extents with `depth 0` and `present true` are allocated in the overlay.
+fn qemu_allocation(overlay: &Path, size: u64) -> Vec<bool> {
+    let json = run(qemu("qemu-img", overlay)
+        .args(["map", "-f", "qcow2", "--output=json"])
+        .arg(overlay));
+    let clusters = size.div_ceil(CLUSTER) as usize;
+    let mut state: Vec<Option<bool>> = vec![None; clusters];
+    let mut covered = 0;
+    for obj in json.split('{').skip(1) {
+        let obj = obj.split('}').next().unwrap();
+        let field = |name: &str| -> &str {
+            let key = format!("\"{name}\":");
+            let at = obj
+                .find(&key)
+                .unwrap_or_else(|| panic!("no {name} in qemu-img map extent {{{obj}}}"));
+            obj[at + key.len()..].split(',').next().unwrap().trim()
+        };
+        let start: u64 = field("start").parse().unwrap();
+        let length: u64 = field("length").parse().unwrap();
+        let allocated = field("depth") == "0" && field("present") == "true";
+        assert_eq!(
+            start, covered,
+            "qemu-img map: gap or overlap at {start}: {json}"
+        );
+        covered = start + length;
+        for c in start / CLUSTER..covered.div_ceil(CLUSTER) {
+            let slot = &mut state[c as usize];
+            // qcow2 allocates whole clusters; an extent boundary inside a cluster may only
+            // separate backing data from the zeros past the backing file's end.
+            assert!(
+                slot.is_none() || *slot == Some(allocated),
+                "qemu-img map: cluster {c} is partly allocated: {json}"
+            );
+            *slot = Some(allocated);
+        }
+    }
+    assert_eq!(
+        covered, size,
+        "qemu-img map does not cover the image: {json}"
+    );
+    state.into_iter().map(Option::unwrap).collect()
+}
+
+/// Reads `path`, then pads with zeros or cuts it to `len` bytes; also returns its real length.
+fn read_padded(path: &Path, len: u64) -> (Vec<u8>, u64) {
+    let mut bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let real = bytes.len() as u64;
+    bytes.resize(len as usize, 0);
+    (bytes, real)
+}
+
+/// The first offset where `a` and `b` differ, with both bytes.
+fn first_difference(a: &[u8], b: &[u8]) -> Option<(usize, u8, u8)> {
+    if a == b {
+        return None;
+    }
+    let i = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    Some((
+        i,
+        a.get(i).copied().unwrap_or(0),
+        b.get(i).copied().unwrap_or(0),
+    ))
+}
+
+/// What the workloads exercised, so that a degenerate workload set cannot pass unnoticed.
+#[derive(Default, Debug)]
+struct Coverage {
+    writes: u64,
+    grows: u64,
+    /// Grows from an unaligned size below the backing file's end (QEMU completes the partial
+    /// cluster from the backing file and allocates the new area).
+    grows_over_backing_unaligned: u64,
+    shrinks: u64,
+    checkpoints: u64,
+    data_file_checks: u64,
+    allocated_clusters: u64,
+    /// Unallocated clusters that start before the backing file's end.
+    backed_clusters: u64,
+    /// Unallocated clusters past the backing file's end.
+    unbacked_clusters: u64,
+}
+
+impl Coverage {
+    fn add(&mut self, o: &Coverage) {
+        self.writes += o.writes;
+        self.grows += o.grows;
+        self.grows_over_backing_unaligned += o.grows_over_backing_unaligned;
+        self.shrinks += o.shrinks;
+        self.checkpoints += o.checkpoints;
+        self.data_file_checks += o.data_file_checks;
+        self.allocated_clusters += o.allocated_clusters;
+        self.backed_clusters += o.backed_clusters;
+        self.unbacked_clusters += o.unbacked_clusters;
+    }
+}
+
+struct Paths {
+    base: PathBuf,
+    meta: PathBuf,
+    image_file: PathBuf,
+    overlay: PathBuf,
+    data_file: PathBuf,
+    converted: PathBuf,
+}
+
+/// Compares our image with the overlay; returns a description of every kind of mismatch.
+fn compare(
+    w: &Workload,
+    phase: usize,
+    p: &Paths,
+    truncated: bool,
+    cov: &mut Coverage,
+) -> Vec<String> {
+    let seed = w.seed;
+    let at = format!("workload seed {seed}, after phase {phase}");
+    let mut errors = Vec::new();
+
+    let img = Image::open(&p.meta, &OpenOptions::default())
+        .unwrap_or_else(|e| panic!("{at}: reopen read-only: {e}"));
+    let size = img.size();
+
+    run(qemu("qemu-img", &p.overlay)
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(&p.overlay)
+        .arg(&p.converted));
+    let (theirs, their_size) = read_padded(&p.converted, size);
+    if their_size != size {
+        errors.push(format!(
+            "{at}: virtual size: ours {size}, qemu {their_size}"
+        ));
+        return errors;
+    }
+
+    // (1) Guest content.
+    let mut ours = vec![0u8; size as usize];
+    img.read_at(0, &mut ours)
+        .unwrap_or_else(|e| panic!("{at}: read_at(0, {size}): {e}"));
+    if let Some((i, a, b)) = first_difference(&ours, &theirs) {
+        errors.push(format!(
+            "{at}: guest content differs first at offset {i} (cluster {}, +{}): ours 0x{a:02x}, \
+             qemu 0x{b:02x}",
+            i as u64 / CLUSTER,
+            i as u64 % CLUSTER
+        ));
+    }
+
+    // (2) Allocation, cluster by cluster.
+    let qemu_alloc = qemu_allocation(&p.overlay, size);
+    cov.checkpoints += 1;
+    for (c, &allocated) in qemu_alloc.iter().enumerate() {
+        match (allocated, (c as u64 * CLUSTER) < w.base_len) {
+            (true, _) => cov.allocated_clusters += 1,
+            (false, true) => cov.backed_clusters += 1,
+            (false, false) => cov.unbacked_clusters += 1,
+        }
+    }
+    for (c, &expected) in qemu_alloc.iter().enumerate() {
+        let start = c as u64 * CLUSTER;
+        let len = CLUSTER.min(size - start);
+        let (allocated, pnum) = img
+            .is_allocated(start, CLUSTER)
+            .unwrap_or_else(|e| panic!("{at}: is_allocated({start}): {e}"));
+        if allocated != expected || pnum != len {
+            errors.push(format!(
+                "{at}: cluster {c} (offset {start}): ours allocated={allocated} pnum={pnum}, \
+                 qemu allocated={expected} (cluster length {len})"
+            ));
+            break;
+        }
+    }
+    // Runs over the whole image: every byte of a run must share its state.
+    let mut offset = 0;
+    while offset < size {
+        let (allocated, pnum) = img
+            .is_allocated(offset, size - offset)
+            .unwrap_or_else(|e| panic!("{at}: is_allocated({offset}): {e}"));
+        let end = offset + pnum;
+        let bad = (offset / CLUSTER..end.div_ceil(CLUSTER))
+            .find(|&c| qemu_alloc.get(c as usize) != Some(&allocated));
+        if pnum == 0 || bad.is_some() {
+            errors.push(format!(
+                "{at}: is_allocated({offset}, {}) = ({allocated}, {pnum}), but qemu says \
+                 cluster {bad:?} differs",
+                size - offset
+            ));
+            break;
+        }
+        offset = end;
+    }
+    img.close()
+        .unwrap_or_else(|e| panic!("{at}: close read-only: {e}"));
+
+    // (3) Our image file vs the data file, while qcow2's data file is comparable.
+    if !truncated {
+        cov.data_file_checks += 1;
+        let (ours, our_len) = read_padded(&p.image_file, size);
+        let (theirs, their_len) = read_padded(&p.data_file, size);
+        if let Some((i, a, b)) = first_difference(&ours, &theirs) {
+            errors.push(format!(
+                "{at}: image file differs from the data file first at offset {i} (cluster {}, \
+                 +{}): ours 0x{a:02x}, qemu 0x{b:02x} (file lengths: ours {our_len}, qemu \
+                 {their_len}, virtual size {size})",
+                i as u64 / CLUSTER,
+                i as u64 % CLUSTER
+            ));
+        }
+    }
+    errors
+}
+
+/// Runs one workload; returns the mismatches, each with the operations that led to it.
+fn run_workload(w: &Workload, dir: &Path, cov: &mut Coverage) -> Vec<String> {
+    let p = Paths {
+        base: dir.join("base.raw"),
+        meta: dir.join("img.add-cow"),
+        image_file: dir.join("img.raw"),
+        overlay: dir.join("overlay.qcow2"),
+        data_file: dir.join("data.raw"),
+        converted: dir.join("converted.raw"),
+    };
+    let mut rng = Rng::new(w.seed);
+
+    // A backing file where (nearly) every byte differs from its neighbours and no byte
+    // pattern repeats at cluster distance.
+    let base: Vec<u8> = (0..w.base_len)
+        .map(|i| (rng.next() >> 56) as u8 ^ (i % 251) as u8)
+        .collect();
+    std::fs::write(&p.base, &base).unwrap();
+
+    addcow::create(
+        &p.meta,
+        &CreateOptions {
+            image_file: PathBuf::from("img.raw"),
+            backing_file: Some(PathBuf::from("base.raw")),
+            backing_format: BackingFormat::Raw,
+            size: w.size,
+        },
+    )
+    .unwrap_or_else(|e| panic!("seed {}: addcow::create: {e}", w.seed));
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-o"])
+        .arg("data_file=data.raw,cluster_size=65536")
+        .args(["-b", "base.raw", "-F", "raw"])
+        .arg("overlay.qcow2")
+        .arg(w.size.to_string())
+        .current_dir(dir));
+
+    let mut size = w.size;
+    let mut truncated = false;
+    let mut log = String::new();
+    let mut errors = Vec::new();
+    let mut n = 0u64;
+    for phase in 1..=w.phases.len() {
+        let mut ops = Vec::new();
+        for _ in 0..w.phases[phase - 1] {
+            n += 1;
+            // A distinct non-zero byte per write (cycling through 1..=255).
+            let pattern = (n * 97 % 255 + 1) as u8;
+            let op = gen_op(&mut rng, w, size, pattern);
+            match op {
+                Op::Write { .. } => cov.writes += 1,
+                Op::Truncate { size: new } => {
+                    if new < size {
+                        cov.shrinks += 1;
+                    } else {
+                        cov.grows += 1;
+                        if w.base_len > size && size % CLUSTER != 0 {
+                            cov.grows_over_backing_unaligned += 1;
+                        }
+                    }
+                    size = new;
+                }
+            }
+            ops.push(op);
+        }
+
+        let img = Image::open(
+            &p.meta,
+            &OpenOptions {
+                writable: true,
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("seed {}: open writable: {e}", w.seed));
+        let mut qemu_io = qemu("qemu-io", &p.overlay);
+        qemu_io.args(["-f", "qcow2"]);
+        let _ = writeln!(log, "# phase {phase}");
+        for op in &ops {
+            match *op {
+                Op::Write {
+                    offset,
+                    len,
+                    pattern,
+                } => img.write_at(offset, &vec![pattern; len as usize]),
+                Op::Truncate { size } => {
+                    truncated = true;
+                    img.truncate(size)
+                }
+            }
+            .unwrap_or_else(|e| panic!("seed {}: {op:?}: {e}\nops so far:\n{log}", w.seed));
+            qemu_io.arg("-c").arg(op.qemu_io());
+            let _ = writeln!(log, "{}", op.qemu_io());
+        }
+        img.close()
+            .unwrap_or_else(|e| panic!("seed {}: close: {e}", w.seed));
+        run(qemu_io.arg(&p.overlay));
+
+        let found = compare(w, phase, &p, truncated, cov);
+        if !found.is_empty() {
+            errors.extend(found);
+            break;
+        }
+    }
+    if !errors.is_empty() {
+        errors.push(format!(
+            "workload {{ seed: {}, base_len: {}, size: {} }}: qemu-io commands:\n{log}",
+            w.seed, w.base_len, w.size
+        ));
+    }
+    errors
+}
+
+#[test]
+fn qemu_oracle() {
+    let missing: Vec<&str> = ["qemu-img", "qemu-io"]
+        .into_iter()
+        .filter(|t| tool_missing(t))
+        .collect();
+    if !missing.is_empty() {
+        // Straight to the process's stderr: the test harness captures `eprintln!` of a test
+        // that passes, and this must not go unnoticed.
+        let stars = "*".repeat(78);
+        let message = format!(
+            "\n{stars}\nSKIPPED: {} not found on PATH; the QEMU oracle test did not run\n{stars}\n\n",
+            missing.join(", ")
+        );
+        let _ = std::io::stderr().write_all(message.as_bytes());
+        return;
+    }
+
+    let workloads = workloads();
+    // Two workers: each takes every second workload.
+    let results: Vec<(Vec<String>, Coverage)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|worker| {
+                let workloads = &workloads;
+                s.spawn(move || {
+                    let mut errors = Vec::new();
+                    let mut cov = Coverage::default();
+                    for w in workloads.iter().skip(worker).step_by(2) {
+                        let dir = tempfile::tempdir().unwrap();
+                        errors.extend(run_workload(w, dir.path(), &mut cov));
+                    }
+                    (errors, cov)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let mut errors = Vec::new();
+    let mut cov = Coverage::default();
+    for (e, c) in results {
+        errors.extend(e);
+        cov.add(&c);
+    }
+    eprintln!("qemu oracle coverage: {cov:?}");
+    assert!(
+        errors.is_empty(),
+        "add-cow disagrees with QEMU's qcow2 + data file:\n{}",
+        errors.join("\n")
+    );
+    let c = &cov;
+    for (what, n) in [
+        ("writes", c.writes),
+        ("grows", c.grows),
+        (
+            "grows over backing unaligned",
+            c.grows_over_backing_unaligned,
+        ),
+        ("shrinks", c.shrinks),
+        ("checkpoints", c.checkpoints),
+        ("data file checks", c.data_file_checks),
+        ("allocated clusters", c.allocated_clusters),
+        ("unallocated backed clusters", c.backed_clusters),
+        ("unallocated unbacked clusters", c.unbacked_clusters),
+    ] {
+        assert!(n > 0, "the workloads never exercised {what}: {cov:?}");
+    }
+}
