@@ -202,6 +202,16 @@ int64_t addcow_get_length(const struct AddCowImage *img);
 int64_t addcow_get_cluster_size(const struct AddCowImage *img);
 
 /**
+ * The length in bytes of the data unallocated clusters read from: the backing file's length,
+ * or 0 when the image has no backing file or was opened with `ADDCOW_OPEN_NO_BACKING`.
+ * Unallocated bytes at or past it read as zeros. -EINVAL for NULL, or the host's -errno.
+ *
+ * # Safety
+ * `img` is NULL or a live handle.
+ */
+int64_t addcow_get_backing_length(const struct AddCowImage *img);
+
+/**
  * Reads `iov` from `offset`: allocated clusters from the image file, others from the backing
  * file (zeros past its end or without one). 0, or -EINVAL (NULL handle, bad `iov`/`iovcnt`,
  * beyond the end), or the host's -errno.

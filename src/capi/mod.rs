@@ -244,6 +244,24 @@ pub unsafe extern "C" fn addcow_get_cluster_size(img: *const AddCowImage) -> i64
     })
 }
 
+/// The length in bytes of the data unallocated clusters read from: the backing file's length,
+/// or 0 when the image has no backing file or was opened with `ADDCOW_OPEN_NO_BACKING`.
+/// Unallocated bytes at or past it read as zeros. -EINVAL for NULL, or the host's -errno.
+///
+/// # Safety
+/// `img` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn addcow_get_backing_length(img: *const AddCowImage) -> i64 {
+    ffi("addcow_get_backing_length", || {
+        // SAFETY: the caller's guarantee.
+        let len = match unsafe { image(img)? }.backing() {
+            Some(backing) => backing.size()?,
+            None => 0,
+        };
+        i64::try_from(len).map_err(|_| Error::invalid("the backing file is larger than 2^63 bytes"))
+    })
+}
+
 /// Reads `iov` from `offset`: allocated clusters from the image file, others from the backing
 /// file (zeros past its end or without one). 0, or -EINVAL (NULL handle, bad `iov`/`iovcnt`,
 /// beyond the end), or the host's -errno.
