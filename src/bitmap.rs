@@ -86,24 +86,46 @@ impl Bitmap {
         Ok(words[(bit / 64) as usize].load(Ordering::Acquire) >> (bit % 64) & 1 == 1)
     }
 
-    /// The state of cluster `first` and the number of clusters, at most `max`, from `first` on
-    /// that share it.
+    /// The state of cluster `first` and the number of clusters, at least 1 and at most `max`,
+    /// from `first` on that share it. The state comes from the same word load that starts the
+    /// run, so a concurrent allocation can never make the run empty.
     pub fn run(&self, first: u64, max: u64, load: Loader<'_>) -> Result<(bool, u64)> {
-        let end = first.saturating_add(max).min(self.clusters);
-        let state = self.get(first, load)?;
+        let end = first.saturating_add(max.max(1)).min(self.clusters);
+        let mut state = None;
         let mut c = first;
         while c < end {
             let words = self.page(page_of(c), load)?;
             let bit = c % PAGE_BITS;
-            let word = words[(bit / 64) as usize].load(Ordering::Acquire);
-            let differ = if state { !word } else { word } >> (bit % 64);
+            let word = words[(bit / 64) as usize].load(Ordering::Acquire) >> (bit % 64);
+            let state = *state.get_or_insert(word & 1 == 1);
+            let differ = if state { !word } else { word };
+            // Past bit 63 - bit % 64 the shift brought in zeros, which `!` turned to ones.
+            let differ = differ & ones(64 - bit % 64);
             if differ != 0 {
                 c += u64::from(differ.trailing_zeros());
                 break;
             }
             c += 64 - bit % 64;
         }
-        Ok((state, c.min(end) - first))
+        Ok((state.unwrap_or(false), c.min(end) - first))
+    }
+
+    /// Loads the pages of clusters `first..end`, so that their bits stay in memory whatever
+    /// happens to the store.
+    pub fn load_range(&self, first: u64, end: u64, load: Loader<'_>) -> Result<()> {
+        for index in pages_of(first, end) {
+            self.page(index, load)?;
+        }
+        Ok(())
+    }
+
+    /// Marks the loaded pages of clusters `first..end` dirty.
+    pub fn mark_dirty_range(&self, first: u64, end: u64) {
+        for index in pages_of(first, end) {
+            if self.pages[index].words.get().is_some() {
+                self.mark_dirty(index);
+            }
+        }
     }
 
     /// Sets the bits of clusters `first..end` (all < clusters) and marks their pages dirty.
@@ -178,6 +200,14 @@ impl Bitmap {
 
 fn page_of(c: u64) -> usize {
     (c / PAGE_BITS) as usize
+}
+
+/// Indices of the pages holding clusters `first..end`.
+fn pages_of(first: u64, end: u64) -> std::ops::Range<usize> {
+    match first < end {
+        true => page_of(first)..page_of(end - 1) + 1,
+        false => 0..0,
+    }
 }
 
 fn page_count(clusters: u64) -> usize {

@@ -50,12 +50,12 @@ pub unsafe extern "C" fn addcow_header_read(
     out: *mut *mut AddCowHeader,
 ) -> c_int {
     ffi("addcow_header_read", || {
-        // SAFETY: the caller's guarantee.
-        let path = OsStr::from_bytes(unsafe { c_str(path, "path")? }.to_bytes());
         store(out, || {
+            // SAFETY: the caller's guarantee.
+            let path = OsStr::from_bytes(unsafe { c_str(path, "path")? }.to_bytes());
             let name = format!("add-cow file '{}'", path.to_string_lossy());
             let file = std::fs::File::open(path).map_err(|e| Error::io("open", &name, 0, e))?;
-            read_header(&FileStorage::new(file))
+            read_header(&FileStorage::new(file), &name)
         })
     })
 }
@@ -71,12 +71,12 @@ pub unsafe extern "C" fn addcow_header_read_io(
     out: *mut *mut AddCowHeader,
 ) -> c_int {
     ffi("addcow_header_read_io", || {
-        // SAFETY: the caller's guarantee; NULL is refused.
-        let table = unsafe { meta.as_ref() }.ok_or_else(|| bad_arg("meta is NULL"))?;
         store(out, || {
+            // SAFETY: the caller's guarantee; NULL is refused.
+            let table = unsafe { meta.as_ref() }.ok_or_else(|| bad_arg("meta is NULL"))?;
             let storage = HostStorage::new(*table)
                 .map_err(|e| Error::io("get length of", "add-cow file (host I/O)", 0, e))?;
-            read_header(&storage)
+            read_header(&storage, "add-cow file (host I/O)")
         })
     })
 }

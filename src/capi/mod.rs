@@ -132,8 +132,10 @@ pub unsafe extern "C" fn addcow_open(
     ffi("addcow_open", || {
         // SAFETY: the caller's guarantees, forwarded.
         unsafe {
-            let path = OsStr::from_bytes(c_str(path, "path")?.to_bytes());
-            hand_out(out, || Image::open(path, &open_options(flags)?))
+            hand_out(out, || {
+                let path = OsStr::from_bytes(c_str(path, "path")?.to_bytes());
+                Image::open(path, &open_options(flags)?)
+            })
         }
     })
 }
@@ -168,15 +170,15 @@ pub unsafe extern "C" fn addcow_open_io(
     out: *mut *mut AddCowImage,
 ) -> c_int {
     ffi("addcow_open_io", || {
-        let opts = open_options(flags)?;
-        if opts.backing_format != BackingFormat::Raw {
-            return Err(bad_arg(
-                "a host-supplied backing file is raw: ADDCOW_OPEN_BACKING_ADDCOW is refused",
-            ));
-        }
         // SAFETY: the caller's guarantees, forwarded.
         unsafe {
             hand_out(out, || {
+                let opts = open_options(flags)?;
+                if opts.backing_format != BackingFormat::Raw {
+                    return Err(bad_arg(
+                        "a host-supplied backing file is raw: ADDCOW_OPEN_BACKING_ADDCOW is refused",
+                    ));
+                }
                 let backing = match backing.is_null() || opts.no_backing {
                     true => None,
                     false => Some(Backing::raw(

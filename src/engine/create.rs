@@ -83,21 +83,19 @@ fn create_image_file(
             .open(path)
             .map_err(|e| Error::io("open", &name, 0, e))
     };
-    let size =
-        match (opts.size, backing) {
-            (0, _) if path.exists() => return Ok(FileStorage::new(open(false)?)),
-            (0, Some(b)) => backing_len(b, opts.backing_format)?,
-            (0, None) => return Err(Error::io(
-                "open",
+    let size = match (opts.size, backing) {
+        (0, _) if path.exists() => return Ok(FileStorage::new(open(false)?)),
+        (0, Some(b)) => backing_len(b, opts.backing_format)?,
+        (0, None) => {
+            return Err(Error::io(
+                "open (no size or backing file was given to create it)",
                 &name,
                 0,
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "the image file does not exist and neither a size nor a backing file was given",
-                ),
-            )),
-            (size, _) => size,
-        };
+                std::io::Error::from_raw_os_error(libc::ENOENT),
+            ))
+        }
+        (size, _) => size,
+    };
     let image = FileStorage::new(open(true)?);
     image
         .resize(size)

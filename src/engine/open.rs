@@ -52,14 +52,19 @@ pub struct Parts {
 }
 
 /// Reads and validates the header of a `.add-cow` file, e.g. to learn which files to open.
-pub fn read_header(meta: &dyn Storage) -> Result<Header> {
+/// `name` says which file it is in error messages.
+pub fn read_header(meta: &dyn Storage, name: &str) -> Result<Header> {
     let len = meta
         .len()
-        .map_err(|e| Error::io("get length of", "add-cow file", 0, e))?;
+        .map_err(|e| Error::io("get length of", name, 0, e))?;
     let mut buf = vec![0u8; (len.min(HEADER_SIZE as u64)) as usize];
     meta.read_at(&mut buf, 0)
-        .map_err(|e| Error::io("read header of", "add-cow file", 0, e))?;
-    Header::parse(&buf)
+        .map_err(|e| Error::io("read header of", name, 0, e))?;
+    Header::parse(&buf).map_err(|e| match e {
+        Error::Invalid(msg) => Error::Invalid(format!("{name}: {msg}")),
+        Error::Unsupported(msg) => Error::Unsupported(format!("{name}: {msg}")),
+        other => other,
+    })
 }
 
 impl Image {
@@ -76,7 +81,7 @@ impl Image {
             image: (data, data_name),
             backing,
         } = parts;
-        let header = read_header(meta.as_ref()).map_err(|e| name_header_error(e, &meta_name))?;
+        let header = read_header(meta.as_ref(), &meta_name)?;
         let size = data
             .len()
             .map_err(|e| Error::io("get length of", &data_name, 0, e))?;
@@ -98,17 +103,6 @@ impl Image {
             commit: Mutex::new(()),
             closed: false,
         })
-    }
-}
-
-fn name_header_error(e: Error, meta_name: &str) -> Error {
-    match e {
-        Error::Invalid(msg) => Error::Invalid(format!("{meta_name}: {msg}")),
-        Error::Unsupported(msg) => Error::Unsupported(format!("{meta_name}: {msg}")),
-        Error::Io {
-            op, offset, source, ..
-        } => Error::io(op, meta_name, offset, source),
-        other => other,
     }
 }
 
@@ -159,7 +153,7 @@ fn open_chained(path: &Path, opts: &OpenOptions, chain: &mut Vec<FileId>) -> Res
         }
         chain.push(id);
     }
-    let header = read_header(&meta).map_err(|e| name_header_error(e, &meta_name))?;
+    let header = read_header(&meta, &meta_name)?;
     let image_path = resolve(path, &header.image_file);
     if same_file(&image_path, path) {
         return Err(Error::invalid(format!(

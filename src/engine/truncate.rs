@@ -1,13 +1,21 @@
 //! Resizing an image, as QEMU resizes a qcow2 overlay (qemu-iotests 274).
 //!
-//! Order: the bitmap (the `.add-cow` file) first, the image file only once that succeeded.
-//! Growing never exposes backing data: when the backing file is longer than the old size, the
-//! partial cluster at the old end is completed from the backing file and every new cluster is
-//! allocated (the image file's new area reads zeros); otherwise the new clusters stay
-//! unallocated and read zeros because they lie past the backing file's end.
+//! The bitmap (the `.add-cow` file) is resized first, the image file only once that succeeded;
+//! the virtual size (the image file's length) changes last, so a failure or a crash at any
+//! point leaves the old size with its old content.
+//!
+//! - Shrinking: the bits past the new end are kept in memory until the image file has shrunk;
+//!   if that fails they are written back, so no allocated cluster falls back to backing data.
+//! - Growing never exposes backing data. Over a backing file longer than the old size, the
+//!   partial cluster at the old end is completed from the backing file and every new cluster
+//!   is allocated, and these bits are made durable *before* the image file grows: until it
+//!   does, they lie past the end and are masked at load. The new area of the image file reads
+//!   zeros. Otherwise the new clusters stay unallocated and read zeros, being past the backing
+//!   file's end.
 
 use super::{Image, State};
 use crate::error::{Error, Result};
+use crate::layout::Geometry;
 use std::io::{IoSlice, IoSliceMut};
 
 impl Image {
@@ -18,20 +26,11 @@ impl Image {
             return Err(Error::ReadOnly("truncate"));
         }
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
-        let old = st.geometry;
-        if size == old.size() {
-            return Ok(());
-        }
-        let new = old.with_size(size);
-        self.resize_bitmap(&mut st, new.clusters(), old.bitmap_len())?;
-        if let Err(e) = self.resize_image_file(old.size(), size) {
-            // The bitmap on disk is already resized; match it in memory, keep the old size.
-            st.bitmap.resize(old.clusters(), &self.loader())?;
-            return Err(e);
-        }
-        st.geometry = new;
-        if size > old.size() && self.backing_len()? > old.size() {
-            self.allocate_grown_area(&st, old.size())?;
+        let new = st.geometry.with_size(size);
+        if size < st.geometry.size() {
+            self.shrink(&mut st, new)?;
+        } else if size > st.geometry.size() {
+            self.grow(&mut st, new)?;
         }
         if self.writethrough {
             self.commit(&st, true)?;
@@ -39,60 +38,94 @@ impl Image {
         Ok(())
     }
 
+    fn shrink(&self, st: &mut State, new: Geometry) -> Result<()> {
+        let old = st.geometry;
+        let load = self.loader();
+        st.bitmap
+            .load_range(new.clusters(), old.clusters(), &load)?;
+        self.resize_meta(new.bitmap_len())?;
+        if let Err(e) = self.resize_data(new.size()) {
+            // The bits past the new end are still in memory: put them back on disk.
+            let _ = self.resize_meta(old.bitmap_len());
+            st.bitmap.mark_dirty_range(new.clusters(), old.clusters());
+            return Err(e);
+        }
+        st.bitmap.resize(new.clusters(), &load)?;
+        st.geometry = new;
+        Ok(())
+    }
+
+    fn grow(&self, st: &mut State, new: Geometry) -> Result<()> {
+        let old = st.geometry;
+        let load = self.loader();
+        self.grow_meta(old.bitmap_len(), new.bitmap_len())?;
+        st.bitmap.resize(new.clusters(), &load)?;
+        let grown = (|| {
+            if self.backing_len()? > old.size() {
+                self.allocate_grown_area(st, old.size(), new.clusters())?;
+                self.commit(st, true)?;
+            }
+            self.grow_data(old.size(), new.size())
+        })();
+        if let Err(e) = grown {
+            // Drops the new bits; the boundary page is loaded, so this does no I/O.
+            st.bitmap.resize(old.clusters(), &load)?;
+            return Err(e);
+        }
+        st.geometry = new;
+        Ok(())
+    }
+
     fn backing_len(&self) -> Result<u64> {
         self.backing.as_ref().map_or(Ok(0), |b| b.size())
     }
 
-    /// Sets the `.add-cow` file's length for `clusters` and resizes the bitmap in memory.
-    fn resize_bitmap(&self, st: &mut State, clusters: u64, old_len: u64) -> Result<()> {
-        let new_len = clusters.div_ceil(8);
-        let base = self.header.bitmap_offset();
-        let resize = |len: u64| {
-            self.meta
-                .resize(base + len)
-                .map_err(|e| Error::io("resize", &self.meta_name, base + len, e))
-        };
-        if new_len > old_len {
-            // Whatever lies past the old bitmap is stale: cut it so that growing adds zeros.
-            let meta_len = self
-                .meta
-                .len()
-                .map_err(|e| Error::io("get length of", &self.meta_name, 0, e))?;
-            if meta_len > base + old_len {
-                resize(old_len)?;
-            }
-        }
-        resize(new_len)?;
-        st.bitmap.resize(clusters, &self.loader())
+    /// Sets the `.add-cow` file's length for a bitmap of `len` bytes.
+    fn resize_meta(&self, len: u64) -> Result<()> {
+        let at = self.header.bitmap_offset() + len;
+        self.meta
+            .resize(at)
+            .map_err(|e| Error::io("resize", &self.meta_name, at, e))
     }
 
-    /// Resizes the image file; when growing, bytes past the old size are zero even if the file
-    /// held stale bytes there.
-    fn resize_image_file(&self, old: u64, new: u64) -> Result<()> {
-        let resize = |len: u64| {
-            self.data
-                .resize(len)
-                .map_err(|e| Error::io("resize", &self.data_name, len, e))
-        };
-        if new > old {
-            let len = self
-                .data
-                .len()
-                .map_err(|e| Error::io("get length of", &self.data_name, 0, e))?;
-            if len != old {
-                resize(old)?;
-            }
+    /// Grows the bitmap on disk with zeros: whatever lay past the old bitmap is stale and cut
+    /// first.
+    fn grow_meta(&self, old_len: u64, new_len: u64) -> Result<()> {
+        let meta_len = self
+            .meta
+            .len()
+            .map_err(|e| Error::io("get length of", &self.meta_name, 0, e))?;
+        if meta_len > self.header.bitmap_offset() + old_len {
+            self.resize_meta(old_len)?;
         }
-        resize(new)
+        self.resize_meta(new_len)
     }
 
-    /// After growing over a longer backing file: completes the partial cluster at the old end
-    /// from the backing file, then marks every new cluster allocated (their image-file bytes
-    /// are zeros from the resize).
-    fn allocate_grown_area(&self, st: &State, old_size: u64) -> Result<()> {
+    fn resize_data(&self, len: u64) -> Result<()> {
+        self.data
+            .resize(len)
+            .map_err(|e| Error::io("resize", &self.data_name, len, e))
+    }
+
+    /// Grows the image file; bytes past the old size read zeros even if the file held stale
+    /// bytes there.
+    fn grow_data(&self, old: u64, new: u64) -> Result<()> {
+        let len = self
+            .data
+            .len()
+            .map_err(|e| Error::io("get length of", &self.data_name, 0, e))?;
+        if len != old {
+            self.resize_data(old)?;
+        }
+        self.resize_data(new)
+    }
+
+    /// Before growing over a longer backing file: completes the partial cluster at the old end
+    /// from the backing file (its part past the old end will be zeros from the resize), then
+    /// marks every new cluster allocated.
+    fn allocate_grown_area(&self, st: &State, old_size: u64, new_clusters: u64) -> Result<()> {
         let g = st.geometry;
         let load = self.loader();
-        let first_new = old_size.div_ceil(g.cluster_size());
         if old_size % g.cluster_size() != 0 {
             let c = g.cluster_of(old_size);
             if !st.bitmap.get(c, &load)? {
@@ -103,6 +136,7 @@ impl Image {
                 st.bitmap.set_range(c, c + 1, &load)?;
             }
         }
-        st.bitmap.set_range(first_new, g.clusters(), &load)
+        st.bitmap
+            .set_range(old_size.div_ceil(g.cluster_size()), new_clusters, &load)
     }
 }
