@@ -1,0 +1,114 @@
+/*
+ * Compile check of include/addcow.h: meson builds this file as C99 and C11 (and, through
+ * header_check.cpp, as C++) with -Wall -Wextra -Werror -pedantic, links it against libaddcow
+ * and runs it. It pins the ABI the header promises: every prototype (through typed function
+ * pointers, so a changed signature is an error), the flag values, and the struct layouts on
+ * LP64. Written in the common subset of C and C++.
+ */
+#include <addcow.h>
+
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#if defined(__cplusplus)
+#define ADDCOW_CHECK(cond, name) static_assert(cond, #name)
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+#define ADDCOW_CHECK(cond, name) _Static_assert(cond, #name)
+#else
+#define ADDCOW_CHECK(cond, name) typedef char addcow_check_##name[(cond) ? 1 : -1]
+#endif
+
+ADDCOW_CHECK(ADDCOW_OPEN_RDWR == 1, open_rdwr);
+ADDCOW_CHECK(ADDCOW_OPEN_WRITETHROUGH == 2, open_writethrough);
+ADDCOW_CHECK(ADDCOW_OPEN_NO_BACKING == 4, open_no_backing);
+ADDCOW_CHECK(ADDCOW_OPEN_BACKING_ADDCOW == 8, open_backing_addcow);
+
+ADDCOW_CHECK(offsetof(AddCowCreateOptions, struct_size) == 0, struct_size_first);
+ADDCOW_CHECK(offsetof(AddCowCreateOptions, layout) == 4, layout_offset);
+ADDCOW_CHECK(sizeof(void *) != 8 || offsetof(AddCowCreateOptions, image_file) == 8, image_file_lp64);
+ADDCOW_CHECK(sizeof(void *) != 8 || offsetof(AddCowCreateOptions, size) == 32, size_lp64);
+ADDCOW_CHECK(sizeof(void *) != 8 || offsetof(AddCowCreateOptions, flags) == 44, flags_lp64);
+ADDCOW_CHECK(sizeof(void *) != 8 || sizeof(AddCowCreateOptions) == 48, create_options_lp64);
+ADDCOW_CHECK(offsetof(AddCowIo, opaque) == 0, io_opaque_first);
+ADDCOW_CHECK(sizeof(AddCowIo) == 6 * sizeof(void *), io_size);
+
+/* Each prototype, spelled out independently of the header. */
+struct addcow_prototypes {
+    int (*probe)(const uint8_t *, size_t, const char *);
+    int (*open)(const char *, uint32_t, AddCowImage **);
+    int (*open_io)(const AddCowIo *, const AddCowIo *, const AddCowIo *, uint32_t, AddCowImage **);
+    int (*close)(AddCowImage *);
+    int64_t (*get_length)(const AddCowImage *);
+    int64_t (*get_cluster_size)(const AddCowImage *);
+    int (*readv)(AddCowImage *, uint64_t, const struct iovec *, int);
+    int (*writev)(AddCowImage *, uint64_t, const struct iovec *, int);
+    int (*pread)(AddCowImage *, uint64_t, void *, size_t);
+    int (*pwrite)(AddCowImage *, uint64_t, const void *, size_t);
+    int (*is_allocated)(AddCowImage *, uint64_t, uint64_t, uint64_t *);
+    int (*truncate)(AddCowImage *, uint64_t);
+    int (*flush)(AddCowImage *);
+    const char *(*last_error)(void);
+    const char *(*version)(void);
+    int (*create)(const char *, const AddCowCreateOptions *);
+    int (*header_read)(const char *, AddCowHeader **);
+    int (*header_read_io)(const AddCowIo *, AddCowHeader **);
+    uint32_t (*header_layout)(const AddCowHeader *);
+    uint32_t (*header_cluster_size)(const AddCowHeader *);
+    const char *(*header_image_file)(const AddCowHeader *);
+    const char *(*header_backing_file)(const AddCowHeader *);
+    void (*header_free)(AddCowHeader *);
+};
+
+int main(void)
+{
+    static const uint8_t magic[12] = { 'A', 'D', 'D', '_', 'C', 'O', 'W', 0xff, 0, 0, 0, 1 };
+    struct addcow_prototypes p;
+    AddCowImage *img = NULL;
+    const char *v;
+
+    p.probe = addcow_probe;
+    p.open = addcow_open;
+    p.open_io = addcow_open_io;
+    p.close = addcow_close;
+    p.get_length = addcow_get_length;
+    p.get_cluster_size = addcow_get_cluster_size;
+    p.readv = addcow_readv;
+    p.writev = addcow_writev;
+    p.pread = addcow_pread;
+    p.pwrite = addcow_pwrite;
+    p.is_allocated = addcow_is_allocated;
+    p.truncate = addcow_truncate;
+    p.flush = addcow_flush;
+    p.last_error = addcow_last_error;
+    p.version = addcow_version;
+    p.create = addcow_create;
+    p.header_read = addcow_header_read;
+    p.header_read_io = addcow_header_read_io;
+    p.header_layout = addcow_header_layout;
+    p.header_cluster_size = addcow_header_cluster_size;
+    p.header_image_file = addcow_header_image_file;
+    p.header_backing_file = addcow_header_backing_file;
+    p.header_free = addcow_header_free;
+
+    v = p.version();
+    if (!v || !*v) {
+        fprintf(stderr, "addcow_version() is empty\n");
+        return 1;
+    }
+    if (p.probe(magic, sizeof magic, NULL) != 100 || p.probe(magic, 4, NULL) != 0) {
+        fprintf(stderr, "addcow_probe() is wrong\n");
+        return 1;
+    }
+    if (p.open(NULL, 0, &img) >= 0 || img != NULL || strlen(p.last_error()) == 0) {
+        fprintf(stderr, "addcow_open(NULL) did not fail with a message\n");
+        return 1;
+    }
+    if (p.close(NULL) != 0) {
+        fprintf(stderr, "addcow_close(NULL) is not a no-op\n");
+        return 1;
+    }
+    p.header_free(NULL);
+    printf("addcow.h OK with libaddcow %s\n", v);
+    return 0;
+}
