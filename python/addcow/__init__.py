@@ -1,0 +1,48 @@
+"""Python bindings for libaddcow, the add-cow disk-image format, over its C ABI (ctypes).
+
+add-cow gives a raw image a backing file: a small ``.add-cow`` file names the raw *image
+file* and a *backing file* and keeps one bit per 64 KiB cluster (0: read the backing file,
+1: read the image file). The first write to a cluster copies the rest of it from the backing
+file.
+
+Example::
+
+    import addcow
+    addcow.create("disk.add-cow", "disk.raw", backing_file="base.raw")
+    with addcow.open("disk.add-cow", "r+") as img:
+        img.write(0, b"hello")
+        print(img.read(0, 5), list(img.map()))
+
+The C library is found through ``$ADDCOW_LIB``, then a ``libaddcow.so*`` beside this
+package, then the system loader (see :mod:`addcow._lib`); importing fails with
+:class:`LibraryNotFoundError` (an :class:`ImportError`) naming every place tried.
+"""
+
+from ._image import (
+    Extent,
+    Header,
+    Image,
+    ImageFile,
+    create,
+    open,
+    probe,
+    read_header,
+    version,
+)
+from ._lib import LibraryNotFoundError, library_path
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Extent",
+    "Header",
+    "Image",
+    "ImageFile",
+    "LibraryNotFoundError",
+    "create",
+    "library_path",
+    "open",
+    "probe",
+    "read_header",
+    "version",
+]

@@ -1,0 +1,532 @@
+"""The Python API over libaddcow: :func:`create`, :func:`open`, :class:`Image`, ...
+
+Errors: every failing C call raises :class:`OSError` built as ``OSError(errno, message)``,
+so Python picks the subclass (``FileNotFoundError`` for ENOENT, ``PermissionError`` for
+EPERM, ...). ``.errno`` is the errno, ``.strerror`` the library's message (it starts with the
+C function's name), ``.operation`` the C function's name and, for calls on a path,
+``.filename`` the path. Negative offsets or sizes raise ``OSError(EINVAL)`` as :func:`os.pread`
+does; negative lengths raise :class:`ValueError`. Using a closed :class:`Image` raises
+:class:`ValueError`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import io
+import operator
+import os
+import threading
+import warnings
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+
+from . import _lib
+from ._buffers import pin_readable, pin_writable
+from ._lib import check, invalid, lib
+
+__all__ = [
+    "Header",
+    "Image",
+    "ImageFile",
+    "Extent",
+    "create",
+    "open",
+    "probe",
+    "read_header",
+    "version",
+]
+
+#: A filesystem path: ``str``, ``bytes`` or :class:`os.PathLike`.
+PathType = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+
+_U64_MAX = (1 << 64) - 1
+
+
+def version() -> str:
+    """The C library's version, e.g. ``"0.1.0"``."""
+    v: bytes = lib.addcow_version()
+    return v.decode("ascii", "replace")
+
+
+def probe(data: Any) -> int:
+    """How sure libaddcow is that ``data`` (any bytes-like object) starts an add-cow file:
+    100 for the add-cow magic and version 1 (12 bytes are enough), 0 otherwise."""
+    with pin_readable(data, "data") as (addr, n):
+        return check(lib.addcow_probe(addr, n, None), "addcow_probe")
+
+
+def _u64(value: Any, what: str, operation: str) -> int:
+    """``value`` as an unsigned 64-bit integer; OSError(EINVAL) when negative or too large."""
+    v = operator.index(value)
+    if v < 0 or v > _U64_MAX:
+        invalid(operation, f"{what} {v} is out of range")
+    return v
+
+
+def _fs(path: PathType) -> bytes:
+    return os.fsencode(path)
+
+
+def create(
+    path: PathType,
+    image_file: PathType,
+    backing_file: Optional[PathType] = None,
+    size: Optional[int] = None,
+    backing_fmt: Optional[str] = None,
+) -> None:
+    """Creates the ``.add-cow`` file at ``path`` (replacing any file there) and, as ``size``
+    says, the raw image file.
+
+    ``image_file`` and ``backing_file`` are stored as given; relative names resolve against
+    ``path``'s directory. ``size``: above 0, the image file is created if missing and resized
+    to ``size``; ``None`` or 0, the image file must exist and gives the size, or, when it is
+    missing and there is a backing file, it is created with the backing file's length.
+    ``backing_fmt``: ``None`` or ``"raw"`` (default), or ``"add-cow"``.
+    """
+    opts = _lib.AddCowCreateOptions()
+    opts.struct_size = ctypes.sizeof(_lib.AddCowCreateOptions)
+    opts.layout = 0
+    opts.image_file = _fs(image_file)
+    opts.backing_file = _fs(backing_file) if backing_file is not None else None
+    opts.backing_fmt = backing_fmt.encode() if backing_fmt is not None else None
+    opts.size = _u64(0 if size is None else size, "size", "addcow_create")
+    opts.cluster_size = 0
+    opts.flags = 0
+    check(lib.addcow_create(_fs(path), ctypes.byref(opts)), "addcow_create", path)
+
+
+@dataclass(frozen=True)
+class Header:
+    """A parsed ``.add-cow`` header (see :func:`read_header`)."""
+
+    #: 1 for the 2012 v9 layout.
+    layout: int
+    #: Cluster size in bytes (65536 for layout 1).
+    cluster_size: int
+    #: The raw image file's name as stored (relative to the ``.add-cow`` file's directory).
+    image_file: str
+    #: The backing file's name as stored, or ``None``.
+    backing_file: Optional[str]
+
+
+def read_header(path: PathType) -> Header:
+    """Reads and validates the header of the ``.add-cow`` file at ``path`` without opening
+    the files it names. Names are decoded with :func:`os.fsdecode`."""
+    h = _lib.HeaderPtr()
+    check(lib.addcow_header_read(_fs(path), ctypes.byref(h)), "addcow_header_read", path)
+    try:
+        image = lib.addcow_header_image_file(h)
+        backing = lib.addcow_header_backing_file(h)
+        return Header(
+            layout=int(lib.addcow_header_layout(h)),
+            cluster_size=int(lib.addcow_header_cluster_size(h)),
+            image_file=os.fsdecode(image) if image is not None else "",
+            backing_file=os.fsdecode(backing) if backing is not None else None,
+        )
+    finally:
+        lib.addcow_header_free(h)
+
+
+class Extent(NamedTuple):
+    """A run of bytes in one allocation state, as yielded by :meth:`Image.map`."""
+
+    offset: int
+    length: int
+    allocated: bool
+
+
+_MODES = {"r": False, "rb": False, "r+": True, "rb+": True, "r+b": True}
+_BACKING_FMTS = {"raw": 0, "add-cow": _lib.OPEN_BACKING_ADDCOW}
+
+
+def open(  # noqa: A001 - mirrors io.open / gzip.open
+    path: PathType,
+    mode: str = "r",
+    writethrough: bool = False,
+    backing: bool = True,
+    backing_fmt: str = "raw",
+) -> "Image":
+    """Opens the ``.add-cow`` file at ``path`` and the files its header names.
+
+    ``mode``: ``"r"`` read-only (writes raise :class:`PermissionError`) or ``"r+"``
+    read-write. ``writethrough``: every write is durable when it returns (default:
+    writeback until :meth:`Image.flush` or :meth:`Image.close`). ``backing=False``: do not
+    open the backing file; unallocated clusters read as zeros. ``backing_fmt``: ``"raw"`` or
+    ``"add-cow"`` (the backing file is itself an add-cow image).
+    """
+    try:
+        writable = _MODES[mode]
+    except KeyError:
+        raise ValueError(f"mode must be 'r' or 'r+', not {mode!r}") from None
+    try:
+        flags = _BACKING_FMTS[backing_fmt]
+    except KeyError:
+        raise ValueError(f"backing_fmt must be 'raw' or 'add-cow', not {backing_fmt!r}") from None
+    if writable:
+        flags |= _lib.OPEN_RDWR
+    if writethrough:
+        flags |= _lib.OPEN_WRITETHROUGH
+    if not backing:
+        flags |= _lib.OPEN_NO_BACKING
+    handle = _lib.ImagePtr()
+    check(lib.addcow_open(_fs(path), flags, ctypes.byref(handle)), "addcow_open", path)
+    return Image(handle, path, "r+" if writable else "r")
+
+
+class Image:
+    """An open add-cow image. Create it with :func:`addcow.open`.
+
+    Thread-safe: any method may be called from many threads at once. The library runs the
+    calls in parallel (the GIL is released during each call). :meth:`close` waits for calls
+    in progress on other threads and makes every later call raise :class:`ValueError`.
+    :meth:`truncate` is safe to call concurrently too, but other calls racing with it see
+    either the old or the new size: order it yourself when that matters.
+
+    A context manager: leaving the ``with`` block closes (and so flushes) the image.
+    """
+
+    def __init__(self, handle: Any, path: PathType, mode: str) -> None:
+        """Wraps a live ``AddCowImage*``; use :func:`addcow.open` instead."""
+        self._handle: Optional[Any] = handle
+        self._active = 0
+        self._cond = threading.Condition(threading.Lock())
+        #: The path the image was opened with.
+        self.name = path
+        #: ``"r"`` or ``"r+"``.
+        self.mode = mode
+        self._cluster_size = int(check(lib.addcow_get_cluster_size(handle), "addcow_get_cluster_size"))
+
+    # --- lifetime ------------------------------------------------------------------------
+
+    def _acquire(self) -> Any:
+        with self._cond:
+            if self._handle is None:
+                raise ValueError("I/O operation on a closed add-cow image")
+            self._active += 1
+            return self._handle
+
+    def _release(self) -> None:
+        with self._cond:
+            self._active -= 1
+            if self._active == 0:
+                self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._handle is None
+
+    def close(self) -> None:
+        """Flushes and closes the image. Idempotent. Waits for calls in progress on other
+        threads; raises :class:`OSError` when the final flush fails (the image is closed
+        anyway)."""
+        with self._cond:
+            handle = self._handle
+            if handle is None:
+                return
+            self._handle = None
+            while self._active:
+                self._cond.wait()
+        check(lib.addcow_close(handle), "addcow_close", self.name)
+
+    def __enter__(self) -> "Image":
+        if self._handle is None:
+            raise ValueError("I/O operation on a closed add-cow image")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        handle = getattr(self, "_handle", None)
+        if handle is None:
+            return
+        try:
+            warnings.warn(f"unclosed add-cow image {self.name!r}", ResourceWarning, stacklevel=2, source=self)
+            self.close()
+        except Exception:  # noqa: BLE001 - nothing to report to during finalization
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"size={self.size}"
+        return f"<addcow.Image {self.name!r} mode={self.mode!r} {state}>"
+
+    # --- properties ----------------------------------------------------------------------
+
+    @property
+    def writable(self) -> bool:
+        """Whether the image was opened read-write."""
+        return self.mode == "r+"
+
+    @property
+    def size(self) -> int:
+        """The virtual size in bytes (the image file's length)."""
+        h = self._acquire()
+        try:
+            return check(lib.addcow_get_length(h), "addcow_get_length")
+        finally:
+            self._release()
+
+    @property
+    def cluster_size(self) -> int:
+        """The cluster size in bytes (65536 for layout 1)."""
+        if self._handle is None:
+            raise ValueError("I/O operation on a closed add-cow image")
+        return self._cluster_size
+
+    @property
+    def backing_length(self) -> int:
+        """Length of the data unallocated clusters read from: the backing file's length, 0
+        without one or when opened with ``backing=False``. Needs a library that exports
+        ``addcow_get_backing_length`` (:class:`NotImplementedError` otherwise)."""
+        fn = getattr(lib, "addcow_get_backing_length", None)
+        if fn is None:
+            raise NotImplementedError("this libaddcow has no addcow_get_backing_length")
+        h = self._acquire()
+        try:
+            return check(fn(h), "addcow_get_backing_length")
+        finally:
+            self._release()
+
+    # --- I/O -----------------------------------------------------------------------------
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Reads ``length`` bytes at ``offset``: allocated clusters from the image file, the
+        others from the backing file (zeros past its end). ``OSError(EINVAL)`` past the end.
+        """
+        length = operator.index(length)
+        if length < 0:
+            raise ValueError(f"negative length {length}")
+        buf = bytearray(length)
+        self.readinto(offset, buf)
+        return bytes(buf)
+
+    def readinto(self, offset: int, buffer: Any) -> int:
+        """Fills ``buffer`` (any writable C-contiguous buffer: bytearray, memoryview, mmap,
+        array, numpy array, ...) from ``offset`` without copying; returns its size in
+        bytes. Read-only buffers raise :class:`TypeError`, non-contiguous ones
+        :class:`ValueError`."""
+        off = _u64(offset, "offset", "addcow_pread")
+        with pin_writable(buffer, "buffer") as (addr, n):
+            h = self._acquire()
+            try:
+                check(lib.addcow_pread(h, off, addr, n), "addcow_pread")
+            finally:
+                self._release()
+        return n
+
+    def write(self, offset: int, data: Any) -> int:
+        """Writes ``data`` (any bytes-like object) at ``offset`` without copying; returns the
+        number of bytes written. A cluster written for the first time is completed from the
+        backing file. :class:`PermissionError` on a read-only image, ``OSError(EINVAL)``
+        past the end."""
+        off = _u64(offset, "offset", "addcow_pwrite")
+        with pin_readable(data, "data") as (addr, n):
+            h = self._acquire()
+            try:
+                check(lib.addcow_pwrite(h, off, addr, n), "addcow_pwrite")
+            finally:
+                self._release()
+        return n
+
+    def readv(self, offset: int, buffers: Iterable[Any]) -> int:
+        """Fills ``buffers`` (writable buffers, in order) from ``offset`` in one call; returns
+        the total number of bytes. At most 1024 buffers."""
+        off = _u64(offset, "offset", "addcow_readv")
+        with ExitStack() as stack:
+            iov, total = _iovecs(stack, buffers, pin_writable)
+            h = self._acquire()
+            try:
+                check(lib.addcow_readv(h, off, iov, len(iov)), "addcow_readv")
+            finally:
+                self._release()
+        return total
+
+    def writev(self, offset: int, buffers: Iterable[Any]) -> int:
+        """Writes ``buffers`` (bytes-like objects, in order) at ``offset`` in one call;
+        returns the total number of bytes. At most 1024 buffers."""
+        off = _u64(offset, "offset", "addcow_writev")
+        with ExitStack() as stack:
+            iov, total = _iovecs(stack, buffers, pin_readable)
+            h = self._acquire()
+            try:
+                check(lib.addcow_writev(h, off, iov, len(iov)), "addcow_writev")
+            finally:
+                self._release()
+        return total
+
+    def is_allocated(self, offset: int, length: int) -> Tuple[bool, int]:
+        """Whether the byte at ``offset`` lives in the image file, and the length of the run
+        of bytes from ``offset`` in the same state, clamped to ``length`` and the image end.
+        ``(False, 0)`` at or past the end, or for ``length`` 0."""
+        off = _u64(offset, "offset", "addcow_is_allocated")
+        n = _u64(length, "length", "addcow_is_allocated")
+        pnum = ctypes.c_uint64()
+        h = self._acquire()
+        try:
+            rc = check(lib.addcow_is_allocated(h, off, n, ctypes.byref(pnum)), "addcow_is_allocated")
+        finally:
+            self._release()
+        return bool(rc), int(pnum.value)
+
+    def map(self, offset: int = 0, length: Optional[int] = None) -> Iterator[Extent]:
+        """Yields :class:`Extent` ``(offset, length, allocated)`` runs covering
+        ``offset .. offset + length`` (default: the whole image), adjacent runs in the
+        same state merged."""
+        size = self.size
+        pos = _u64(offset, "offset", "addcow_is_allocated")
+        end = size if length is None else min(size, pos + _u64(length, "length", "addcow_is_allocated"))
+        run: Optional[List[Any]] = None
+        while pos < end:
+            allocated, n = self.is_allocated(pos, end - pos)
+            if n == 0:  # the image shrank under us
+                break
+            if run is not None and run[2] == allocated:
+                run[1] += n
+            else:
+                if run is not None:
+                    yield Extent(*run)
+                run = [pos, n, allocated]
+            pos += n
+        if run is not None:
+            yield Extent(*run)
+
+    def truncate(self, size: int) -> None:
+        """Shrinks or grows the image to ``size`` bytes; growing never exposes backing data.
+        :class:`PermissionError` on a read-only image."""
+        n = _u64(size, "size", "addcow_truncate")
+        h = self._acquire()
+        try:
+            check(lib.addcow_truncate(h, n), "addcow_truncate")
+        finally:
+            self._release()
+
+    def flush(self) -> None:
+        """Makes every completed write durable: image data first, then the bitmap."""
+        h = self._acquire()
+        try:
+            check(lib.addcow_flush(h), "addcow_flush")
+        finally:
+            self._release()
+
+    def as_file(self) -> "ImageFile":
+        """A seekable :class:`io.RawIOBase` view of the image (its own position, starting
+        at 0). Closing the view does not close the image. Wrap it in
+        :class:`io.BufferedRandom` or :class:`io.BufferedReader` for buffered access."""
+        if self._handle is None:
+            raise ValueError("I/O operation on a closed add-cow image")
+        return ImageFile(self)
+
+
+def _iovecs(stack: ExitStack, buffers: Iterable[Any], pin: Any) -> Tuple[Any, int]:
+    pinned = [stack.enter_context(pin(b, "buffer")) for b in buffers]
+    iov = (_lib.Iovec * len(pinned))()
+    total = 0
+    for i, (addr, n) in enumerate(pinned):
+        iov[i].iov_base = addr
+        iov[i].iov_len = n
+        total += n
+    return iov, total
+
+
+class ImageFile(io.RawIOBase):
+    """A file-like, seekable raw view of an :class:`Image` (see :meth:`Image.as_file`).
+
+    Reads stop at the end of the image; writes at the end fail with ``ENOSPC`` and writes
+    crossing it are cut short, as on a block device. ``truncate`` resizes the image.
+    """
+
+    def __init__(self, image: Image) -> None:
+        super().__init__()
+        self._image = image
+        self._pos = 0
+
+    @property
+    def image(self) -> Image:
+        """The underlying image."""
+        return self._image
+
+    @property
+    def name(self) -> Any:
+        return self._image.name
+
+    @property
+    def mode(self) -> str:
+        return "rb+" if self._image.writable else "rb"
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on a closed file")
+
+    def readable(self) -> bool:
+        self._check_open()
+        return True
+
+    def writable(self) -> bool:
+        self._check_open()
+        return self._image.writable
+
+    def seekable(self) -> bool:
+        self._check_open()
+        return True
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check_open()
+        offset = operator.index(offset)
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._image.size + offset
+        else:
+            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
+        if pos < 0:
+            raise ValueError(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def readinto(self, buffer: Any) -> int:
+        self._check_open()
+        with memoryview(buffer) as mv, mv.cast("B") as flat:
+            n = max(0, min(flat.nbytes, self._image.size - self._pos))
+            if n == 0:
+                return 0
+            self._image.readinto(self._pos, flat[:n])
+        self._pos += n
+        return n
+
+    def write(self, data: Any) -> int:
+        self._check_open()
+        if not self._image.writable:
+            raise io.UnsupportedOperation("not writable")
+        with memoryview(data) as mv, mv.cast("B") as flat:
+            if flat.nbytes == 0:
+                return 0
+            n = min(flat.nbytes, self._image.size - self._pos)
+            if n <= 0:
+                _lib.raise_errno(
+                    errno.ENOSPC, "write", "write: no space past the end of the image", self.name
+                )
+            self._image.write(self._pos, flat[:n] if n < flat.nbytes else flat)
+        self._pos += n
+        return n
+
+    def truncate(self, size: Optional[int] = None) -> int:
+        self._check_open()
+        if size is None:
+            size = self._pos
+        self._image.truncate(size)
+        return size
+
+    def flush(self) -> None:
+        if self.closed:
+            return
+        if self._image.writable and not self._image.closed:
+            self._image.flush()
