@@ -3,7 +3,7 @@
 #   - meson and ninja: with pip into a virtualenv under build-tools/ (ignored by git like every
 #     build*/ directory; `rm -rf build build-asan` keeps it), or with `pip install --user` when
 #     the venv module is missing.
-#   - pkg-config: with apt-get (as root, or through sudo).
+#   - pkg-config, nbdkit, nbdkit-plugin-dev: with apt-get (as root, or through sudo).
 # Set ADDCOW_NO_BOOTSTRAP=1 to only check, never install.
 
 addcow_bootstrap_die() {
@@ -43,18 +43,24 @@ addcow_bootstrap() {
         addcow_meson_ok || addcow_bootstrap_die "meson >= 1.0 still not found after installing it" || return 1
         command -v ninja >/dev/null 2>&1 || addcow_bootstrap_die "ninja still not found after installing it" || return 1
     fi
-    if ! command -v pkg-config >/dev/null 2>&1; then
-        [[ -z ${ADDCOW_NO_BOOTSTRAP:-} ]] || addcow_bootstrap_die "pkg-config is required" || return 1
+    # Debian packages: pkg-config, and nbdkit with its plugin header for nbdkit/ (the plugin and
+    # its interop tests).
+    local apt=()
+    command -v pkg-config >/dev/null 2>&1 || apt+=(pkg-config)
+    command -v nbdkit >/dev/null 2>&1 || apt+=(nbdkit)
+    [[ -f /usr/include/nbdkit-plugin.h ]] || apt+=(nbdkit-plugin-dev)
+    if ((${#apt[@]})); then
+        [[ -z ${ADDCOW_NO_BOOTSTRAP:-} ]] || addcow_bootstrap_die "missing: ${apt[*]}" || return 1
         local sudo=()
         if [[ $(id -u) != 0 ]]; then
-            command -v sudo >/dev/null 2>&1 || addcow_bootstrap_die "pkg-config is missing and installing it needs root" || return 1
+            command -v sudo >/dev/null 2>&1 || addcow_bootstrap_die "installing ${apt[*]} needs root" || return 1
             sudo=(sudo)
         fi
-        command -v apt-get >/dev/null 2>&1 || addcow_bootstrap_die "pkg-config is missing and there is no apt-get to install it" || return 1
-        echo "bootstrap: installing pkg-config with apt-get" >&2
+        command -v apt-get >/dev/null 2>&1 || addcow_bootstrap_die "${apt[*]} missing and there is no apt-get to install them" || return 1
+        echo "bootstrap: installing ${apt[*]} with apt-get" >&2
         "${sudo[@]}" apt-get update -qq &&
-            DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq pkg-config >/dev/null ||
-            addcow_bootstrap_die "apt-get install pkg-config failed" || return 1
+            DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${apt[@]}" >/dev/null ||
+            addcow_bootstrap_die "apt-get install ${apt[*]} failed" || return 1
         command -v pkg-config >/dev/null 2>&1 || addcow_bootstrap_die "pkg-config still not found after installing it" || return 1
     fi
     echo "bootstrap: meson $(meson --version), ninja $(ninja --version), pkg-config $(pkg-config --version)" >&2

@@ -6,6 +6,7 @@
 #      C code under -fsanitize=address,undefined; the Rust library itself is not instrumented).
 #   3. scripts/check-install.sh: meson install into a DESTDIR, build a pkg-config consumer.
 #   3b. scripts/test-python.sh: the Python package's pytest suite, against build/'s library.
+#   3c. nbdkit/tests: the nbdkit plugin serving add-cow images to qemu-img and qemu-io.
 #   4. include/addcow.h, which every build regenerates, must equal the committed one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,6 +52,11 @@ bash scripts/check-install.sh build
 
 step "python: pytest (python/tests)"
 ADDCOW_LIB="$PWD/build/libaddcow.so.1" bash scripts/test-python.sh -q
+
+step "nbdkit: the plugin with qemu-img and qemu-io (nbdkit/tests)"
+plugin="$PWD/build/nbdkit/nbdkit-addcow-plugin.so"
+[[ -f $plugin ]] || { echo "$plugin was not built: is nbdkit-plugin-dev installed?" >&2; exit 1; }
+ADDCOW_LIB="$PWD/build/libaddcow.so.1" NBDKIT_PLUGIN="$plugin" build/pyvenv/bin/pytest -q nbdkit/tests
 
 step "header freshness"
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1 &&

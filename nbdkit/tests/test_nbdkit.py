@@ -1,0 +1,253 @@
+"""Interop tests: add-cow images served by nbdkit-addcow-plugin to QEMU's own tools.
+
+Every test runs nbdkit in captive mode (``nbdkit -U - ... --run '...'``) with qemu-img or
+qemu-io as the client, then checks the result by reopening the image with the library
+(the ``addcow`` Python package) or against a qcow2 overlay with an external data file, which
+QEMU itself maintains. NBDKIT_PLUGIN names the plugin to test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import addcow
+
+CS = 65536
+PLUGIN = os.environ.get("NBDKIT_PLUGIN", "")
+
+pytestmark = pytest.mark.skipif(
+    not PLUGIN or not shutil.which("nbdkit") or not shutil.which("qemu-io"),
+    reason="SKIPPED LOUDLY: needs NBDKIT_PLUGIN, nbdkit, qemu-img and qemu-io",
+)
+
+
+def serve(image: Path, run: str, *config: str, readonly: bool = False) -> subprocess.CompletedProcess[str]:
+    """Serves `image` and runs the shell command `run` against "$uri"; returns the result."""
+    cmd = ["nbdkit", "-U", "-", "-f"]
+    if readonly:
+        cmd.append("-r")
+    cmd += [PLUGIN, f"file={image}", *config, "--run", run]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=image.parent)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    """Asserts that a served command succeeded without qemu-io error lines; returns stdout."""
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text
+    bad = [line for line in text.splitlines() if "error" in line.lower() or "failed" in line.lower()]
+    assert not bad, text
+    return result.stdout
+
+
+def qemu_io(image: Path, commands: list[str], *config: str) -> str:
+    args = " ".join(f"-c '{c}'" for c in commands)
+    return ok(serve(image, f'qemu-io -f raw {args} "$uri"', *config))
+
+
+def pattern(n: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def make_image(tmp: Path, size: int, backing_len: int | None, name: str = "vm") -> tuple[Path, bytes]:
+    """An add-cow image of `size` bytes over a patterned raw base of `backing_len` bytes."""
+    base = pattern(backing_len or 0)
+    backing = None
+    if backing_len is not None:
+        (tmp / "base.raw").write_bytes(base)
+        backing = "base.raw"
+    meta = tmp / f"{name}.add-cow"
+    addcow.create(meta, f"{name}.raw", backing_file=backing, size=size)
+    return meta, base
+
+
+class Model:
+    """What the guest should see, and which clusters are allocated."""
+
+    def __init__(self, size: int, base: bytes) -> None:
+        self.data = bytearray(base[:size].ljust(size, b"\0"))
+        self.allocated = [False] * ((size + CS - 1) // CS)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.data[offset : offset + len(data)] = data
+        for c in range(offset // CS, (offset + len(data) - 1) // CS + 1):
+            self.allocated[c] = True
+
+
+def check_library(meta: Path, model: Model) -> None:
+    with addcow.open(meta) as img:
+        got = img.read(0, img.size)
+        assert got == bytes(model.data), f"first difference at {first_diff(got, bytes(model.data))}"
+        for c, want in enumerate(model.allocated):
+            assert img.is_allocated(c * CS, CS)[0] == want, f"cluster {c}"
+
+
+def first_diff(a: bytes, b: bytes) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def test_info_and_compare(tmp_path: Path) -> None:
+    meta, base = make_image(tmp_path, 5 * CS + 4096, 3 * CS + 777)
+    with addcow.open(meta, "r+") as img:
+        img.write(CS + 5, b"written through the library")
+        expected = img.read(0, img.size)
+    (tmp_path / "expected.raw").write_bytes(expected)
+    info = json.loads(ok(serve(meta, 'qemu-img info --output=json "$uri"')))
+    assert info["virtual-size"] == 5 * CS + 4096
+    ok(serve(meta, 'qemu-img compare -f raw -F raw "$uri" expected.raw'))
+    (tmp_path / "other.raw").write_bytes(expected[:-1] + b"\x01")
+    assert serve(meta, 'qemu-img compare -f raw -F raw "$uri" other.raw').returncode != 0
+
+
+def test_qemu_io_patterns_sector_and_byte(tmp_path: Path) -> None:
+    """qemu-iotests 017/027/028/037 style writes through NBD, verified with the library."""
+    size = 8 * CS
+    meta, base = make_image(tmp_path, size, 5 * CS + 333)
+    model = Model(size, base)
+    writes = [
+        (0x11, 512, 512),  # 027: a sub-cluster write completes the cluster from the backing file
+        (0x22, CS - 512, 1024),  # 037: across a cluster boundary
+        (0x33, 2 * CS, 3 * CS),  # whole clusters
+        (0x44, 5 * CS + 300, 100),  # 028: around the backing file's (odd) end
+        (0x55, 7 * CS + 1, 3),  # bytes
+        (0x66, 6 * CS + 4095, 4099),
+    ]
+    reads = []
+    for byte, off, n in writes:
+        model.write(off, bytes([byte]) * n)
+        reads.append(f"read -P {byte:#x} {off} {n}")
+    qemu_io(meta, [f"write -P {b:#x} {o} {n}" for b, o, n in writes] + reads + [f"read -P 0 {7 * CS + 4} 4"])
+    check_library(meta, model)
+
+
+def test_convert_equals_library_read(tmp_path: Path) -> None:
+    meta, _ = make_image(tmp_path, 4 * CS + 512, 2 * CS + 1)
+    qemu_io(meta, ["write -P 0x7e 100000 70000"])
+    ok(serve(meta, 'qemu-img convert -f raw -O raw "$uri" out.raw'))
+    with addcow.open(meta) as img:
+        assert (tmp_path / "out.raw").read_bytes() == img.read(0, img.size)
+
+
+def test_map_agrees_with_is_allocated(tmp_path: Path) -> None:
+    meta, _ = make_image(tmp_path, 10 * CS, 4 * CS + 100)
+    qemu_io(meta, ["write -P 1 0 10", f"write -P 2 {6 * CS} {CS}", f"write -z {8 * CS} {CS}"])
+    extents = json.loads(ok(serve(meta, 'qemu-img map -f raw --output=json "$uri"')))
+    with addcow.open(meta) as img:
+        backing_end = img.backing_length
+        for e in extents:
+            for off in range(e["start"], e["start"] + e["length"], 512):
+                allocated, _ = img.is_allocated(off, 1)
+                hole = e["zero"] and not e["data"]
+                # A hole is exactly what is unallocated past the backing file's end.
+                assert hole == (not allocated and off >= backing_end), (e, off)
+        assert img.read(8 * CS, CS) == bytes(CS), "write -z reads zeros"
+        assert img.is_allocated(8 * CS, CS)[0] is False, "zero past the backing end needs no allocation"
+
+
+def test_write_zeroes_hides_backing_data(tmp_path: Path) -> None:
+    meta, _ = make_image(tmp_path, 4 * CS, 4 * CS)
+    qemu_io(meta, ["write -z 1000 100000", "read -P 0 1000 100000", f"discard {3 * CS} {CS}"])
+    with addcow.open(meta) as img:
+        assert img.read(1000, 100000) == bytes(100000)
+        assert img.is_allocated(0, 2 * CS) == (True, 2 * CS)
+
+
+def qcow2_overlay(tmp: Path, size: int) -> Path:
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file=data.raw,cluster_size=65536",
+         "-b", "base.raw", "-F", "raw", "ref.qcow2", str(size)],
+        check=True, cwd=tmp,
+    )
+    return tmp / "ref.qcow2"
+
+
+def qcow2_allocation(ref: Path) -> list[tuple[int, int]]:
+    out = subprocess.run(["qemu-img", "map", "-f", "qcow2", "--output=json", str(ref)],
+                         check=True, capture_output=True, text=True, cwd=ref.parent).stdout
+    return [(e["start"], e["length"]) for e in json.loads(out) if e["depth"] == 0 and e["present"]]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_differential_against_qcow2(tmp_path: Path, seed: int) -> None:
+    """The same random qemu-io workload through the plugin and on a qcow2 overlay with a data
+    file over the same backing file: identical guest content and allocation per cluster."""
+    rng = random.Random(seed)
+    size = 12 * CS + 4096
+    meta, _ = make_image(tmp_path, size, rng.choice([7 * CS + 777, 20 * CS, CS + 1]))
+    ref = qcow2_overlay(tmp_path, size)
+    cmds = []
+    for i in range(60):
+        n = rng.choice([1, 17, 512, 4096, CS, 2 * CS + 3])
+        off = rng.randrange(0, size - n)
+        if rng.random() < 0.2:
+            off -= off % 512
+            n = 512 * rng.randint(1, 8)
+        cmds.append(f"write -P {(i % 250) + 1:#x} {off} {n}")
+    cmds.append(f"write -z {3 * CS} {CS + 512}")
+    qemu_io(meta, cmds)
+    args = " ".join(f"-c '{c}'" for c in cmds)
+    ok(subprocess.run(f"qemu-io -f qcow2 {args} ref.qcow2", shell=True, capture_output=True,
+                      text=True, cwd=tmp_path))
+    ok(serve(meta, 'qemu-img compare -f raw -F qcow2 "$uri" ref.qcow2'))
+    allocated = [False] * ((size + CS - 1) // CS)
+    for start, length in qcow2_allocation(ref):
+        for c in range(start // CS, (start + length - 1) // CS + 1):
+            allocated[c] = True
+    with addcow.open(meta) as img:
+        ours = [img.is_allocated(c * CS, CS)[0] for c in range(len(allocated))]
+    # qcow2 may record zeroes past its backing file's end without allocating: compare only
+    # clusters where both must agree, the rest must read zeros (checked by compare above).
+    for c, (theirs, mine) in enumerate(zip(allocated, ours)):
+        if c * CS < 3 * CS or c * CS >= 4 * CS + 512:
+            assert theirs == mine, f"cluster {c}: qcow2 {theirs}, add-cow {mine}"
+
+
+def test_two_clients_at_once(tmp_path: Path) -> None:
+    size = 16 * CS
+    meta, base = make_image(tmp_path, size, size)
+    model = Model(size, base)
+    a = [f"write -P 0xa1 {c * CS + 512} 1024" for c in range(0, 16, 2)]
+    b = [f"write -P 0xb2 {c * CS} {CS}" for c in range(1, 16, 2)]
+    for c in range(0, 16, 2):
+        model.write(c * CS + 512, b"\xa1" * 1024)
+    for c in range(1, 16, 2):
+        model.write(c * CS, b"\xb2" * CS)
+    run = " ".join(
+        f'qemu-io -f raw {" ".join(f"-c {chr(39)}{c}{chr(39)}" for c in cmds)} "$uri" & '
+        for cmds in (a, b)
+    ) + "wait"
+    ok(serve(meta, run))
+    check_library(meta, model)
+
+
+def test_chain_and_writethrough_config(tmp_path: Path) -> None:
+    mid, base = make_image(tmp_path, 3 * CS, 3 * CS, name="mid")
+    with addcow.open(mid, "r+") as img:
+        img.write(CS, b"mid")
+    top = tmp_path / "top.add-cow"
+    addcow.create(top, "top.raw", backing_file="mid.add-cow", backing_fmt="add-cow")
+    out = qemu_io(top, ["read -P 0x6d 65536 1", "write -P 9 0 1"], "backing_fmt=add-cow", "writethrough=true")
+    assert "read 1/1" in out
+    with addcow.open(top, backing_fmt="add-cow") as img:
+        assert img.read(0, 2) == b"\x09" + base[1:2]
+        assert img.read(CS, 3) == b"mid"
+
+
+def test_errors_reach_the_client(tmp_path: Path) -> None:
+    meta, _ = make_image(tmp_path, 2 * CS, CS)
+    (tmp_path / "vm.raw").unlink()
+    r = serve(meta, 'qemu-img info "$uri"')
+    assert r.returncode != 0
+    assert "vm.raw" in r.stderr and "No such file" in r.stderr, r.stderr
+    meta2, _ = make_image(tmp_path, 2 * CS, CS, name="ro")
+    r = serve(meta2, "qemu-io -f raw -c 'write 0 512' \"$uri\"", readonly=True)
+    assert "Operation not permitted" in r.stdout + r.stderr or r.returncode != 0
+    r = subprocess.run(["nbdkit", "-U", "-", PLUGIN, f"file={meta}", "backing_fmt=qcow2", "--run", "true"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "backing_fmt" in r.stderr
