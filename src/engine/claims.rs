@@ -76,22 +76,39 @@ impl Drop for Claim<'_> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
     use std::time::Duration;
 
     #[test]
-    fn overlapping_claims_wait_and_disjoint_ones_do_not() {
+    fn overlapping_claims_wait() {
         let claims = Claims::new();
         let released = AtomicBool::new(false);
         std::thread::scope(|s| {
             let first = claims.claim(0..3);
             s.spawn(|| {
-                let _other = claims.claim(10..12);
                 let _second = claims.claim(2..4);
                 assert!(released.load(Ordering::SeqCst), "claimed cluster 2 twice");
             });
             std::thread::sleep(Duration::from_millis(50));
             released.store(true, Ordering::SeqCst);
             drop(first);
+        });
+    }
+
+    #[test]
+    fn disjoint_claims_do_not_wait() {
+        let claims = Claims::new();
+        let (done, finished) = mpsc::channel();
+        std::thread::scope(|s| {
+            let _first = claims.claim(0..3);
+            s.spawn(|| {
+                // Cluster 64 shares cluster 0's shard: still no wait.
+                let _other = claims.claim(64..66);
+                done.send(()).unwrap();
+            });
+            finished
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a claim on other clusters waited for cluster 0..3");
         });
     }
 }

@@ -1,6 +1,20 @@
 //! Slicing a guest's iovec list at byte boundaries (cluster edges).
 
 use std::io::{IoSlice, IoSliceMut};
+use std::ops::Range;
+
+/// Walks buffers of the given lengths and returns, for each, the part of it that falls within
+/// the wanted bytes (or `None`). `skip` bytes are passed over first, then `want` bytes taken.
+fn part(buf_len: usize, skip: &mut usize, want: &mut usize) -> Option<Range<usize>> {
+    if *skip >= buf_len {
+        *skip -= buf_len;
+        return None;
+    }
+    let part = *skip..*skip + (buf_len - *skip).min(*want);
+    *skip = 0;
+    *want -= part.len();
+    (!part.is_empty()).then_some(part)
+}
 
 /// The buffers covering bytes `start..start + len` of `bufs`.
 pub(crate) fn slice_mut<'a>(
@@ -8,42 +22,18 @@ pub(crate) fn slice_mut<'a>(
     start: u64,
     len: u64,
 ) -> Vec<IoSliceMut<'a>> {
-    let mut out = Vec::new();
     let (mut skip, mut want) = (start as usize, len as usize);
-    for buf in bufs.iter_mut() {
-        if want == 0 {
-            break;
-        }
-        if skip >= buf.len() {
-            skip -= buf.len();
-            continue;
-        }
-        let take = (buf.len() - skip).min(want);
-        out.push(IoSliceMut::new(&mut buf[skip..skip + take]));
-        want -= take;
-        skip = 0;
-    }
-    out
+    bufs.iter_mut()
+        .filter_map(|b| part(b.len(), &mut skip, &mut want).map(|r| IoSliceMut::new(&mut b[r])))
+        .collect()
 }
 
 /// The buffers covering bytes `start..start + len` of `bufs`.
 pub(crate) fn slice<'a>(bufs: &'a [IoSlice<'_>], start: u64, len: u64) -> Vec<IoSlice<'a>> {
-    let mut out = Vec::new();
     let (mut skip, mut want) = (start as usize, len as usize);
-    for buf in bufs {
-        if want == 0 {
-            break;
-        }
-        if skip >= buf.len() {
-            skip -= buf.len();
-            continue;
-        }
-        let take = (buf.len() - skip).min(want);
-        out.push(IoSlice::new(&buf[skip..skip + take]));
-        want -= take;
-        skip = 0;
-    }
-    out
+    bufs.iter()
+        .filter_map(|b| part(b.len(), &mut skip, &mut want).map(|r| IoSlice::new(&b[r])))
+        .collect()
 }
 
 #[cfg(test)]
