@@ -260,3 +260,64 @@ fn failed_write_back_keeps_pages_dirty() {
     assert!(err.to_string().contains("write bitmap of meta"), "{err}");
     assert_eq!(img.state().bitmap.take_dirty().len(), 1, "page stays dirty");
 }
+
+/// Counts reads (clones share the counters) and reports a fixed length without holding bytes.
+#[derive(Clone, Default)]
+struct Sparse {
+    len: u64,
+    reads: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    read_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    header: Vec<u8>,
+}
+
+impl Storage for Sparse {
+    fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.reads.fetch_add(1, SeqCst);
+        self.read_bytes
+            .fetch_add(crate::storage::iov_len(bufs), SeqCst);
+        MemStorage::from_bytes(self.header.clone()).read_vectored_at(bufs, offset)
+    }
+    fn write_vectored_at(&self, _: &[IoSlice<'_>], _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.len)
+    }
+    fn resize(&self, _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn open_reads_the_header_only_and_queries_load_one_page() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let header = Header::new(b"img", None).unwrap().to_bytes().to_vec();
+    let tib16 = 16u64 << 40;
+    let meta = Sparse {
+        len: 2560 + tib16 / CS / 8,
+        header,
+        ..Default::default()
+    };
+    let data = Sparse {
+        len: tib16,
+        ..Default::default()
+    };
+    let parts = Parts {
+        meta: (Box::new(meta.clone()), "meta".into()),
+        image: (Box::new(data), "data".into()),
+        backing: None,
+    };
+    let img = Image::open_parts(parts, &OpenOptions::default()).unwrap();
+    assert_eq!(img.size(), tib16);
+    assert_eq!(meta.reads.load(SeqCst), 1, "open reads the header once");
+    assert_eq!(meta.read_bytes.load(SeqCst), 2560);
+    assert_eq!(
+        img.is_allocated(10 << 40, 1 << 20).unwrap(),
+        (false, 1 << 20)
+    );
+    assert_eq!(meta.read_bytes.load(SeqCst), 2560 + 4096, "one bitmap page");
+}
