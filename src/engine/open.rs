@@ -113,12 +113,26 @@ fn file_id(path: &Path) -> Option<FileId> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// Whether two names denote the same file: the same inode, or the same absolute path.
+/// Whether two names denote the same file: the same inode when both exist, otherwise the same
+/// canonical path (a missing file's parent directory resolved, so `..` and symlinks count).
 pub(super) fn same_file(a: &Path, b: &Path) -> bool {
     match (file_id(a), file_id(b)) {
         (Some(x), Some(y)) => x == y,
-        _ => std::path::absolute(a).ok() == std::path::absolute(b).ok(),
+        _ => canonical(a) == canonical(b),
     }
+}
+
+/// The canonical path of `p`, or of its parent directory joined with its name when `p` does
+/// not exist yet; the plain absolute path when neither resolves.
+fn canonical(p: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(p)
+        .ok()
+        .or_else(|| {
+            let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+            let dir = std::fs::canonicalize(parent.unwrap_or(Path::new("."))).ok()?;
+            Some(dir.join(p.file_name()?))
+        })
+        .or_else(|| std::path::absolute(p).ok())
 }
 
 /// A name from the header, resolved against the `.add-cow` file's directory.
