@@ -13,7 +13,9 @@
 //! qemu-io accepts byte-granular (unaligned) writes on qcow2; qcow2 refuses sizes that are not a
 //! multiple of 512, so image sizes and truncate sizes here are multiples of 512.
 
+mod common;
 use addcow::{BackingFormat, CreateOptions, Image, OpenOptions};
+use common::Rng;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -21,34 +23,6 @@ use std::process::Command;
 
 const CLUSTER: u64 = 65536;
 const SECTOR: u64 = 512;
-
-/// xorshift64*: small, deterministic, good enough for workloads.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        assert!(lo <= hi);
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
 
 #[derive(Clone, Copy)]
 struct Workload {

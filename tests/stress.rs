@@ -6,9 +6,11 @@
 //! sector, so a sector holding anything but "its backing data" or "its writer's data" (zeros
 //! where the backing data should be, another sector's data, a torn mix) is caught.
 
+mod common;
 use addcow::layout::Header;
 use addcow::storage::MemStorage;
 use addcow::{create, Backing, CreateOptions, Image, OpenOptions, Parts};
+use common::Rng;
 use std::io::IoSlice;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,34 +25,6 @@ const THREADS: u64 = 8;
 #[allow(dead_code)]
 fn assert_send_sync<T: Send + Sync>() {}
 const _: fn() = assert_send_sync::<Image>;
-
-/// xorshift64*: deterministic workloads.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i as u64 + 1) as usize);
-        }
-    }
-}
 
 /// Backing byte at `i`: below 0x80, different per sector.
 fn backing_byte(i: u64) -> u8 {
