@@ -146,8 +146,9 @@ plugin_get_size (void *handle)
   return r < 0 ? fail ((int) r) : r;
 }
 
+/* can_multi_conn, can_flush, can_zero, can_trim, can_extents: all supported. */
 static int
-plugin_can_multi_conn (void *handle)
+plugin_can_yes (void *handle)
 {
   (void) handle;
   return 1;
@@ -158,34 +159,6 @@ plugin_can_fua (void *handle)
 {
   (void) handle;
   return NBDKIT_FUA_NATIVE;
-}
-
-static int
-plugin_can_flush (void *handle)
-{
-  (void) handle;
-  return 1;
-}
-
-static int
-plugin_can_zero (void *handle)
-{
-  (void) handle;
-  return 1;
-}
-
-static int
-plugin_can_trim (void *handle)
-{
-  (void) handle;
-  return 1;
-}
-
-static int
-plugin_can_extents (void *handle)
-{
-  (void) handle;
-  return 1;
 }
 
 static int
@@ -317,12 +290,12 @@ static struct nbdkit_plugin plugin = {
   .open              = plugin_open,
   .close             = plugin_close,
   .get_size          = plugin_get_size,
-  .can_multi_conn    = plugin_can_multi_conn,
+  .can_multi_conn    = plugin_can_yes,
   .can_fua           = plugin_can_fua,
-  .can_flush         = plugin_can_flush,
-  .can_zero          = plugin_can_zero,
-  .can_trim          = plugin_can_trim,
-  .can_extents       = plugin_can_extents,
+  .can_flush         = plugin_can_yes,
+  .can_zero          = plugin_can_yes,
+  .can_trim          = plugin_can_yes,
+  .can_extents       = plugin_can_yes,
   .pread             = plugin_pread,
   .pwrite            = plugin_pwrite,
   .flush             = plugin_flush,

@@ -91,7 +91,7 @@ impl Image {
 
     /// Cluster size in bytes.
     pub fn cluster_size(&self) -> u64 {
-        self.state().geometry.cluster_size()
+        1 << self.header.cluster_bits()
     }
 
     /// The parsed header.
