@@ -54,7 +54,7 @@ cargo +nightly fuzz run "${build[@]}" "$target" "$work" "${seeds[@]}" -- \
 
 grep -E '^#[0-9]+' "$log" | tail -1 || true
 execs=$(grep -E '^stat::number_of_executed_units:' "$log" | awk '{s += $2} END {print s + 0}')
-echo "fuzz.sh: $target: $execs executions in ${seconds}s"
+echo "fuzz.sh: $target: $execs executions (time limit ${seconds}s)"
 if ((status != 0)); then
     grep -E 'panicked at|ERROR: |SUMMARY: |Test unit written to|Running: ' "$log" | head -20 >&2 || true
     echo "fuzz.sh: $target FAILED (exit $status); full log:" >&2
