@@ -46,14 +46,14 @@ const MAX_CALLS: usize = 32;
 ///   abort on it), fuzz/known-bugs/capi/readv-iov-len-past-ssize-max;
 /// - iovec lengths whose sum overflows u64 panic in `storage::iov_len` (debug builds; release
 ///   builds wrap, so the range check sees a small length while the slices claim more than
-///   their buffers), tests/fuzz_regressions.rs.
-///
+///   their buffers), tests/fuzz_regressions.rs;
 /// - with writethrough, a truncate whose final sync fails returns the error but keeps the new
 ///   size (truncate.rs says a failure leaves the old size),
 ///   fuzz/known-bugs/capi/truncate-writethrough-sync-fails-size-changed.
 ///
-/// Off, truncate sizes are at most 2^40, fake lengths are at most 2^62 and an iovec list holds at most three: sums still pass
-/// SSIZE_MAX, never 2^64.
+/// Off, truncate sizes are at most 2^40, fake lengths at most 2^62, an iovec list holds at
+/// most three (sums still pass SSIZE_MAX, never 2^64), and a failed writethrough truncate may
+/// keep either size.
 fn known_bugs() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("ADDCOW_FUZZ_KNOWN_BUGS").is_some_and(|v| v != "0"))
