@@ -2,6 +2,10 @@
 // Each test crate uses only some of them.
 #![allow(dead_code)]
 
+pub mod disk;
+pub mod harness;
+pub mod workloads;
+
 /// xorshift64*: small, deterministic, good enough for workloads.
 pub struct Rng(u64);
 
