@@ -25,6 +25,18 @@
 #include <sys/uio.h>
 
 /**
+ * The largest virtual size the library supports: 2^56 bytes (64 PiB). Larger sizes give
+ * -EFBIG at open, create and truncate.
+ */
+#define ADDCOW_MAX_SIZE 72057594037927936
+
+/**
+ * Create flag: the image and backing names must resolve beneath the `.add-cow` file's
+ * directory, as `ADDCOW_OPEN_CONFINE` checks them at open (-EACCES otherwise).
+ */
+#define ADDCOW_CREATE_CONFINE (1 << 0)
+
+/**
  * Open for reading and writing (default: read-only).
  */
 #define ADDCOW_OPEN_RDWR (1 << 0)
@@ -46,6 +58,20 @@
 #define ADDCOW_OPEN_BACKING_ADDCOW (1 << 3)
 
 /**
+ * Read-only opens only (-EINVAL with `ADDCOW_OPEN_RDWR`): take no lock that conflicts with
+ * other users, not even with a writer (`qemu-img -U`). The content may change underneath.
+ */
+#define ADDCOW_OPEN_FORCE_SHARE (1 << 4)
+
+/**
+ * Every name in every header of the chain must resolve beneath the directory of the `.add-cow`
+ * file that holds it: absolute names, `..` or symlinks leading out of it, and `/proc` magic
+ * links give -EACCES. Use it for images you did not make (a server opening uploaded images).
+ * Not for `addcow_open_io` (the host resolves names itself).
+ */
+#define ADDCOW_OPEN_CONFINE (1 << 5)
+
+/**
  * A parsed `.add-cow` header. Opaque: read it with `addcow_header_read` or
  * `addcow_header_read_io`, free it with `addcow_header_free`.
  */
@@ -56,39 +82,6 @@ typedef struct AddCowHeader AddCowHeader;
  * with `addcow_close`.
  */
 typedef struct AddCowImage AddCowImage;
-
-/**
- * Host-provided I/O. Every callback returns 0 (or the documented non-negative value) on
- * success and a negative errno on failure; reads and writes transfer the whole range.
- * The callbacks may be called from several threads at once, with the same `opaque`.
- */
-typedef struct AddCowIo {
-  /**
-   * Passed back to every callback.
-   */
-  void *opaque;
-  /**
-   * Reads the whole range into `iov`. Reading past the end is never asked for.
-   */
-  int (*preadv)(void *opaque, uint64_t offset, const struct iovec *iov, int iovcnt);
-  /**
-   * Writes the whole range from `iov`, growing the file when it ends past the end.
-   */
-  int (*pwritev)(void *opaque, uint64_t offset, const struct iovec *iov, int iovcnt);
-  /**
-   * Makes completed writes durable.
-   */
-  int (*flush)(void *opaque);
-  /**
-   * Length in bytes, or a negative errno.
-   */
-  int64_t (*get_length)(void *opaque);
-  /**
-   * Sets the length (growing reads as zeros). May be NULL: resizing then fails with
-   * `-ENOTSUP`.
-   */
-  int (*truncate)(void *opaque, uint64_t size);
-} AddCowIo;
 
 /**
  * What `addcow_create` makes. Set `struct_size` to `sizeof(AddCowCreateOptions)` as compiled
@@ -128,10 +121,65 @@ typedef struct AddCowCreateOptions {
    */
   uint32_t cluster_size;
   /**
-   * Reserved, must be 0.
+   * `ADDCOW_CREATE_*` flags; unknown bits give -EINVAL.
    */
   uint32_t flags;
 } AddCowCreateOptions;
+
+/**
+ * Host-provided I/O. Every callback returns 0 (or the documented non-negative value) on
+ * success and a negative errno on failure; reads and writes transfer the whole range.
+ * The callbacks may be called from several threads at once, with the same `opaque`.
+ */
+typedef struct AddCowIo {
+  /**
+   * Passed back to every callback.
+   */
+  void *opaque;
+  /**
+   * Reads the whole range into `iov`. Reading past the end is never asked for.
+   */
+  int (*preadv)(void *opaque, uint64_t offset, const struct iovec *iov, int iovcnt);
+  /**
+   * Writes the whole range from `iov`, growing the file when it ends past the end.
+   */
+  int (*pwritev)(void *opaque, uint64_t offset, const struct iovec *iov, int iovcnt);
+  /**
+   * Makes completed writes durable.
+   */
+  int (*flush)(void *opaque);
+  /**
+   * Length in bytes, or a negative errno.
+   */
+  int64_t (*get_length)(void *opaque);
+  /**
+   * Sets the length (growing reads as zeros). May be NULL: resizing then fails with
+   * `-ENOTSUP`.
+   */
+  int (*truncate)(void *opaque, uint64_t size);
+} AddCowIo;
+
+/**
+ * How `addcow_open_ext` and `addcow_open_io_ext` open an image. Set `struct_size` to
+ * `sizeof(AddCowOpenOptions)` as compiled by the caller: fields past it take their zero
+ * default, and a larger struct from a newer header is accepted when its extra bytes are zero.
+ */
+typedef struct AddCowOpenOptions {
+  /**
+   * sizeof(AddCowOpenOptions) as the caller compiled it.
+   */
+  uint32_t struct_size;
+  /**
+   * `ADDCOW_OPEN_*` flags.
+   */
+  uint32_t flags;
+  /**
+   * Most bytes of bitmap kept in memory: clean bitmap pages beyond it are evicted (dirty
+   * ones stay until written back). 0 = the default, 32 MiB (the bitmap of 16 TiB at 64 KiB
+   * clusters).
+   */
+  uint64_t bitmap_cache_size;
+} AddCowOpenOptions;
 
 #ifdef __cplusplus
 extern "C" {
@@ -146,34 +194,6 @@ extern "C" {
  * `buf` is NULL or points at `len` readable bytes.
  */
 int addcow_probe(const uint8_t *buf, size_t len, const char *filename);
-
-/**
- * Opens the `.add-cow` file at `path` and the files its header names (relative names resolve
- * against `path`'s directory). `flags`: `ADDCOW_OPEN_*`; unknown bits give -EINVAL. On success
- * stores a new handle in `*out` and returns 0; on failure stores NULL and returns -errno
- * (-ENOENT for a missing file, -EINVAL for a malformed header or a name that points back at
- * the image, -ENOTSUP for an unknown version). Opening reads only the header.
- *
- * # Safety
- * `path` is NULL or a NUL-terminated string; `out` is NULL or writable.
- */
-int addcow_open(const char *path, uint32_t flags, struct AddCowImage **out);
-
-/**
- * Opens an image whose files the host supplies: `meta` is the `.add-cow` file, `image` the raw
- * image file, `backing` the raw backing file or NULL for none. `flags` as for `addcow_open`
- * (`ADDCOW_OPEN_BACKING_ADDCOW` is refused: a host backing is raw). The tables are copied; the
- * host keeps each `opaque` valid, and its callbacks callable from any thread, until
- * `addcow_close` returns. Use `addcow_header_read_io` first to learn which files to supply.
- *
- * # Safety
- * `meta`, `image`, `backing` are NULL or valid tables; `out` is NULL or writable.
- */
-int addcow_open_io(const struct AddCowIo *meta,
-                   const struct AddCowIo *image,
-                   const struct AddCowIo *backing,
-                   uint32_t flags,
-                   struct AddCowImage **out);
 
 /**
  * Flushes and closes the image, freeing the handle even when the flush fails (then returns
@@ -291,9 +311,13 @@ const char *addcow_last_error(void);
 const char *addcow_version(void);
 
 /**
- * Creates the `.add-cow` file at `path` (replacing any file there) and, as `opts->size` says,
- * the image file. Refuses (-EINVAL) an image file that is the `.add-cow` file or the backing
- * file, and names of 1024 bytes or more, before touching any file. 0 or -errno.
+ * Creates the `.add-cow` file at `path` (replacing any file there that is not in use) and, as
+ * `opts->size` says, the image file. Atomic: the `.add-cow` file appears complete or not at
+ * all, and a failure removes the files this call created. Before touching any file it refuses
+ * (-EINVAL) an image file that is the `.add-cow` file or any file of the backing chain, and
+ * names of 1024 bytes or more; -EFBIG for sizes above `ADDCOW_MAX_SIZE`; -EBUSY when the image
+ * file or the `.add-cow` file being replaced is in use; -EACCES for a name that leaves the
+ * directory under `ADDCOW_CREATE_CONFINE`. 0 or -errno.
  *
  * # Safety
  * `path` is NULL or NUL-terminated; `opts` is NULL or points at `opts->struct_size` readable
@@ -360,6 +384,66 @@ const char *addcow_header_backing_file(const struct AddCowHeader *h);
  * `h` is NULL or a live header, not used afterwards.
  */
 void addcow_header_free(struct AddCowHeader *h);
+
+/**
+ * Opens the `.add-cow` file at `path` and the files its header names (relative names resolve
+ * against `path`'s directory), and locks them as QEMU does: a read-write open excludes every
+ * other user of its `.add-cow` and image files, a read-only open excludes writers, and every
+ * backing file down the chain is kept from writers. `flags`: `ADDCOW_OPEN_*`; unknown bits
+ * give -EINVAL. On success stores a new handle in `*out` and returns 0; on failure stores NULL
+ * and returns -errno: -ENOENT a missing file, -EBUSY a file in use by another process (or
+ * another open handle) whose lock conflicts, -EINVAL a malformed header, a file that is not a
+ * regular file or block device, or a chain naming one file twice, -ENOTSUP an unknown version,
+ * -EFBIG an image larger than `ADDCOW_MAX_SIZE`, -EACCES a name refused by
+ * `ADDCOW_OPEN_CONFINE`. Opening reads only the header: it costs the same at any size.
+ *
+ * # Safety
+ * `path` is NULL or a NUL-terminated string; `out` is NULL or writable.
+ */
+int addcow_open(const char *path, uint32_t flags, struct AddCowImage **out);
+
+/**
+ * `addcow_open` with options: `opts` NULL means the defaults (read-only).
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated; `opts` is NULL or points at `opts->struct_size` readable
+ * bytes; `out` is NULL or writable.
+ */
+int addcow_open_ext(const char *path,
+                    const struct AddCowOpenOptions *opts,
+                    struct AddCowImage **out);
+
+/**
+ * Opens an image whose files the host supplies: `meta` is the `.add-cow` file, `image` the raw
+ * image file, `backing` the raw backing file or NULL for none. `flags` as for `addcow_open`
+ * (`ADDCOW_OPEN_BACKING_ADDCOW` and `ADDCOW_OPEN_CONFINE` are refused: a host backing is raw,
+ * and the host resolves names). The host owns its files: nothing is locked
+ * (`ADDCOW_OPEN_FORCE_SHARE` changes nothing); lock them the host's way. The tables are copied;
+ * the host keeps each `opaque` valid, and its callbacks callable from any thread, until
+ * `addcow_close` returns. Use `addcow_header_read_io` first to learn which files to supply.
+ * -EFBIG when the image file is larger than `ADDCOW_MAX_SIZE`.
+ *
+ * # Safety
+ * `meta`, `image`, `backing` are NULL or valid tables; `out` is NULL or writable.
+ */
+int addcow_open_io(const struct AddCowIo *meta,
+                   const struct AddCowIo *image,
+                   const struct AddCowIo *backing,
+                   uint32_t flags,
+                   struct AddCowImage **out);
+
+/**
+ * `addcow_open_io` with options: `opts` NULL means the defaults (read-only).
+ *
+ * # Safety
+ * `meta`, `image`, `backing` are NULL or valid tables; `opts` is NULL or points at
+ * `opts->struct_size` readable bytes; `out` is NULL or writable.
+ */
+int addcow_open_io_ext(const struct AddCowIo *meta,
+                       const struct AddCowIo *image,
+                       const struct AddCowIo *backing,
+                       const struct AddCowOpenOptions *opts,
+                       struct AddCowImage **out);
 
 #ifdef __cplusplus
 }  // extern "C"
