@@ -24,6 +24,7 @@
 mod backing;
 mod claims;
 mod create;
+mod files;
 mod iov;
 mod open;
 mod truncate;
@@ -35,7 +36,7 @@ pub use open::{read_header, BackingFormat, OpenOptions, Parts};
 use crate::bitmap::Bitmap;
 use crate::error::{Error, Result};
 use crate::layout::{Geometry, Header};
-use crate::storage::{iov_len, zero_fill, Storage};
+use crate::storage::{zero_fill, Storage};
 use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard};
 use std::borrow::Cow;
 use std::io::{IoSlice, IoSliceMut};
@@ -125,8 +126,8 @@ impl Image {
     /// Reads `bufs` from `offset`: allocated clusters from the image file, the others from the
     /// backing file (zeros past its end, or without one). `EINVAL` past the end of the image.
     pub fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> Result<()> {
+        let len = iov::total(bufs)?;
         let st = self.state();
-        let len = iov_len(bufs);
         st.check(offset, len)?;
         let mut pos = 0;
         while pos < len {
@@ -167,8 +168,8 @@ impl Image {
         if self.read_only {
             return Err(Error::ReadOnly("write"));
         }
+        let len = iov::total(bufs)?;
         let st = self.state();
-        let len = iov_len(bufs);
         st.check(offset, len)?;
         let mut pos = 0;
         let mut in_place = false;

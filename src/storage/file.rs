@@ -131,8 +131,12 @@ impl Storage for FileStorage {
         self.file.sync_data()
     }
 
+    /// The end of the file by `lseek(SEEK_END)`, which gives block devices their size too (their
+    /// `stat` size is 0). The file offset it moves is never used: all I/O is positional.
     fn len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        // SAFETY: lseek on a valid descriptor takes no pointer.
+        let end = unsafe { libc::lseek(self.file.as_raw_fd(), 0, libc::SEEK_END) };
+        u64::try_from(end).map_err(|_| io::Error::last_os_error())
     }
 
     fn resize(&self, len: u64) -> io::Result<()> {

@@ -1,4 +1,5 @@
-//! Byte sources: the files (or host callbacks, or memory) an image is made of.
+//! Byte sources: the files (or host callbacks, or memory) an image is made of, and how local
+//! files are opened ([`open`]: types, confinement) and locked ([`lock`]: QEMU's lock bytes).
 //!
 //! Contract of every [`Storage`]:
 //! - positional and vectored: no shared file offset, so any number of threads may call at once;
@@ -9,11 +10,15 @@
 
 mod file;
 mod host;
+mod lock;
 mod mem;
+mod open;
 
 pub use file::FileStorage;
 pub use host::{AddCowIo, HostStorage};
+pub use lock::{lock, Conflict, Lock};
 pub use mem::MemStorage;
+pub use open::{open_path, Access, Create, Dir};
 
 use std::io::{self, IoSlice, IoSliceMut};
 
