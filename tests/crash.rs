@@ -216,6 +216,7 @@ fn setup(backing: Option<u64>, allocated: &[u64]) -> Setup {
         backing,
         allocated: allocated.to_vec(),
         writethrough: false,
+        stale_bits: false,
     }
 }
 

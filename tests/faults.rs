@@ -59,6 +59,7 @@ fn setup() -> Setup {
         backing: Some(8 * CS),
         allocated: vec![1],
         writethrough: false,
+        stale_bits: false,
     }
 }
 

@@ -19,10 +19,21 @@ fn setups(size: u64, backings: &[Option<u64>], allocated: &[u64]) -> Vec<Setup> 
                 backing,
                 allocated: allocated.to_vec(),
                 writethrough,
+                stale_bits: false,
             });
         }
     }
     out
+}
+
+fn with_stale_bits(setups: Vec<Setup>) -> Vec<Setup> {
+    setups
+        .into_iter()
+        .map(|s| Setup {
+            stale_bits: true,
+            ..s
+        })
+        .collect()
 }
 
 fn each(
@@ -98,41 +109,47 @@ pub fn writethrough() -> Vec<Scenario> {
 }
 
 /// Growing: unaligned old size (6 clusters, the last partial, unallocated or allocated) to 11
-/// clusters, bitmap 1 to 2 bytes; aligned 4 to 6 clusters. Backing: none, shorter than the old
-/// size, between the old and the new size, longer than the new size.
+/// clusters, bitmap 1 to 2 bytes, then a write into the grown area; the same over an `.add-cow`
+/// file with stale bits past the end; aligned 4 to 6 clusters. Backing: none, shorter than the
+/// old size, between the old and the new size, longer than the new size.
 pub fn truncate_grow() -> Vec<Scenario> {
     let (old, new) = (6 * CS - 1000, 10 * CS + 5000);
     let backings = [None, Some(2 * CS + 300), Some(8 * CS), Some(12 * CS)];
-    each("grow", setups(old, &backings, &[1]), |s| {
-        s.truncate(new).flush()
-    })
-    .chain(each(
-        "grow, end cluster allocated",
-        setups(old, &backings, &[1, 5]),
-        |s| s.truncate(new).flush(),
-    ))
-    .chain(each(
-        "grow, aligned",
-        setups(
-            4 * CS,
-            &[None, Some(CS + 300), Some(5 * CS), Some(8 * CS)],
-            &[1, 3],
-        ),
-        |s| s.truncate(6 * CS).flush(),
-    ))
-    .collect()
+    let grow_and_write = |s: Scenario| s.truncate(new).flush().write(7 * CS + 100, 1000).flush();
+    each("grow", setups(old, &backings, &[1]), grow_and_write)
+        .chain(each(
+            "grow, end cluster allocated",
+            setups(old, &backings, &[1, 5]),
+            |s| s.truncate(new).flush(),
+        ))
+        .chain(each(
+            "grow over stale bits",
+            with_stale_bits(setups(old, &backings, &[1])),
+            grow_and_write,
+        ))
+        .chain(each(
+            "grow, aligned",
+            setups(
+                4 * CS,
+                &[None, Some(CS + 300), Some(5 * CS), Some(8 * CS)],
+                &[1, 3],
+            ),
+            |s| s.truncate(6 * CS).flush(),
+        ))
+        .collect()
 }
 
 /// Shrinking away allocated clusters, over a backing file with other data there (or none, or
-/// a short one): 10 clusters to 6 (bitmap 2 bytes to 1, the new last cluster partial), 10 to
-/// a cluster boundary, 5 to 3 (bitmap stays 1 byte).
+/// a short one): 10 clusters to 6 (bitmap 2 bytes to 1, the new last cluster partial, then
+/// written at the new end), 10 to a cluster boundary, 5 to 3 (bitmap stays 1 byte).
 pub fn truncate_shrink() -> Vec<Scenario> {
     let old = 10 * CS - 1000;
+    let new = 6 * CS - 3000;
     let backings = [None, Some(3 * CS), Some(12 * CS)];
     each(
         "shrink across a bitmap byte",
         setups(old, &backings, &[1, 5, 7, 8, 9]),
-        |s| s.truncate(6 * CS - 3000).flush(),
+        |s| s.truncate(new).flush().write(new - 100, 100).flush(),
     )
     .chain(each(
         "shrink to a cluster boundary",
