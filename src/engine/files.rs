@@ -14,6 +14,7 @@ use crate::storage::{self, Access, Dir, FileStorage, Lock};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// What a file is to an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,14 +96,33 @@ impl Use {
     }
 }
 
+/// How often a conflicting lock is tried again, and the first pause (doubled each time): about
+/// 0.25 s in all.
+const LOCK_ATTEMPTS: u32 = 8;
+const LOCK_PAUSE: Duration = Duration::from_millis(2);
+
 /// Takes `mode` on `file`; `EBUSY` naming `role` when another user conflicts.
-pub(super) fn take_lock(file: &File, mode: Lock, role: &str) -> Result<()> {
-    match storage::lock(file, mode).map_err(|e| Error::io("lock", role, 0, e))? {
-        Ok(()) => Ok(()),
-        Err(conflict) => Err(Error::Busy(format!(
-            "{role}: {}: it is in use by another process or another open image",
-            conflict.0
-        ))),
+///
+/// A conflict is tried again for a short while before it is reported: a child process that
+/// another thread has just forked shares our open file descriptions, and the locks on them,
+/// until it executes its program, so a file this process closed and reopens may look busy for
+/// that instant.
+fn take_lock(file: &File, mode: Lock, role: &str) -> Result<()> {
+    let mut pause = LOCK_PAUSE;
+    let mut attempt = 1;
+    loop {
+        match storage::lock(file, mode).map_err(|e| Error::io("lock", role, 0, e))? {
+            Ok(()) => return Ok(()),
+            Err(_) if attempt < LOCK_ATTEMPTS => std::thread::sleep(pause),
+            Err(conflict) => {
+                return Err(Error::Busy(format!(
+                    "{role}: {}: it is in use by another process or another open image",
+                    conflict.0
+                )))
+            }
+        }
+        pause *= 2;
+        attempt += 1;
     }
 }
 
