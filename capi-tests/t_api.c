@@ -393,7 +393,8 @@ int case_create_flags(const char *dir)
     char meta[PATH_MAX];
     pj(meta, dir, "img.add-cow");
     AddCowCreateOptions o = create_opts("img.raw", NULL, CL);
-    const uint32_t bad[] = {1, 2, 0x100, 0x80000000u};
+    /* Bit 0 is ADDCOW_CREATE_CONFINE; every other bit is unknown. */
+    const uint32_t bad[] = {1u << 1, 1u << 2, 0x100, 0x80000000u, ADDCOW_CREATE_CONFINE | 1u << 3};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         o.flags = bad[i];
         CHECKF(addcow_create(meta, &o) == -EINVAL, "flags %#x accepted", bad[i]);
@@ -647,7 +648,9 @@ int case_open_unknown_flags(const char *dir)
     char meta[PATH_MAX];
     pj(meta, dir, "img.add-cow");
     CHECK_OK(create_img(meta, "img.raw", NULL, CL));
-    const uint32_t bad[] = {1u << 4, 1u << 5, 1u << 16, 1u << 31, ADDCOW_OPEN_RDWR | 1u << 7};
+    /* Bits 0-5 are ADDCOW_OPEN_*; the rest are unknown. */
+    const uint32_t bad[] = {1u << 6, 1u << 7, 1u << 16, 1u << 31, ADDCOW_OPEN_RDWR | 1u << 7,
+                            ADDCOW_OPEN_FORCE_SHARE | 1u << 6};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         AddCowImage *img = SENTINEL;
         CHECKF(addcow_open(meta, bad[i], &img) == -EINVAL, "flags %#x", bad[i]);
@@ -1007,8 +1010,9 @@ int case_flush_persists(const char *dir)
     uint8_t bm = 0xff;
     TRY(pread_file(meta, HDR, &bm, 1));
     CHECKF(bm == 0x04, "bitmap byte after flush: %#x, want 0x04", bm);
+    /* A second handle peeks without the locks that would conflict with the writer. */
     AddCowImage *other = NULL;
-    CHECK_OK(addcow_open(meta, 0, &other));
+    CHECK_OK(addcow_open(meta, ADDCOW_OPEN_FORCE_SHARE, &other));
     TRY(read_expect(other, 2 * CL, want, CL, "a second handle after flush"));
     CHECK_OK(addcow_close(other));
     CHECK_OK(addcow_flush(img)); /* nothing dirty: fine */

@@ -188,7 +188,7 @@ int case_io_open_io_args(const char *dir)
     CHECK_RC(addcow_open_io(NULL, &e.iio, &e.bio, 0, &img), -EINVAL);
     CHECK_RC(addcow_open_io(&e.mio, NULL, &e.bio, 0, &img), -EINVAL);
     CHECK_RC(addcow_open_io(&e.mio, &e.iio, &e.bio, 0, NULL), -EINVAL);
-    CHECK_RC(addcow_open_io(&e.mio, &e.iio, &e.bio, 1u << 4, &img), -EINVAL);
+    CHECK_RC(addcow_open_io(&e.mio, &e.iio, &e.bio, 1u << 6, &img), -EINVAL); /* unknown */
     CHECK_RC(addcow_open_io(&e.mio, &e.iio, &e.bio, ADDCOW_OPEN_BACKING_ADDCOW, &img), -EINVAL);
     for (int which = 0; which < 4; which++) {
         AddCowIo t = e.iio;
