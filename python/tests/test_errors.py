@@ -23,7 +23,7 @@ def _patched(src: Path, dst: Path, at: int, new: bytes) -> Path:
 
 def test_missing_add_cow_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.add-cow"
-    for call, op in ((addcow.open, "addcow_open"), (addcow.read_header, "addcow_header_read")):
+    for call, op in ((addcow.open, "addcow_open_ext"), (addcow.read_header, "addcow_header_read")):
         with pytest.raises(FileNotFoundError) as e:
             call(missing)
         err = e.value
