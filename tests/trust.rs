@@ -124,6 +124,14 @@ fn readers_share_and_exclude_writers_and_force_share_is_read_only() {
         ..rw()
     };
     assert_err(Image::open(&meta, &o), libc::EINVAL, &["force share"]);
+    // The same for sources the caller supplies, which are never locked.
+    let header = Header::new(b"img", None).unwrap().to_bytes().to_vec();
+    let parts = Parts {
+        meta: (Box::new(MemStorage::from_bytes(header)), "meta".into()),
+        image: (Box::new(MemStorage::new()), "image".into()),
+        backing: None,
+    };
+    assert_err(Image::open_parts(parts, &o), libc::EINVAL, &["force share"]);
 }
 
 #[test]

@@ -235,8 +235,9 @@ unsafe fn open_host(
 /// Opens an image whose files the host supplies: `meta` is the `.add-cow` file, `image` the raw
 /// image file, `backing` the raw backing file or NULL for none. `flags` as for `addcow_open`
 /// (`ADDCOW_OPEN_BACKING_ADDCOW` and `ADDCOW_OPEN_CONFINE` are refused: a host backing is raw,
-/// and the host resolves names). The host owns its files: nothing is locked
-/// (`ADDCOW_OPEN_FORCE_SHARE` changes nothing); lock them the host's way. The tables are copied;
+/// and the host resolves names). The host owns its files: nothing is locked (so
+/// `ADDCOW_OPEN_FORCE_SHARE` changes nothing, and is refused with `ADDCOW_OPEN_RDWR` as
+/// everywhere); lock them the host's way. The tables are copied;
 /// the host keeps each `opaque` valid, and its callbacks callable from any thread, until
 /// `addcow_close` returns. Use `addcow_header_read_io` first to learn which files to supply.
 /// -EFBIG when the image file is larger than `ADDCOW_MAX_SIZE`.

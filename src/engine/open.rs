@@ -48,6 +48,18 @@ pub struct OpenOptions {
     pub confine: bool,
 }
 
+impl OpenOptions {
+    /// Refuses combinations that make no sense: force share on a writable open.
+    fn check(&self) -> Result<()> {
+        match self.writable && self.force_share {
+            true => Err(Error::invalid(
+                "force share is for read-only opens: a writer must lock its files",
+            )),
+            false => Ok(()),
+        }
+    }
+}
+
 /// Already-open byte sources, for hosts that supply their own I/O.
 pub struct Parts {
     /// The `.add-cow` file and its name for messages.
@@ -80,11 +92,7 @@ impl Image {
     /// [`crate::storage::Lock`]): `EBUSY` when another user conflicts.
     pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Image> {
         let path = path.as_ref();
-        if opts.writable && opts.force_share {
-            return Err(Error::invalid(
-                "force share is for read-only opens: a writer must lock its files",
-            ));
-        }
+        opts.check()?;
         let how = Use::top(opts.writable, opts.force_share, opts.confine);
         let what = Role::AddCow.describe(path);
         let file = open_path(path, Access::write(opts.writable, false), &what)?;
@@ -93,8 +101,10 @@ impl Image {
         open_level(&Dir::of(path)?, (meta, what), 1, how, opts, &mut chain)
     }
 
-    /// Builds an image from byte sources the caller opened.
+    /// Builds an image from byte sources the caller opened. Nothing is locked: the caller owns
+    /// the sources.
     pub fn open_parts(parts: Parts, opts: &OpenOptions) -> Result<Image> {
+        opts.check()?;
         let Parts {
             meta: (meta, meta_name),
             image: (data, data_name),
