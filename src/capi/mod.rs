@@ -66,6 +66,7 @@ fn open_options(flags: u32) -> Result<OpenOptions> {
             0 => BackingFormat::Raw,
             _ => BackingFormat::AddCow,
         },
+        ..OpenOptions::default()
     })
 }
 

@@ -39,6 +39,10 @@ pub struct OpenOptions {
     pub no_backing: bool,
     /// Format of the backing file.
     pub backing_format: BackingFormat,
+    /// Cap on the memory of cached bitmap pages, in bytes: clean pages are evicted above it
+    /// (dirty ones stay until written back). 0 = the default, 32 MiB; less than a page means
+    /// one page.
+    pub bitmap_cache_bytes: u64,
 }
 
 /// Already-open byte sources, for hosts that supply their own I/O.
@@ -96,7 +100,7 @@ impl Image {
             read_only: !opts.writable,
             writethrough: opts.writethrough,
             state: ShardedLock::new(State {
-                bitmap: Bitmap::new(geometry.clusters()),
+                bitmap: Bitmap::new(geometry.clusters(), opts.bitmap_cache_bytes),
                 geometry,
             }),
             claims: Claims::new(),

@@ -42,12 +42,12 @@ impl Image {
         let old = st.geometry;
         let load = self.loader();
         st.bitmap
-            .load_range(new.clusters(), old.clusters(), &load)?;
+            .hold_range(new.clusters(), old.clusters(), &load)?;
         self.resize_meta(new.bitmap_len())?;
         if let Err(e) = self.resize_data(new.size()) {
-            // The bits past the new end are still in memory: put them back on disk.
+            // The bits past the new end are held in memory, dirty: the next flush puts them
+            // back on disk.
             let _ = self.resize_meta(old.bitmap_len());
-            st.bitmap.mark_dirty_range(new.clusters(), old.clusters());
             return Err(e);
         }
         st.bitmap.resize(new.clusters(), &load)?;
@@ -68,7 +68,7 @@ impl Image {
             self.grow_data(old.size(), new.size())
         })();
         if let Err(e) = grown {
-            // Drops the new bits; the boundary page is loaded, so this does no I/O.
+            // Drops the new bits (reading the boundary page again if it was evicted since).
             st.bitmap.resize(old.clusters(), &load)?;
             return Err(e);
         }
