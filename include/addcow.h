@@ -186,7 +186,8 @@ typedef struct AddCowOpenOptions {
   /**
    * Most bytes of bitmap kept in memory: clean bitmap pages beyond it are evicted (dirty
    * ones stay until written back). 0 = the default, 32 MiB (the bitmap of 16 TiB at 64 KiB
-   * clusters).
+   * clusters); less than one 4 KiB page means one page. Backing images down the chain use
+   * the same cap each.
    */
   uint64_t bitmap_cache_size;
 } AddCowOpenOptions;

@@ -48,7 +48,8 @@ pub struct AddCowOpenOptions {
     pub flags: u32,
     /// Most bytes of bitmap kept in memory: clean bitmap pages beyond it are evicted (dirty
     /// ones stay until written back). 0 = the default, 32 MiB (the bitmap of 16 TiB at 64 KiB
-    /// clusters).
+    /// clusters); less than one 4 KiB page means one page. Backing images down the chain use
+    /// the same cap each.
     pub bitmap_cache_size: u64,
 }
 
@@ -77,6 +78,7 @@ fn open_options(o: &AddCowOpenOptions) -> Result<OpenOptions> {
         },
         force_share: has(ADDCOW_OPEN_FORCE_SHARE),
         confine: has(ADDCOW_OPEN_CONFINE),
+        bitmap_cache_bytes: o.bitmap_cache_size,
     })
 }
 

@@ -46,6 +46,10 @@ pub struct OpenOptions {
     /// `.add-cow` file that holds it: no absolute names, no `..` or symlink escapes (`EACCES`).
     /// For images made by someone else.
     pub confine: bool,
+    /// Cap on the memory of cached bitmap pages, in bytes: clean pages are evicted above it
+    /// (dirty ones stay until written back). 0 = the default, 32 MiB; less than a page means
+    /// one page.
+    pub bitmap_cache_bytes: u64,
 }
 
 impl OpenOptions {
@@ -126,7 +130,7 @@ impl Image {
             read_only: !opts.writable,
             writethrough: opts.writethrough,
             state: ShardedLock::new(State {
-                bitmap: Bitmap::new(geometry.clusters()),
+                bitmap: Bitmap::new(geometry.clusters(), opts.bitmap_cache_bytes),
                 geometry,
             }),
             claims: Claims::new(),

@@ -54,11 +54,10 @@ impl Image {
     fn shrink(&self, st: &mut State, new: Geometry) -> Result<()> {
         let old = st.geometry;
         let load = self.loader();
-        // The page at the new end, so that resizing the bitmap after the cut does no I/O (and
-        // cannot fail). Nothing else runs during a truncate, so nothing evicts it meanwhile.
+        // The page at the new end, held in memory, so that resizing the bitmap after the cut
+        // does no I/O and cannot fail.
         if let Some(last) = old.clusters().checked_sub(1) {
-            let c = new.clusters().min(last);
-            st.bitmap.load_range(c, c + 1, &load)?;
+            st.bitmap.hold_page_of(new.clusters().min(last), &load)?;
         }
         self.resize_data(new.size())?;
         // The image file has its new length: from here on, so has the image.
@@ -90,6 +89,8 @@ impl Image {
             self.grow_data(old.size(), new.size())
         })();
         if let Err(e) = grown {
+            // Drops the new bits without I/O: the page at the old end was made resident and dirty
+            // by the resize above, and only loads evict (the commit is the last bitmap step).
             st.bitmap.resize(old.clusters(), &load)?;
             return Err(restore_meta(e));
         }

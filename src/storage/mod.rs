@@ -6,7 +6,8 @@
 //! - a read transfers the whole range or fails; bytes past the end read as zeros;
 //! - a write transfers the whole range or fails, growing the storage when it ends past the end;
 //! - `flush` makes every completed write durable;
-//! - `resize` grows with zeros or shrinks.
+//! - `resize` grows with zeros or shrinks;
+//! - `next_data` never skips a nonzero byte (it may report data where there are zeros).
 
 mod file;
 mod host;
@@ -36,6 +37,14 @@ pub trait Storage: Send + Sync {
     fn len(&self) -> io::Result<u64>;
     /// Sets the length: growing reads as zeros.
     fn resize(&self, len: u64) -> io::Result<()>;
+
+    /// The first offset at or after `offset` where data may be, or `None` when every byte from
+    /// `offset` on reads as zero (a hole to the end, or past the end), so that callers can
+    /// skip all-zero stretches of sparse files without reading them. The default knows no
+    /// holes: "data may be at `offset`".
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        Ok(Some(offset))
+    }
 
     /// Convenience: one buffer.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
