@@ -2,7 +2,10 @@
 //! refusals), `open` errors, short backing files, add-cow chains, loops and the depth limit,
 //! `no_backing`, writethrough versus writeback durability, and truncate on files.
 
-use addcow::{create, BackingFormat, CreateOptions, Error, Image, OpenOptions};
+mod common;
+
+use addcow::{create, BackingFormat, CreateOptions, Image, OpenOptions};
+use common::{assert_err, ro, rw};
 use std::path::{Path, PathBuf};
 
 const CS: u64 = 65536;
@@ -35,17 +38,6 @@ fn opts(image: &str, backing: Option<&str>, size: u64) -> CreateOptions {
         size,
         ..CreateOptions::default()
     }
-}
-
-fn rw() -> OpenOptions {
-    OpenOptions {
-        writable: true,
-        ..OpenOptions::default()
-    }
-}
-
-fn ro() -> OpenOptions {
-    OpenOptions::default()
 }
 
 fn chained(writable: bool) -> OpenOptions {
@@ -83,24 +75,6 @@ fn clusters(img: &Image) -> Vec<bool> {
             a
         })
         .collect()
-}
-
-/// Asserts the error's errno and that its message contains every one of `words`.
-#[track_caller]
-fn assert_err<T>(result: Result<T, Error>, errno: i32, words: &[&str]) {
-    let Err(err) = result else {
-        panic!("expected an error (errno {errno}, mentioning {words:?}), got Ok");
-    };
-    let msg = err.to_string();
-    assert_eq!(
-        err.errno(),
-        errno,
-        "errno of {msg:?} (want {errno}, got {})",
-        err.errno()
-    );
-    for w in words {
-        assert!(msg.contains(w), "message {msg:?} does not mention {w:?}");
-    }
 }
 
 /// The NUL-padded name field of a header.

@@ -8,7 +8,7 @@ mod common;
 use addcow::layout::Header;
 use addcow::storage::{MemStorage, Storage};
 use addcow::{create, Backing, BackingFormat, CreateOptions, Error, Image, OpenOptions, Parts};
-use common::qemu_tool;
+use common::{assert_err, qemu_tool, ro, rw};
 use std::ffi::CString;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::unix::ffi::OsStrExt;
@@ -19,29 +19,6 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 const CS: u64 = 65536;
-
-fn rw() -> OpenOptions {
-    OpenOptions {
-        writable: true,
-        ..OpenOptions::default()
-    }
-}
-
-fn ro() -> OpenOptions {
-    OpenOptions::default()
-}
-
-#[track_caller]
-fn assert_err<T>(result: Result<T, Error>, errno: i32, words: &[&str]) {
-    let Err(err) = result else {
-        panic!("expected an error (errno {errno}, mentioning {words:?}), got Ok");
-    };
-    let msg = err.to_string();
-    assert_eq!(err.errno(), errno, "errno of {msg:?}");
-    for w in words {
-        assert!(msg.contains(w), "message {msg:?} does not mention {w:?}");
-    }
-}
 
 /// `dir/disk.add-cow` over `dir/disk.raw` (2 clusters) backed by `dir/base.raw` (2 clusters).
 fn image(dir: &Path) -> PathBuf {

@@ -55,3 +55,34 @@ pub fn qemu_tool(name: &str) -> std::path::PathBuf {
             panic!("{name} is not on PATH: install qemu-utils (apt-get install qemu-utils)")
         })
 }
+
+/// Open options: read-write.
+pub fn rw() -> addcow::OpenOptions {
+    addcow::OpenOptions {
+        writable: true,
+        ..addcow::OpenOptions::default()
+    }
+}
+
+/// Open options: read-only.
+pub fn ro() -> addcow::OpenOptions {
+    addcow::OpenOptions::default()
+}
+
+/// Asserts the error's errno and that its message contains every one of `words`.
+#[track_caller]
+pub fn assert_err<T>(result: Result<T, addcow::Error>, errno: i32, words: &[&str]) {
+    let Err(err) = result else {
+        panic!("expected an error (errno {errno}, mentioning {words:?}), got Ok");
+    };
+    let msg = err.to_string();
+    assert_eq!(
+        err.errno(),
+        errno,
+        "errno of {msg:?} (want {errno}, got {})",
+        err.errno()
+    );
+    for w in words {
+        assert!(msg.contains(w), "message {msg:?} does not mention {w:?}");
+    }
+}
