@@ -46,6 +46,8 @@
     CASE(rw_past_end) \
     CASE(rw_null_buf) \
     CASE(rw_iov_max) \
+    CASE(rw_iov_overflow) \
+    CASE(rw_len_above_ssize_max) \
     CASE(is_allocated) \
     CASE(flush_persists) \
     CASE(last_error_names_file) \
@@ -72,6 +74,9 @@
     CASE(io_header_read_io) \
     CASE(io_open_io_args) \
     CASE(io_open_io_out_null) \
+    CASE(io_open_io_ext) \
+    CASE(io_open_io_confine_refused) \
+    CASE(io_efbig) \
     CASE(io_truncate_null_callback) \
     CASE(io_truncate_image_fails_keeps_data) \
     CASE(io_concurrent_cow) \
@@ -81,5 +86,25 @@
     CASE(io_crash_writeback) \
     CASE(io_crash_writethrough) \
     CASE(io_concurrent_alloc_race) \
+    CASE(open_ext_null_opts) \
+    CASE(open_ext_flags) \
+    CASE(open_ext_struct_size_small) \
+    CASE(open_ext_struct_size_older) \
+    CASE(open_ext_struct_size_larger) \
+    CASE(lock_rdwr_excludes) \
+    CASE(lock_readers_share) \
+    CASE(lock_image_file) \
+    CASE(lock_backing_chain) \
+    CASE(lock_force_share) \
+    CASE(lock_create_busy) \
+    CASE(lock_open_io_locks_nothing) \
+    CASE(confine_open_escapes) \
+    CASE(confine_open_beneath) \
+    CASE(confine_chain_levels) \
+    CASE(create_confine) \
+    CASE(efbig_create) \
+    CASE(efbig_truncate) \
+    CASE(special_files) \
+    CASE(header_read_special_files) \
 
 #endif

@@ -71,6 +71,8 @@ const char *errname(long long rc)
     case -EISDIR: return "-EISDIR";
     case -EBADF: return "-EBADF";
     case -EACCES: return "-EACCES";
+    case -EBUSY: return "-EBUSY";
+    case -EFBIG: return "-EFBIG";
     default: return rc < 0 ? "-errno?" : "value";
     }
 }

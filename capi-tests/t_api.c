@@ -393,7 +393,8 @@ int case_create_flags(const char *dir)
     char meta[PATH_MAX];
     pj(meta, dir, "img.add-cow");
     AddCowCreateOptions o = create_opts("img.raw", NULL, CL);
-    const uint32_t bad[] = {1, 2, 0x100, 0x80000000u};
+    /* Bit 0 is ADDCOW_CREATE_CONFINE; every other bit is unknown. */
+    const uint32_t bad[] = {1u << 1, 1u << 2, 0x100, 0x80000000u, ADDCOW_CREATE_CONFINE | 1u << 3};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         o.flags = bad[i];
         CHECKF(addcow_create(meta, &o) == -EINVAL, "flags %#x accepted", bad[i]);
@@ -647,7 +648,9 @@ int case_open_unknown_flags(const char *dir)
     char meta[PATH_MAX];
     pj(meta, dir, "img.add-cow");
     CHECK_OK(create_img(meta, "img.raw", NULL, CL));
-    const uint32_t bad[] = {1u << 4, 1u << 5, 1u << 16, 1u << 31, ADDCOW_OPEN_RDWR | 1u << 7};
+    /* Bits 0-5 are ADDCOW_OPEN_*; the rest are unknown. */
+    const uint32_t bad[] = {1u << 6, 1u << 7, 1u << 16, 1u << 31, ADDCOW_OPEN_RDWR | 1u << 7,
+                            ADDCOW_OPEN_FORCE_SHARE | 1u << 6};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         AddCowImage *img = SENTINEL;
         CHECKF(addcow_open(meta, bad[i], &img) == -EINVAL, "flags %#x", bad[i]);
@@ -921,6 +924,85 @@ int case_rw_iov_max(const char *dir)
     return T_PASS;
 }
 
+/* Iovec lengths whose total wraps around (2^63 + 2^63 + 2 = 2 modulo 2^64) or exceeds
+ * SSIZE_MAX: -EINVAL before any buffer is touched. The buffers are small and valid, so a
+ * library trusting the wrapped total would read or write them (and pass the range check). */
+int case_rw_iov_overflow(const char *dir)
+{
+    if (sizeof(size_t) < 8) {
+        t_note("size_t is narrower than 64 bits");
+        return T_SKIP;
+    }
+    AddCowImage *img = NULL;
+    TRY(open_two_clusters(dir, &img));
+    uint8_t a[16], b[16], c[16];
+    memset(a, 0x5a, sizeof a);
+    memset(b, 0x5b, sizeof b);
+    memset(c, 0x5c, sizeof c);
+    const size_t half = (size_t)1 << 63;
+    struct iovec wrap2[3] = {{a, half}, {b, half}, {c, 2}};         /* 2 */
+    struct iovec wrap0[2] = {{a, SIZE_MAX}, {b, 1}};                 /* 0 */
+    struct iovec wrap3[3] = {{a, 3}, {b, SIZE_MAX - 1}, {c, 2}};     /* 3 */
+    struct iovec over[2] = {{a, SSIZE_MAX}, {b, 1}};                 /* SSIZE_MAX + 1 */
+    struct iovec over1[1] = {{a, (size_t)SSIZE_MAX + 1}};
+    struct iovec halves[3] = {{a, half / 2}, {b, 0}, {c, half / 2}}; /* SSIZE_MAX + 1 */
+    const struct {
+        const struct iovec *iov;
+        int cnt;
+        const char *what;
+    } bad[] = {
+        {wrap2, 3, "2^63 + 2^63 + 2"}, {wrap0, 2, "SIZE_MAX + 1"},
+        {wrap3, 3, "3 + (SIZE_MAX - 1) + 2"}, {over, 2, "SSIZE_MAX + 1"},
+        {over1, 1, "one entry of SSIZE_MAX + 1"}, {halves, 3, "2^62 + 0 + 2^62"},
+    };
+    const uint64_t offs[] = {0, CL};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        for (size_t k = 0; k < 2; k++) {
+            int rc = addcow_readv(img, offs[k], bad[i].iov, bad[i].cnt);
+            CHECKF(rc == -EINVAL, "readv at %llu, lengths %s: %d (%s)",
+                   (unsigned long long)offs[k], bad[i].what, rc, errname(rc));
+            CHECKF(strstr(addcow_last_error(), "SSIZE_MAX") != NULL,
+                   "readv, lengths %s: refused for another reason: %s", bad[i].what,
+                   addcow_last_error());
+            rc = addcow_writev(img, offs[k], bad[i].iov, bad[i].cnt);
+            CHECKF(rc == -EINVAL, "writev at %llu, lengths %s: %d (%s)",
+                   (unsigned long long)offs[k], bad[i].what, rc, errname(rc));
+            CHECKF(strstr(addcow_last_error(), "SSIZE_MAX") != NULL,
+                   "writev, lengths %s: refused for another reason: %s", bad[i].what,
+                   addcow_last_error());
+        }
+    }
+    for (size_t i = 0; i < sizeof a; i++)
+        CHECKF(a[i] == 0x5a && b[i] == 0x5b && c[i] == 0x5c, "a buffer was written at %zu", i);
+    TRY(untouched(img));
+    CHECK_OK(addcow_close(img));
+    return T_PASS;
+}
+
+/* A plain buffer longer than SSIZE_MAX (as for pread(2)): -EINVAL, for that reason, and the
+ * buffer is not touched. */
+int case_rw_len_above_ssize_max(const char *dir)
+{
+    AddCowImage *img = NULL;
+    TRY(open_two_clusters(dir, &img));
+    uint8_t buf[16];
+    memset(buf, 0x5a, sizeof buf);
+    const size_t lens[] = {(size_t)SSIZE_MAX + 1, SIZE_MAX, SIZE_MAX - 7};
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        CHECKF(addcow_pread(img, 0, buf, lens[i]) == -EINVAL, "pread of %zu bytes", lens[i]);
+        CHECKF(strstr(addcow_last_error(), "SSIZE_MAX") != NULL, "pread of %zu bytes: %s",
+               lens[i], addcow_last_error());
+        CHECKF(addcow_pwrite(img, 0, buf, lens[i]) == -EINVAL, "pwrite of %zu bytes", lens[i]);
+        CHECKF(strstr(addcow_last_error(), "SSIZE_MAX") != NULL, "pwrite of %zu bytes: %s",
+               lens[i], addcow_last_error());
+    }
+    for (size_t i = 0; i < sizeof buf; i++)
+        CHECKF(buf[i] == 0x5a, "the buffer was written at %zu", i);
+    TRY(untouched(img));
+    CHECK_OK(addcow_close(img));
+    return T_PASS;
+}
+
 /* ------------------------------------------------------------------ addcow_is_allocated */
 
 static int alloc_is(AddCowImage *img, uint64_t off, uint64_t bytes, int want, uint64_t wpnum)
@@ -1007,8 +1089,9 @@ int case_flush_persists(const char *dir)
     uint8_t bm = 0xff;
     TRY(pread_file(meta, HDR, &bm, 1));
     CHECKF(bm == 0x04, "bitmap byte after flush: %#x, want 0x04", bm);
+    /* A second handle peeks without the locks that would conflict with the writer. */
     AddCowImage *other = NULL;
-    CHECK_OK(addcow_open(meta, 0, &other));
+    CHECK_OK(addcow_open(meta, ADDCOW_OPEN_FORCE_SHARE, &other));
     TRY(read_expect(other, 2 * CL, want, CL, "a second handle after flush"));
     CHECK_OK(addcow_close(other));
     CHECK_OK(addcow_flush(img)); /* nothing dirty: fine */

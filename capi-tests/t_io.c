@@ -188,7 +188,7 @@ int case_io_open_io_args(const char *dir)
     CHECK_RC(addcow_open_io(NULL, &e.iio, &e.bio, 0, &img), -EINVAL);
     CHECK_RC(addcow_open_io(&e.mio, NULL, &e.bio, 0, &img), -EINVAL);
     CHECK_RC(addcow_open_io(&e.mio, &e.iio, &e.bio, 0, NULL), -EINVAL);
-    CHECK_RC(addcow_open_io(&e.mio, &e.iio, &e.bio, 1u << 4, &img), -EINVAL);
+    CHECK_RC(addcow_open_io(&e.mio, &e.iio, &e.bio, 1u << 6, &img), -EINVAL); /* unknown */
     CHECK_RC(addcow_open_io(&e.mio, &e.iio, &e.bio, ADDCOW_OPEN_BACKING_ADDCOW, &img), -EINVAL);
     for (int which = 0; which < 4; which++) {
         AddCowIo t = e.iio;
@@ -255,6 +255,178 @@ int case_io_open_io_out_null(const char *dir)
     }
     env_free(&e);
     return bad ? T_FAIL : T_PASS;
+}
+
+/* addcow_open_io_ext: NULL options, every flag that applies, the versioned struct. */
+int case_io_open_io_ext(const char *dir)
+{
+    (void)dir;
+    struct env e;
+    env_init(&e, 1, 1);
+    mf_make_meta(&e.meta, "image.raw", "base.raw", 2 * CL);
+    mf_set_zero(&e.image, 2 * CL);
+    mf_set_pat(&e.backing, 2 * CL, 1);
+    uint8_t *base = xmalloc(2 * CL);
+    fill_pat(base, 2 * CL, 1, 0);
+    AddCowImage *img = SENTINEL;
+    uint8_t b = 0x77;
+    CHECK_OK(addcow_open_io_ext(&e.mio, &e.iio, &e.bio, NULL, &img)); /* defaults: read-only */
+    CHECK(img != NULL && img != SENTINEL);
+    CHECK_RC(addcow_pwrite(img, 0, &b, 1), -EPERM);
+    TRY(read_expect(img, 0, base, 2 * CL, "NULL options"));
+    CHECK_OK(addcow_close(img));
+
+    AddCowOpenOptions o;
+    memset(&o, 0, sizeof o);
+    o.struct_size = sizeof o;
+    o.flags = ADDCOW_OPEN_RDWR;
+    o.bitmap_cache_size = 4096; /* accepted */
+    CHECK_OK(addcow_open_io_ext(&e.mio, &e.iio, &e.bio, &o, &img));
+    CHECK_OK(addcow_pwrite(img, CL + 5, &b, 1));
+    base[CL + 5] = b;
+    CHECK_OK(addcow_close(img));
+    CHECK(e.image.data[CL + 5] == b && e.meta.data[HDR] == 0x02);
+
+    o.flags = ADDCOW_OPEN_NO_BACKING;
+    o.bitmap_cache_size = 0;
+    CHECK_OK(addcow_open_io_ext(&e.mio, &e.iio, &e.bio, &o, &img));
+    CHECK_RC(addcow_get_backing_length(img), 0);
+    uint8_t z[32];
+    CHECK_OK(addcow_pread(img, 0, z, sizeof z));
+    CHECK(all_zero(z, sizeof z));
+    CHECK_OK(addcow_close(img));
+    o.flags = ADDCOW_OPEN_FORCE_SHARE; /* accepted; the host locks its files itself */
+    CHECK_OK(addcow_open_io_ext(&e.mio, &e.iio, &e.bio, &o, &img));
+    TRY(read_expect(img, 0, base, 2 * CL, "FORCE_SHARE"));
+    CHECK_OK(addcow_close(img));
+
+    /* An older caller's 8 bytes: its flags are read. */
+    o.struct_size = 8;
+    o.flags = ADDCOW_OPEN_RDWR;
+    o.bitmap_cache_size = 12345; /* past struct_size */
+    CHECK_OK(addcow_open_io_ext(&e.mio, &e.iio, &e.bio, &o, &img));
+    CHECK_OK(addcow_pwrite(img, CL + 6, &b, 1));
+    base[CL + 6] = b;
+    CHECK_OK(addcow_close(img));
+    /* Too small, or refused flags: -EINVAL and *out NULL. */
+    const uint32_t small[] = {0, 4, 7};
+    for (size_t i = 0; i < 3; i++) {
+        o.struct_size = small[i];
+        img = SENTINEL;
+        CHECKF(addcow_open_io_ext(&e.mio, &e.iio, &e.bio, &o, &img) == -EINVAL,
+               "struct_size %u", small[i]);
+        CHECK(img == NULL);
+    }
+    o.struct_size = sizeof o;
+    const uint32_t bad[] = {1u << 6, 1u << 31, ADDCOW_OPEN_BACKING_ADDCOW, ADDCOW_OPEN_CONFINE};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        o.flags = bad[i];
+        img = SENTINEL;
+        CHECKF(addcow_open_io_ext(&e.mio, &e.iio, &e.bio, &o, &img) == -EINVAL, "flags %#x",
+               bad[i]);
+        CHECK(img == NULL);
+    }
+    /* A newer caller's larger struct: zero tail accepted, anything else -ENOTSUP. */
+    struct {
+        AddCowOpenOptions o;
+        uint64_t future[2];
+    } big;
+    memset(&big, 0, sizeof big);
+    big.o.struct_size = sizeof big;
+    CHECK_OK(addcow_open_io_ext(&e.mio, &e.iio, &e.bio, &big.o, &img));
+    TRY(read_expect(img, 0, base, 2 * CL, "larger options"));
+    CHECK_OK(addcow_close(img));
+    big.future[1] = 1;
+    img = SENTINEL;
+    CHECK_RC(addcow_open_io_ext(&e.mio, &e.iio, &e.bio, &big.o, &img), -ENOTSUP);
+    CHECK(img == NULL);
+    /* NULL tables and out. */
+    o.flags = 0;
+    img = SENTINEL;
+    CHECK_RC(addcow_open_io_ext(NULL, &e.iio, &e.bio, &o, &img), -EINVAL);
+    CHECK(img == NULL);
+    CHECK_RC(addcow_open_io_ext(&e.mio, NULL, &e.bio, &o, &img), -EINVAL);
+    CHECK_RC(addcow_open_io_ext(&e.mio, &e.iio, &e.bio, &o, NULL), -EINVAL);
+    TRY(no_contract_breach(&e));
+    free(base);
+    env_free(&e);
+    return T_PASS;
+}
+
+/* The host resolves the names of its files: confinement does not apply, and is refused. */
+int case_io_open_io_confine_refused(const char *dir)
+{
+    (void)dir;
+    struct env e;
+    env_init(&e, 1, 1);
+    mf_make_meta(&e.meta, "/elsewhere/image.raw", "../base.raw", CL);
+    mf_set_zero(&e.image, CL);
+    mf_set_pat(&e.backing, CL, 1);
+    const uint32_t fl[] = {ADDCOW_OPEN_CONFINE, ADDCOW_OPEN_CONFINE | ADDCOW_OPEN_RDWR};
+    for (size_t i = 0; i < 2; i++) {
+        AddCowImage *img = SENTINEL;
+        CHECK_RC(addcow_open_io(&e.mio, &e.iio, &e.bio, fl[i], &img), -EINVAL);
+        CHECK(img == NULL);
+        CHECKF(strstr(addcow_last_error(), "CONFINE") != NULL, "last_error: %s",
+               addcow_last_error());
+        AddCowOpenOptions o;
+        memset(&o, 0, sizeof o);
+        o.struct_size = sizeof o;
+        o.flags = fl[i];
+        img = SENTINEL;
+        CHECK_RC(addcow_open_io_ext(&e.mio, &e.iio, &e.bio, &o, &img), -EINVAL);
+        CHECK(img == NULL);
+    }
+    CHECK(atomic_load(&e.meta.n_pwritev) == 0 && atomic_load(&e.image.n_pwritev) == 0);
+    env_free(&e);
+    return T_PASS;
+}
+
+static int64_t huge_length(void *opaque)
+{
+    (void)opaque;
+    return (int64_t)ADDCOW_MAX_SIZE + 1;
+}
+
+static int64_t max_length(void *opaque)
+{
+    (void)opaque;
+    return INT64_MAX;
+}
+
+/* A host image file larger than ADDCOW_MAX_SIZE: -EFBIG at open; truncate beyond it: -EFBIG,
+ * nothing resized. */
+int case_io_efbig(const char *dir)
+{
+    (void)dir;
+    struct env e;
+    env_init(&e, 1, 1);
+    mf_make_meta(&e.meta, "image.raw", NULL, 2 * CL);
+    mf_set_zero(&e.image, 2 * CL);
+    int64_t (*lengths[2])(void *) = {huge_length, max_length};
+    for (int i = 0; i < 2; i++) {
+        AddCowIo huge = e.iio;
+        huge.get_length = lengths[i];
+        for (uint32_t fl = 0; fl <= ADDCOW_OPEN_RDWR; fl++) {
+            AddCowImage *img = SENTINEL;
+            CHECK_RC(addcow_open_io(&e.mio, &huge, NULL, fl, &img), -EFBIG);
+            CHECK(img == NULL);
+            CHECK(addcow_last_error()[0] != '\0');
+        }
+    }
+    AddCowImage *img = NULL;
+    CHECK_OK(addcow_open_io(&e.mio, &e.iio, NULL, ADDCOW_OPEN_RDWR, &img));
+    const uint64_t sizes[] = {(uint64_t)ADDCOW_MAX_SIZE + 1, UINT64_MAX};
+    for (size_t i = 0; i < 2; i++) {
+        CHECK_RC(addcow_truncate(img, sizes[i]), -EFBIG);
+        CHECK_RC(addcow_get_length(img), 2 * CL);
+    }
+    CHECK_OK(addcow_close(img));
+    CHECK(e.image.len == 2 * CL && e.meta.len == HDR + 1);
+    CHECKF(atomic_load(&e.image.n_truncate) == 0 && atomic_load(&e.meta.n_truncate) == 0,
+           "a refused truncate resized a host file");
+    env_free(&e);
+    return T_PASS;
 }
 
 /* ------------------------------------------------------------------ truncate callbacks */

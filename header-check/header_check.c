@@ -23,6 +23,10 @@ ADDCOW_CHECK(ADDCOW_OPEN_RDWR == 1, open_rdwr);
 ADDCOW_CHECK(ADDCOW_OPEN_WRITETHROUGH == 2, open_writethrough);
 ADDCOW_CHECK(ADDCOW_OPEN_NO_BACKING == 4, open_no_backing);
 ADDCOW_CHECK(ADDCOW_OPEN_BACKING_ADDCOW == 8, open_backing_addcow);
+ADDCOW_CHECK(ADDCOW_OPEN_FORCE_SHARE == 16, open_force_share);
+ADDCOW_CHECK(ADDCOW_OPEN_CONFINE == 32, open_confine);
+ADDCOW_CHECK(ADDCOW_CREATE_CONFINE == 1, create_confine);
+ADDCOW_CHECK(ADDCOW_MAX_SIZE == 1ULL << 56, max_size);
 
 ADDCOW_CHECK(offsetof(AddCowCreateOptions, struct_size) == 0, struct_size_first);
 ADDCOW_CHECK(offsetof(AddCowCreateOptions, layout) == 4, layout_offset);
@@ -30,6 +34,10 @@ ADDCOW_CHECK(sizeof(void *) != 8 || offsetof(AddCowCreateOptions, image_file) ==
 ADDCOW_CHECK(sizeof(void *) != 8 || offsetof(AddCowCreateOptions, size) == 32, size_lp64);
 ADDCOW_CHECK(sizeof(void *) != 8 || offsetof(AddCowCreateOptions, flags) == 44, flags_lp64);
 ADDCOW_CHECK(sizeof(void *) != 8 || sizeof(AddCowCreateOptions) == 48, create_options_lp64);
+ADDCOW_CHECK(offsetof(AddCowOpenOptions, struct_size) == 0, open_struct_size_first);
+ADDCOW_CHECK(offsetof(AddCowOpenOptions, flags) == 4, open_flags_offset);
+ADDCOW_CHECK(offsetof(AddCowOpenOptions, bitmap_cache_size) == 8, open_cache_offset);
+ADDCOW_CHECK(sizeof(AddCowOpenOptions) == 16, open_options_size);
 ADDCOW_CHECK(offsetof(AddCowIo, opaque) == 0, io_opaque_first);
 ADDCOW_CHECK(sizeof(AddCowIo) == 6 * sizeof(void *), io_size);
 
@@ -37,10 +45,14 @@ ADDCOW_CHECK(sizeof(AddCowIo) == 6 * sizeof(void *), io_size);
 struct addcow_prototypes {
     int (*probe)(const uint8_t *, size_t, const char *);
     int (*open)(const char *, uint32_t, AddCowImage **);
+    int (*open_ext)(const char *, const AddCowOpenOptions *, AddCowImage **);
     int (*open_io)(const AddCowIo *, const AddCowIo *, const AddCowIo *, uint32_t, AddCowImage **);
+    int (*open_io_ext)(const AddCowIo *, const AddCowIo *, const AddCowIo *,
+                       const AddCowOpenOptions *, AddCowImage **);
     int (*close)(AddCowImage *);
     int64_t (*get_length)(const AddCowImage *);
     int64_t (*get_cluster_size)(const AddCowImage *);
+    int64_t (*get_backing_length)(const AddCowImage *);
     int (*readv)(AddCowImage *, uint64_t, const struct iovec *, int);
     int (*writev)(AddCowImage *, uint64_t, const struct iovec *, int);
     int (*pread)(AddCowImage *, uint64_t, void *, size_t);
@@ -69,10 +81,13 @@ int main(void)
 
     p.probe = addcow_probe;
     p.open = addcow_open;
+    p.open_ext = addcow_open_ext;
     p.open_io = addcow_open_io;
+    p.open_io_ext = addcow_open_io_ext;
     p.close = addcow_close;
     p.get_length = addcow_get_length;
     p.get_cluster_size = addcow_get_cluster_size;
+    p.get_backing_length = addcow_get_backing_length;
     p.readv = addcow_readv;
     p.writev = addcow_writev;
     p.pread = addcow_pread;

@@ -1,13 +1,26 @@
 /* nbdkit-addcow-plugin: serves an add-cow image over NBD through libaddcow.
  *
  *   nbdkit ./nbdkit-addcow-plugin.so file=vm.add-cow [backing_fmt=raw|add-cow]
- *          [writethrough=true|false]          (nbdkit -r serves it read-only)
+ *          [writethrough=true|false] [readonly=true|false] [confine=true|false]
  *
- * Every connection shares ONE image handle: two handles on the same image would each keep a
- * bitmap and overwrite each other's bits. libaddcow is safe for parallel calls on one handle,
- * so the thread model is PARALLEL; and since a flush on any connection flushes that shared
- * handle, i.e. every completed write of every connection, multi-conn is safe to advertise.
- * The handle opens with the first connection and closes (flushing) with the last one.
+ * The image is opened, and locked as QEMU locks its images, once, in .get_ready: before
+ * nbdkit serves anything (and before it forks into the background, so that the error reaches
+ * the user). A server started on an image that another program holds read-write -- another
+ * nbdkit, QEMU, a libaddcow user -- fails at once with the library's EBUSY message, rather
+ * than at every connection. The locks are OFD locks: they belong to the open file
+ * descriptions, which the daemonized child shares with the parent that exits, so they last
+ * until the server exits (.cleanup / .unload close the image, flushing it).
+ *
+ * nbdkit tells a plugin about -r only per connection, after .get_ready: the image is opened
+ * read-write unless readonly=true, which takes read locks only (other readers may share the
+ * image) and serves it read-only. With -r alone the server serves read-only but holds the
+ * write locks.
+ *
+ * Every connection shares that ONE image handle: two handles on the same image would each keep
+ * a bitmap and overwrite each other's bits (the locks refuse that anyway). libaddcow is safe for
+ * parallel calls on one handle, so the thread model is PARALLEL; and since a flush on any
+ * connection flushes that shared handle, i.e. every completed write of every connection,
+ * multi-conn is safe to advertise. When the last connection closes, the handle is flushed.
  */
 
 #define NBDKIT_API_VERSION 2
@@ -28,12 +41,13 @@
 #define ZERO_CHUNK (1024 * 1024)
 
 static char *filename;
-static uint32_t open_flags;
+static uint32_t open_flags;      /* ADDCOW_OPEN_* from the keys, without RDWR */
+static bool readonly;            /* readonly=true */
 
-static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
-static AddCowImage *shared;      /* guarded by shared_lock for open/close */
-static unsigned shared_users;    /* guarded by shared_lock */
-static bool shared_writable;     /* guarded by shared_lock */
+static AddCowImage *image;       /* opened by .get_ready, closed by .cleanup or .unload */
+
+static pthread_mutex_t users_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned users;           /* open connections; guarded by users_lock */
 
 static const unsigned char zeroes[ZERO_CHUNK];
 
@@ -46,10 +60,41 @@ fail (int r)
   return -1;
 }
 
+/* Closes (and so flushes) the image; idempotent. */
+static void
+close_image (void)
+{
+  if (image != NULL) {
+    int r = addcow_close (image);
+    image = NULL;
+    if (r < 0)
+      nbdkit_error ("closing %s: %s", filename, addcow_last_error ());
+  }
+}
+
+static void
+plugin_cleanup (void)
+{
+  close_image ();
+}
+
+/* .cleanup is not reached when nbdkit stops before serving; .unload always is. */
 static void
 plugin_unload (void)
 {
+  close_image ();
   free (filename);
+}
+
+/* Sets or clears `flag` in open_flags from a boolean value. */
+static int
+config_flag (const char *value, uint32_t flag)
+{
+  int b = nbdkit_parse_bool (value);
+  if (b == -1)
+    return -1;
+  open_flags = b ? open_flags | flag : open_flags & ~flag;
+  return 0;
 }
 
 static int
@@ -71,12 +116,15 @@ plugin_config (const char *key, const char *value)
     }
     return 0;
   }
-  if (strcmp (key, "writethrough") == 0) {
+  if (strcmp (key, "writethrough") == 0)
+    return config_flag (value, ADDCOW_OPEN_WRITETHROUGH);
+  if (strcmp (key, "confine") == 0)
+    return config_flag (value, ADDCOW_OPEN_CONFINE);
+  if (strcmp (key, "readonly") == 0) {
     int b = nbdkit_parse_bool (value);
     if (b == -1)
       return -1;
-    open_flags = b ? open_flags | ADDCOW_OPEN_WRITETHROUGH
-                   : open_flags & ~ADDCOW_OPEN_WRITETHROUGH;
+    readonly = b;
     return 0;
   }
   nbdkit_error ("unknown parameter '%s'", key);
@@ -96,47 +144,58 @@ plugin_config_complete (void)
 #define plugin_config_help \
   "file=<FILENAME>     (required) The .add-cow file.\n" \
   "backing_fmt=raw|add-cow       Format of its backing file (default raw).\n" \
-  "writethrough=true|false       Make every write durable on return (default false)."
+  "writethrough=true|false       Make every write durable on return (default false).\n" \
+  "readonly=true|false           Open read-only: read locks, so other readers may share\n" \
+  "                              the image; served read-only. Use it with -r (without it\n" \
+  "                              the server holds write locks: the plugin opens the image\n" \
+  "                              at startup, before nbdkit tells it about -r).\n" \
+  "confine=true|false            Refuse header names that leave the directory of the\n" \
+  "                              .add-cow file naming them (absolute, .., symlinks out):\n" \
+  "                              for images you did not make (default false)."
 
-static void *
-plugin_open (int readonly)
+/* Opens and locks the image before serving: a conflict fails the server at startup. */
+static int
+plugin_get_ready (void)
 {
-  void *h = NULL;
-
-  pthread_mutex_lock (&shared_lock);
-  if (shared == NULL) {
-    uint32_t flags = open_flags | (readonly ? 0 : ADDCOW_OPEN_RDWR);
-    int r = addcow_open (filename, flags, &shared);
-    if (r < 0) {
-      fail (r);
-      goto out;
-    }
-    shared_writable = !readonly;
+  int r = addcow_open (filename, open_flags | (readonly ? 0 : ADDCOW_OPEN_RDWR), &image);
+  if (r < 0) {
+    if (r == -EACCES || r == -EROFS)
+      nbdkit_error ("%s (readonly=true opens it read-only)", addcow_last_error ());
+    else
+      nbdkit_error ("%s", addcow_last_error ());
+    return -1;
   }
-  else if (!readonly && !shared_writable) {
-    nbdkit_error ("the image is already open read-only for another connection");
-    nbdkit_set_error (EROFS);
-    goto out;
-  }
-  shared_users++;
-  h = shared;
- out:
-  pthread_mutex_unlock (&shared_lock);
-  return h;
+  return 0;
 }
 
+static void *
+plugin_open (int nbdkit_readonly)
+{
+  (void) nbdkit_readonly;   /* nbdkit itself refuses writes under -r */
+  pthread_mutex_lock (&users_lock);
+  users++;
+  pthread_mutex_unlock (&users_lock);
+  return image;
+}
+
+/* The last connection gone: its writes become durable even if the client did not flush. */
 static void
 plugin_close (void *handle)
 {
-  (void) handle;
-  pthread_mutex_lock (&shared_lock);
-  if (--shared_users == 0) {
-    int r = addcow_close (shared);
-    shared = NULL;
+  pthread_mutex_lock (&users_lock);
+  if (--users == 0) {
+    int r = addcow_flush (handle);
     if (r < 0)
-      nbdkit_error ("closing %s: %s", filename, addcow_last_error ());
+      nbdkit_error ("flushing %s: %s", filename, addcow_last_error ());
   }
-  pthread_mutex_unlock (&shared_lock);
+  pthread_mutex_unlock (&users_lock);
+}
+
+static int
+plugin_can_write (void *handle)
+{
+  (void) handle;
+  return !readonly;
 }
 
 static int64_t
@@ -287,9 +346,12 @@ static struct nbdkit_plugin plugin = {
   .config_complete   = plugin_config_complete,
   .config_help       = plugin_config_help,
   .magic_config_key  = "file",
+  .get_ready         = plugin_get_ready,
+  .cleanup           = plugin_cleanup,
   .open              = plugin_open,
   .close             = plugin_close,
   .get_size          = plugin_get_size,
+  .can_write         = plugin_can_write,
   .can_multi_conn    = plugin_can_yes,
   .can_fua           = plugin_can_fua,
   .can_flush         = plugin_can_yes,

@@ -4,7 +4,10 @@
 //! - [`Error::Io`]: the OS errno of the failed call, passed through (`EIO`, `ENOSPC`, `ENOENT`, …);
 //! - [`Error::Invalid`], [`Error::OutOfRange`]: `EINVAL` (bad argument, malformed header);
 //! - [`Error::Unsupported`]: `ENOTSUP` (unknown version, a feature this build lacks);
-//! - [`Error::ReadOnly`]: `EPERM` (write or truncate on a read-only image).
+//! - [`Error::ReadOnly`]: `EPERM` (write or truncate on a read-only image);
+//! - [`Error::Busy`]: `EBUSY` (another process, or another open, holds a conflicting lock);
+//! - [`Error::Confined`]: `EACCES` (a confined open met a name that leaves its directory);
+//! - [`Error::TooLarge`]: `EFBIG` (a size beyond [`crate::layout::MAX_SIZE`]).
 
 use std::io;
 
@@ -36,6 +39,15 @@ pub enum Error {
     /// A write or truncate on an image opened read-only.
     #[error("{0} on an image opened read-only")]
     ReadOnly(&'static str),
+    /// A file is in use: another process (or another open of it) holds a conflicting lock.
+    #[error("{0}")]
+    Busy(String),
+    /// A confined open refused a name: absolute, or resolving outside its directory.
+    #[error("{0}")]
+    Confined(String),
+    /// A size beyond what the library supports.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// The library's result type.
@@ -49,6 +61,9 @@ impl Error {
             Error::Invalid(_) | Error::OutOfRange { .. } => libc::EINVAL,
             Error::Unsupported(_) => libc::ENOTSUP,
             Error::ReadOnly(_) => libc::EPERM,
+            Error::Busy(_) => libc::EBUSY,
+            Error::Confined(_) => libc::EACCES,
+            Error::TooLarge(_) => libc::EFBIG,
         }
     }
 
@@ -86,6 +101,9 @@ mod tests {
         assert_eq!(Error::invalid("bad").errno(), libc::EINVAL);
         assert_eq!(Error::Unsupported("v2".into()).errno(), libc::ENOTSUP);
         assert_eq!(Error::ReadOnly("write").errno(), libc::EPERM);
+        assert_eq!(Error::Busy("x".into()).errno(), libc::EBUSY);
+        assert_eq!(Error::Confined("x".into()).errno(), libc::EACCES);
+        assert_eq!(Error::TooLarge("x".into()).errno(), libc::EFBIG);
         let r = Error::OutOfRange {
             offset: 1,
             len: 2,

@@ -2,7 +2,10 @@
 //! refusals), `open` errors, short backing files, add-cow chains, loops and the depth limit,
 //! `no_backing`, writethrough versus writeback durability, and truncate on files.
 
-use addcow::{create, BackingFormat, CreateOptions, Error, Image, OpenOptions};
+mod common;
+
+use addcow::{create, BackingFormat, CreateOptions, Image, OpenOptions};
+use common::{assert_err, ro, rw};
 use std::path::{Path, PathBuf};
 
 const CS: u64 = 65536;
@@ -35,17 +38,6 @@ fn opts(image: &str, backing: Option<&str>, size: u64) -> CreateOptions {
         size,
         ..CreateOptions::default()
     }
-}
-
-fn rw() -> OpenOptions {
-    OpenOptions {
-        writable: true,
-        ..OpenOptions::default()
-    }
-}
-
-fn ro() -> OpenOptions {
-    OpenOptions::default()
 }
 
 fn chained(writable: bool) -> OpenOptions {
@@ -83,24 +75,6 @@ fn clusters(img: &Image) -> Vec<bool> {
             a
         })
         .collect()
-}
-
-/// Asserts the error's errno and that its message contains every one of `words`.
-#[track_caller]
-fn assert_err<T>(result: Result<T, Error>, errno: i32, words: &[&str]) {
-    let Err(err) = result else {
-        panic!("expected an error (errno {errno}, mentioning {words:?}), got Ok");
-    };
-    let msg = err.to_string();
-    assert_eq!(
-        err.errno(),
-        errno,
-        "errno of {msg:?} (want {errno}, got {})",
-        err.errno()
-    );
-    for w in words {
-        assert!(msg.contains(w), "message {msg:?} does not mention {w:?}");
-    }
 }
 
 /// The NUL-padded name field of a header.
@@ -688,6 +662,7 @@ fn chain(d: &Path) -> Vec<u8> {
         backing_file: Some("middle.add-cow".into()),
         backing_format: BackingFormat::AddCow,
         size: 0,
+        ..CreateOptions::default()
     };
     create(d.join("top.add-cow"), &o).unwrap();
     want
@@ -751,6 +726,7 @@ fn chain_top_longer_than_its_backing_image_reads_zeros_past_it() {
         backing_file: Some("middle.add-cow".into()),
         backing_format: BackingFormat::AddCow,
         size: 8 * CS + 5,
+        ..CreateOptions::default()
     };
     create(d.path().join("big.add-cow"), &o).unwrap();
     let big = Image::open(d.path().join("big.add-cow"), &chained(true)).unwrap();
@@ -776,6 +752,7 @@ fn backing_chain_loop_is_refused() {
             backing_file: Some(backing.into()),
             backing_format: BackingFormat::AddCow,
             size: CS,
+            ..CreateOptions::default()
         };
         create(d.path().join(name), &o).unwrap();
     };
@@ -814,24 +791,28 @@ fn backing_chain_depth_is_limited_to_16_images() {
     let d = tmp();
     write_base(&d.path().join("base.raw"), 2 * CS);
     // img0 over base.raw, img{k} over img{k-1}: img{k} heads a chain of k + 1 add-cow images.
-    for k in 0..17 {
-        let backing = if k == 0 {
-            "base.raw".to_string()
-        } else {
-            format!("img{}.add-cow", k - 1)
+    let make = |k: usize, format: BackingFormat| {
+        let backing = match k {
+            0 => "base.raw".to_string(),
+            _ => format!("img{}.add-cow", k - 1),
         };
         let o = CreateOptions {
             image_file: format!("img{k}.raw").into(),
             backing_file: Some(backing.into()),
-            backing_format: if k == 0 {
-                BackingFormat::Raw
-            } else {
-                BackingFormat::AddCow
-            },
+            backing_format: format,
             size: 2 * CS,
+            ..CreateOptions::default()
         };
-        create(d.path().join(format!("img{k}.add-cow")), &o).unwrap();
+        create(d.path().join(format!("img{k}.add-cow")), &o)
+    };
+    make(0, BackingFormat::Raw).unwrap();
+    for k in 1..16 {
+        make(k, BackingFormat::AddCow).unwrap();
     }
+    // Seventeen: create refuses what open would refuse.
+    assert_err(make(16, BackingFormat::AddCow), libc::EINVAL, &["16"]);
+    // As raw, the backing file is just bytes: no chain, no limit.
+    make(16, BackingFormat::Raw).unwrap();
     // Give the chain some content: img3 has cluster 1.
     {
         let img3 = Image::open(d.path().join("img3.add-cow"), &chained(true)).unwrap();
@@ -844,13 +825,12 @@ fn backing_chain_depth_is_limited_to_16_images() {
     let top = Image::open(d.path().join("img15.add-cow"), &chained(false)).unwrap();
     assert_eq!(read_all(&top), want);
     drop(top);
-    // Seventeen: refused.
+    // Seventeen: refused at open too.
     assert_err(
         Image::open(d.path().join("img16.add-cow"), &chained(false)),
         libc::EINVAL,
         &["16"],
     );
-    // As raw, the backing file is just bytes: no chain, no limit.
     Image::open(d.path().join("img16.add-cow"), &ro()).unwrap();
 }
 
@@ -879,9 +859,14 @@ fn no_backing_reads_zeros_for_unallocated_clusters() {
     assert_eq!(&got[CS as usize..], &cluster1[..]);
 }
 
-/// A fresh read-only handle's view: (allocation of every cluster, content).
+/// A fresh read-only handle's view: (allocation of every cluster, content). Force share: the
+/// image is open read-write elsewhere in this process.
 fn fresh_view(meta: &Path) -> (Vec<bool>, Vec<u8>) {
-    let img = Image::open(meta, &ro()).unwrap();
+    let o = OpenOptions {
+        force_share: true,
+        ..ro()
+    };
+    let img = Image::open(meta, &o).unwrap();
     (clusters(&img), read_all(&img))
 }
 
@@ -1001,6 +986,7 @@ fn read_only_and_out_of_range_requests() {
     assert_err(img.write_at(0, &[1]), libc::EPERM, &["read-only"]);
     assert_err(img.truncate(CS), libc::EPERM, &["read-only"]);
     img.flush().unwrap();
+    drop(img);
     let img = Image::open(&meta, &rw()).unwrap();
     assert_err(img.read_at(2 * CS - 1, &mut [0; 2]), libc::EINVAL, &[]);
     assert_err(img.write_at(2 * CS, &[1]), libc::EINVAL, &[]);

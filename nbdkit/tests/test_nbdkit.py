@@ -1,19 +1,25 @@
 """Interop tests: add-cow images served by nbdkit-addcow-plugin to QEMU's own tools.
 
-Every test runs nbdkit in captive mode (``nbdkit -U - ... --run '...'``) with qemu-img or
-qemu-io as the client, then checks the result by reopening the image with the library
-(the ``addcow`` Python package) or against a qcow2 overlay with an external data file, which
-QEMU itself maintains. NBDKIT_PLUGIN names the plugin to test.
+Every test runs nbdkit in captive mode (``nbdkit -U - ... --run '...'``), or a background
+nbdkit (``server``) for the lock tests, with qemu-img or qemu-io as the client, then checks
+the result by reopening the image with the library (the ``addcow`` Python package) or against
+a qcow2 overlay with an external data file, which QEMU itself maintains. NBDKIT_PLUGIN names
+the plugin to test.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import shutil
+import signal
 import subprocess
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -251,3 +257,120 @@ def test_errors_reach_the_client(tmp_path: Path) -> None:
     r = subprocess.run(["nbdkit", "-U", "-", PLUGIN, f"file={meta}", "backing_fmt=qcow2", "--run", "true"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "backing_fmt" in r.stderr
+
+
+@contextmanager
+def server(image: Path, *config: str, readonly: bool = False) -> Iterator[str]:
+    """A background nbdkit serving `image` (held open, so locked, for the whole block); yields
+    its NBD URI. Stopped with SIGTERM (nbdkit closes, so flushes, the image) and waited for."""
+    sock, pidfile = image.parent / "held.sock", image.parent / "held.pid"
+    cmd = ["nbdkit", "-U", str(sock), "-P", str(pidfile), "-f"] + (["-r"] if readonly else [])
+    proc = subprocess.Popen(cmd + [PLUGIN, f"file={image}", *config], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60  # a bound for a hung start, not a timing assertion
+        while not pidfile.exists():  # nbdkit writes it once it accepts connections
+            assert proc.poll() is None, f"nbdkit exited: {proc.communicate()[1]}"
+            assert time.monotonic() < deadline, "nbdkit did not become ready"
+            time.sleep(0.05)
+        yield f"nbd+unix:///?socket={sock}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+
+
+def test_second_server_on_an_image_in_use_fails_at_startup(tmp_path: Path) -> None:
+    """A second nbdkit on an image another nbdkit holds read-write fails before serving, with
+    the library's EBUSY message; the first server's acknowledged, flushed writes are intact."""
+    meta, base = make_image(tmp_path, 4 * CS, 4 * CS)
+    model = Model(4 * CS, base)
+    with server(meta) as uri:
+        ok(subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 1000 70000", "-c", "flush", uri],
+                          capture_output=True, text=True, timeout=300))
+        model.write(1000, b"\x5a" * 70000)
+        for config, readonly in (((), False), (("readonly=true",), True), ((), True)):
+            r = serve(meta, "touch served", *config, readonly=readonly)
+            assert r.returncode != 0
+            assert "vm.add-cow" in r.stderr and "in use" in r.stderr, r.stderr
+            assert not (tmp_path / "served").exists(), "the second server served"
+        # The library and QEMU see the locks too: no reader, and no QEMU writer on the image file.
+        with pytest.raises(OSError) as e:
+            addcow.open(meta)
+        assert e.value.errno == errno.EBUSY
+        r = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0xee 1000 1", str(tmp_path / "vm.raw")],
+                           capture_output=True, text=True, timeout=60)
+        assert "Failed to get" in r.stderr and "lock" in r.stderr, r.stdout + r.stderr
+        # The first server is unaffected.
+        ok(subprocess.run(["qemu-io", "-f", "raw", "-c", "read -P 0x5a 1000 70000", uri],
+                          capture_output=True, text=True, timeout=300))
+        with addcow.open(meta, force_share=True) as peek:  # flushed: already on disk
+            assert peek.read(0, 4 * CS) == bytes(model.data)
+    check_library(meta, model)
+    ok(serve(meta, "qemu-img info \"$uri\""))  # the lock went with the first server
+
+
+def test_last_connection_close_flushes(tmp_path: Path) -> None:
+    """A client that disconnects without flushing (qemu-io with a writeback cache sends no FUA,
+    and its abort command kills it after an acknowledged write) still gets its writes durable: the server flushes when its last
+    connection closes."""
+    meta, base = make_image(tmp_path, 2 * CS, 2 * CS)
+    with server(meta) as uri:
+        r = subprocess.run(["qemu-io", "-f", "raw", "-t", "writeback", "-c", "write -P 0x21 70000 100",
+                            "-c", "abort", uri],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == -signal.SIGABRT, r.stdout + r.stderr  # no clean close, no flush
+        # nbdkit closes the dead connection on its own time: wait for it, up to a bound.
+        deadline = time.monotonic() + 30
+        while True:
+            with addcow.open(meta, force_share=True) as peek:  # what the files hold
+                allocated = peek.is_allocated(CS, CS)
+                if allocated[0] or time.monotonic() > deadline:
+                    break
+            time.sleep(0.05)
+        assert allocated == (True, CS), "the bit never reached the .add-cow file"
+        with addcow.open(meta, force_share=True) as peek:
+            assert peek.read(70000, 100) == b"\x21" * 100
+            assert peek.read(CS, 100) == base[CS : CS + 100]
+
+
+def test_readonly_servers_share_an_image(tmp_path: Path) -> None:
+    meta, base = make_image(tmp_path, 2 * CS, 2 * CS)
+    (tmp_path / "expected.raw").write_bytes(base)
+    with server(meta, "readonly=true", readonly=True):
+        ok(serve(meta, 'qemu-img compare -f raw -F raw "$uri" expected.raw', "readonly=true", readonly=True))
+        r = serve(meta, "true")  # a writer is refused
+        assert r.returncode != 0 and "in use" in r.stderr, r.stderr
+    # readonly=true without -r: the export itself is read-only.
+    r = serve(meta, "qemu-io -f raw -c 'write 0 512' \"$uri\"", "readonly=true")
+    assert r.returncode != 0 and "Permission denied" in r.stdout + r.stderr, r.stdout + r.stderr
+    with addcow.open(meta) as img:
+        assert img.read(0, 2 * CS) == base
+
+
+def test_confine_refuses_a_hostile_header(tmp_path: Path) -> None:
+    """An uploaded image whose header names a file outside its directory."""
+    (tmp_path / "secret.raw").write_bytes(b"secret" * 1000)
+    up = tmp_path / "uploads"
+    up.mkdir()
+    for image, backing in (("../secret.raw", None), (str(tmp_path / "secret.raw"), None),
+                           ("img.raw", "../secret.raw")):
+        meta = up / "evil.add-cow"
+        addcow.create(meta, image, backing_file=backing, size=CS if backing else None)
+        ok(serve(meta, 'qemu-img info "$uri"'))  # the default trusts the header
+        r = serve(meta, "touch served", "confine=true")
+        assert r.returncode != 0
+        assert "leaves directory" in r.stderr and (backing or image) in r.stderr, r.stderr
+        assert not (up / "served").exists()
+    good = up / "good.add-cow"
+    addcow.create(good, "good.raw", size=2 * CS)
+    out = qemu_io(good, ["write -P 7 0 512", "read -P 7 0 512"], "confine=true")
+    assert "read 512/512" in out
+    r = subprocess.run(["nbdkit", "-U", "-", PLUGIN, f"file={good}", "confine=maybe", "--run", "true"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "maybe" in r.stderr
+
+
+def test_help_documents_the_keys() -> None:
+    out = subprocess.run(["nbdkit", PLUGIN, "--help"], capture_output=True, text=True, timeout=60).stdout
+    for key in ("file=", "backing_fmt=", "writethrough=", "readonly=", "confine="):
+        assert key in out, out

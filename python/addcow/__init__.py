@@ -29,7 +29,7 @@ from ._image import (
     read_header,
     version,
 )
-from ._lib import LibraryNotFoundError, library_path
+from ._lib import MAX_SIZE, LibraryNotFoundError, library_path
 
 __version__ = "0.1.0"
 
@@ -39,6 +39,7 @@ __all__ = [
     "Image",
     "ImageFile",
     "LibraryNotFoundError",
+    "MAX_SIZE",
     "create",
     "library_path",
     "open",

@@ -2,7 +2,7 @@
 
 Errors: every failing C call raises :class:`OSError` built as ``OSError(errno, message)``,
 so Python picks the subclass (``FileNotFoundError`` for ENOENT, ``PermissionError`` for
-EPERM, ...). ``.errno`` is the errno, ``.strerror`` the library's message (it starts with the
+EPERM and EACCES, plain :class:`OSError` for EBUSY, EFBIG, EINVAL, ...). ``.errno`` is the errno, ``.strerror`` the library's message (it starts with the
 C function's name), ``.operation`` the C function's name and, for calls on a path,
 ``.filename`` the path. Negative offsets or sizes raise ``OSError(EINVAL)`` as :func:`os.pread`
 does; negative lengths raise :class:`ValueError`. Using a closed :class:`Image` raises
@@ -75,15 +75,24 @@ def create(
     backing_file: Optional[PathType] = None,
     size: Optional[int] = None,
     backing_fmt: Optional[str] = None,
+    confine: bool = False,
 ) -> None:
-    """Creates the ``.add-cow`` file at ``path`` (replacing any file there) and, as ``size``
-    says, the raw image file.
+    """Creates the ``.add-cow`` file at ``path`` (replacing any file there that is not in use)
+    and, as ``size`` says, the raw image file. Atomic: the ``.add-cow`` file appears complete
+    or not at all, and a failure removes the files this call created.
 
     ``image_file`` and ``backing_file`` are stored as given; relative names resolve against
     ``path``'s directory. ``size``: above 0, the image file is created if missing and resized
     to ``size``; ``None`` or 0, the image file must exist and gives the size, or, when it is
     missing and there is a backing file, it is created with the backing file's length.
-    ``backing_fmt``: ``None`` or ``"raw"`` (default), or ``"add-cow"``.
+    ``backing_fmt``: ``None`` or ``"raw"`` (default), or ``"add-cow"``. ``confine=True``:
+    both names must resolve beneath ``path``'s directory (as :func:`open` checks them with
+    ``confine=True``).
+
+    Raises ``OSError(EBUSY)`` when the ``.add-cow`` file being replaced or the image file is
+    in use (locked by another open image, here or in another process), ``OSError(EFBIG)`` for
+    a size above :data:`addcow.MAX_SIZE`, :class:`PermissionError` (EACCES) for a name that
+    leaves the directory under ``confine``.
     """
     opts = _lib.AddCowCreateOptions()
     opts.struct_size = ctypes.sizeof(_lib.AddCowCreateOptions)
@@ -93,7 +102,7 @@ def create(
     opts.backing_fmt = backing_fmt.encode() if backing_fmt is not None else None
     opts.size = _u64(0 if size is None else size, "size", "addcow_create")
     opts.cluster_size = 0
-    opts.flags = 0
+    opts.flags = _lib.CREATE_CONFINE if confine else 0
     check(lib.addcow_create(_fs(path), ctypes.byref(opts)), "addcow_create", path)
 
 
@@ -147,14 +156,32 @@ def open(  # noqa: A001 - mirrors io.open / gzip.open
     writethrough: bool = False,
     backing: bool = True,
     backing_fmt: str = "raw",
+    force_share: bool = False,
+    confine: bool = False,
+    bitmap_cache_size: Optional[int] = None,
 ) -> "Image":
-    """Opens the ``.add-cow`` file at ``path`` and the files its header names.
+    """Opens the ``.add-cow`` file at ``path`` and the files its header names, and locks them
+    as QEMU locks its images.
 
     ``mode``: ``"r"`` read-only (writes raise :class:`PermissionError`) or ``"r+"``
     read-write. ``writethrough``: every write is durable when it returns (default:
     writeback until :meth:`Image.flush` or :meth:`Image.close`). ``backing=False``: do not
     open the backing file; unallocated clusters read as zeros. ``backing_fmt``: ``"raw"`` or
     ``"add-cow"`` (the backing file is itself an add-cow image).
+
+    Locks: ``"r+"`` excludes every other user of the ``.add-cow`` and image files, ``"r"``
+    excludes writers, and every backing file down the chain is kept from writers; a conflict
+    raises ``OSError(EBUSY)`` naming the file -- also for a second ``"r+"`` open of the same
+    image in this process. ``force_share=True`` (``"r"`` only, ``OSError(EINVAL)`` with
+    ``"r+"``) takes no conflicting lock, like ``qemu-img -U``: a peek at an image in use,
+    whose content may change underneath.
+
+    ``confine=True``: every name in every header of the chain must resolve beneath the
+    directory of the ``.add-cow`` file naming it (no absolute names, ``..`` or symlinks out):
+    :class:`PermissionError` (EACCES) otherwise. Use it for images you did not make.
+
+    ``bitmap_cache_size``: the most bytes of bitmap kept in memory (``None`` or 0: the
+    library's default). Images larger than :data:`addcow.MAX_SIZE` raise ``OSError(EFBIG)``.
     """
     try:
         writable = _MODES[mode]
@@ -170,8 +197,18 @@ def open(  # noqa: A001 - mirrors io.open / gzip.open
         flags |= _lib.OPEN_WRITETHROUGH
     if not backing:
         flags |= _lib.OPEN_NO_BACKING
+    if force_share:
+        flags |= _lib.OPEN_FORCE_SHARE
+    if confine:
+        flags |= _lib.OPEN_CONFINE
+    opts = _lib.AddCowOpenOptions()
+    opts.struct_size = ctypes.sizeof(_lib.AddCowOpenOptions)
+    opts.flags = flags
+    cache = 0 if bitmap_cache_size is None else bitmap_cache_size
+    opts.bitmap_cache_size = _u64(cache, "bitmap_cache_size", "addcow_open_ext")
     handle = _lib.ImagePtr()
-    check(lib.addcow_open(_fs(path), flags, ctypes.byref(handle)), "addcow_open", path)
+    rc = lib.addcow_open_ext(_fs(path), ctypes.byref(opts), ctypes.byref(handle))
+    check(rc, "addcow_open_ext", path)
     return Image(handle, path, "r+" if writable else "r")
 
 

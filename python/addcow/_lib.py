@@ -46,11 +46,16 @@ __all__ = [
     "AddCowHeader",
     "AddCowIo",
     "AddCowCreateOptions",
+    "AddCowOpenOptions",
     "Iovec",
     "OPEN_RDWR",
     "OPEN_WRITETHROUGH",
     "OPEN_NO_BACKING",
     "OPEN_BACKING_ADDCOW",
+    "OPEN_FORCE_SHARE",
+    "OPEN_CONFINE",
+    "CREATE_CONFINE",
+    "MAX_SIZE",
     "IOV_MAX",
     "declare",
     "load_library",
@@ -71,6 +76,15 @@ OPEN_RDWR = 1 << 0
 OPEN_WRITETHROUGH = 1 << 1
 OPEN_NO_BACKING = 1 << 2
 OPEN_BACKING_ADDCOW = 1 << 3
+OPEN_FORCE_SHARE = 1 << 4
+OPEN_CONFINE = 1 << 5
+
+# Create flags (ADDCOW_CREATE_*).
+CREATE_CONFINE = 1 << 0
+
+#: The largest virtual size the library supports (ADDCOW_MAX_SIZE, 2^56 bytes): larger sizes
+#: give EFBIG at open, create and truncate.
+MAX_SIZE = 1 << 56
 
 #: The most iovecs one call accepts (Linux's IOV_MAX, as the library checks it).
 IOV_MAX = 1024
@@ -150,15 +164,39 @@ class AddCowCreateOptions(Structure):
     ]
 
 
+class AddCowOpenOptions(Structure):
+    """``struct AddCowOpenOptions`` (for ``addcow_open_ext``); set ``struct_size`` to
+    ``ctypes.sizeof`` of it."""
+
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("flags", c_uint32),
+        ("bitmap_cache_size", c_uint64),
+    ]
+
+
 # (name, restype, argtypes, required). Optional functions are declared when the loaded
 # library exports them (newer additions to the header).
 _DECLARATIONS: List[Tuple[str, object, List[object], bool]] = [
     ("addcow_probe", c_int, [c_void_p, c_size_t, c_char_p], True),
     ("addcow_open", c_int, [c_char_p, c_uint32, POINTER(ImagePtr)], True),
+    ("addcow_open_ext", c_int, [c_char_p, POINTER(AddCowOpenOptions), POINTER(ImagePtr)], True),
     (
         "addcow_open_io",
         c_int,
         [POINTER(AddCowIo), POINTER(AddCowIo), POINTER(AddCowIo), c_uint32, POINTER(ImagePtr)],
+        True,
+    ),
+    (
+        "addcow_open_io_ext",
+        c_int,
+        [
+            POINTER(AddCowIo),
+            POINTER(AddCowIo),
+            POINTER(AddCowIo),
+            POINTER(AddCowOpenOptions),
+            POINTER(ImagePtr),
+        ],
         True,
     ),
     ("addcow_close", c_int, [ImagePtr], True),

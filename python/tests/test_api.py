@@ -60,6 +60,50 @@ def test_every_header_function_is_declared() -> None:
         assert fn.argtypes is not None, name
 
 
+def _header_text() -> str:
+    header = Path(__file__).resolve().parents[2] / "include" / "addcow.h"
+    if not header.exists():
+        pytest.skip("include/addcow.h not found")
+    return header.read_text()
+
+
+def test_constants_match_the_header() -> None:
+    """Every ``#define ADDCOW_X value`` of addcow.h is ``addcow._lib.X`` with that value."""
+    defines = re.findall(r"^#define (ADDCOW_[A-Z_]+) (.+)$", _header_text(), re.M)
+    assert len(defines) >= 8, defines  # MAX_SIZE, CREATE_CONFINE, six OPEN_* flags
+    for name, value in defines:
+        assert re.fullmatch(r"[0-9()<< ]+", value), (name, value)
+        py_name = name[len("ADDCOW_") :]
+        assert hasattr(_lib, py_name), f"{name} has no counterpart in addcow._lib"
+        assert getattr(_lib, py_name) == eval(value), name  # digits, <<, parentheses only
+    assert addcow.MAX_SIZE == _lib.MAX_SIZE
+
+
+_C_TYPES = {"uint32_t": ctypes.c_uint32, "uint64_t": ctypes.c_uint64, "const char *": ctypes.c_char_p}
+
+
+@pytest.mark.parametrize("struct", ["AddCowCreateOptions", "AddCowOpenOptions", "AddCowIo"])
+def test_structs_match_the_header(struct: str) -> None:
+    """The ctypes structures have the header's fields, in order, with its integer and string
+    types (callbacks and void pointers: names only), and the LP64 sizes header_check pins."""
+    body = re.search(r"typedef struct %s \{(.*?)\} %s;" % (struct, struct), _header_text(), re.S)
+    assert body, struct
+    code = re.sub(r"/\*.*?\*/", "", body.group(1), flags=re.S)  # drop the doc comments
+    fields = []  # (C type, name); a callback `int (*preadv)(...)` gives ("int (*", "preadv")
+    for decl in filter(None, (d.strip() for d in code.split(";"))):
+        m = re.fullmatch(r"(.*?)(\w+)(\)\(.*\))?", decl, re.S)
+        assert m, decl
+        fields.append((m.group(1).strip(), m.group(2)))
+    cls = getattr(_lib, struct)
+    assert [name for _, name in fields] == [f[0] for f in cls._fields_]
+    for (ctype, name), (_, pytype) in zip(fields, cls._fields_):
+        if ctype in _C_TYPES:
+            assert pytype is _C_TYPES[ctype], (struct, name)
+    sizes = {"AddCowCreateOptions": 48, "AddCowOpenOptions": 16, "AddCowIo": 48}
+    if ctypes.sizeof(ctypes.c_void_p) == 8:
+        assert ctypes.sizeof(cls) == sizes[struct]
+
+
 def test_probe(overlay: Path) -> None:
     head = overlay.read_bytes()[:HEADER_SIZE]
     assert addcow.probe(head) == 100

@@ -23,7 +23,7 @@ def _patched(src: Path, dst: Path, at: int, new: bytes) -> Path:
 
 def test_missing_add_cow_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.add-cow"
-    for call, op in ((addcow.open, "addcow_open"), (addcow.read_header, "addcow_header_read")):
+    for call, op in ((addcow.open, "addcow_open_ext"), (addcow.read_header, "addcow_header_read")):
         with pytest.raises(FileNotFoundError) as e:
             call(missing)
         err = e.value
@@ -224,7 +224,7 @@ def test_raw_abi_argument_checks(tmp_path: Path, overlay: Path) -> None:
     assert lib.addcow_create(path, ctypes.byref(opts)) == -errno.ENOTSUP
     opts.layout, opts.cluster_size = 1, 4096
     assert lib.addcow_create(path, ctypes.byref(opts)) == EINVAL
-    opts.cluster_size, opts.flags = 65536, 1
+    opts.cluster_size, opts.flags = 65536, 1 << 1  # bit 0 is CREATE_CONFINE; bit 1 is unknown
     assert lib.addcow_create(path, ctypes.byref(opts)) == EINVAL
     opts.flags, opts.struct_size = 0, 8
     assert lib.addcow_create(path, ctypes.byref(opts)) == EINVAL

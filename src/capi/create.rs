@@ -1,12 +1,17 @@
 //! `addcow_create` and its versioned options struct.
 
 use super::boundary::{bad_arg, c_str, ffi, opt_c_str};
+use super::versioned::{self, Versioned};
 use crate::engine::{create, BackingFormat, CreateOptions};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, CStr, OsStr};
 use std::mem::{offset_of, size_of};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+
+/// Create flag: the image and backing names must resolve beneath the `.add-cow` file's
+/// directory, as `ADDCOW_OPEN_CONFINE` checks them at open (-EACCES otherwise).
+pub const ADDCOW_CREATE_CONFINE: u32 = 1 << 0;
 
 /// What `addcow_create` makes. Set `struct_size` to `sizeof(AddCowCreateOptions)` as compiled
 /// by the caller: fields past it take their zero default, and a larger struct from a newer
@@ -31,47 +36,15 @@ pub struct AddCowCreateOptions {
     pub size: u64,
     /// 0 = the layout's default; layout 1 accepts only 0 or 65536.
     pub cluster_size: u32,
-    /// Reserved, must be 0.
+    /// `ADDCOW_CREATE_*` flags; unknown bits give -EINVAL.
     pub flags: u32,
 }
 
-/// The fields every caller must provide: up to and including `size`.
-const MIN_SIZE: usize = offset_of!(AddCowCreateOptions, size) + size_of::<u64>();
-
-/// # Safety
-/// `opts` points at `struct_size` readable bytes, `struct_size` being its first field.
-unsafe fn read_versioned(opts: *const AddCowCreateOptions) -> Result<AddCowCreateOptions> {
-    // SAFETY: every struct version starts with struct_size.
-    let size = unsafe { opts.cast::<u32>().read_unaligned() } as usize;
-    if size < MIN_SIZE {
-        return Err(bad_arg(&format!(
-            "struct_size {size} is smaller than {MIN_SIZE}"
-        )));
-    }
-    let ours = size_of::<AddCowCreateOptions>();
-    let base = opts.cast::<u8>();
-    if size > ours {
-        // SAFETY: the caller's struct holds `size` bytes.
-        let extra = unsafe { std::slice::from_raw_parts(base.add(ours), size - ours) };
-        if extra.iter().any(|&b| b != 0) {
-            return Err(Error::Unsupported(
-                "AddCowCreateOptions has non-zero fields this library does not know".into(),
-            ));
-        }
-    }
-    let mut out = AddCowCreateOptions {
-        struct_size: 0,
-        layout: 0,
-        image_file: std::ptr::null(),
-        backing_file: std::ptr::null(),
-        backing_fmt: std::ptr::null(),
-        size: 0,
-        cluster_size: 0,
-        flags: 0,
-    };
-    // SAFETY: copies min(size, ours) bytes of plain data between non-overlapping structs.
-    unsafe { std::ptr::copy_nonoverlapping(base, (&raw mut out).cast::<u8>(), size.min(ours)) };
-    Ok(out)
+// SAFETY: repr(C), starts with struct_size, integers and nullable pointers only.
+unsafe impl Versioned for AddCowCreateOptions {
+    const NAME: &'static str = "AddCowCreateOptions";
+    /// The fields every caller must provide: up to and including `size`.
+    const MIN_SIZE: usize = offset_of!(AddCowCreateOptions, size) + size_of::<u64>();
 }
 
 fn to_path(s: &CStr) -> PathBuf {
@@ -93,10 +66,10 @@ unsafe fn to_options(o: &AddCowCreateOptions) -> Result<CreateOptions> {
             o.cluster_size
         )));
     }
-    if o.flags != 0 {
+    if o.flags & !ADDCOW_CREATE_CONFINE != 0 {
         return Err(bad_arg(&format!(
-            "flags {:#x} are reserved and must be 0",
-            o.flags
+            "unknown create flags {:#x}",
+            o.flags & !ADDCOW_CREATE_CONFINE
         )));
     }
     // SAFETY: the caller's guarantee on the string fields.
@@ -122,12 +95,17 @@ unsafe fn to_options(o: &AddCowCreateOptions) -> Result<CreateOptions> {
         backing_file: backing.map(to_path),
         backing_format,
         size: o.size,
+        confine: o.flags & ADDCOW_CREATE_CONFINE != 0,
     })
 }
 
-/// Creates the `.add-cow` file at `path` (replacing any file there) and, as `opts->size` says,
-/// the image file. Refuses (-EINVAL) an image file that is the `.add-cow` file or the backing
-/// file, and names of 1024 bytes or more, before touching any file. 0 or -errno.
+/// Creates the `.add-cow` file at `path` (replacing any file there that is not in use) and, as
+/// `opts->size` says, the image file. Atomic: the `.add-cow` file appears complete or not at
+/// all, and a failure removes the files this call created. Before touching any file it refuses
+/// (-EINVAL) an image file that is the `.add-cow` file or any file of the backing chain, and
+/// names of 1024 bytes or more; -EFBIG for sizes above `ADDCOW_MAX_SIZE`; -EBUSY when the image
+/// file or the `.add-cow` file being replaced is in use; -EACCES for a name that leaves the
+/// directory under `ADDCOW_CREATE_CONFINE`. 0 or -errno.
 ///
 /// # Safety
 /// `path` is NULL or NUL-terminated; `opts` is NULL or points at `opts->struct_size` readable
@@ -144,7 +122,7 @@ pub unsafe extern "C" fn addcow_create(
             if opts.is_null() {
                 return Err(bad_arg("opts is NULL"));
             }
-            create(to_path(p), &to_options(&read_versioned(opts)?)?).map(|()| 0)
+            create(to_path(p), &to_options(&versioned::read(opts)?)?).map(|()| 0)
         }
     })
 }

@@ -4,9 +4,10 @@
 use super::boundary::{bad_arg, c_str, ffi};
 use crate::engine::read_header;
 use crate::error::{Error, Result};
-use crate::storage::{AddCowIo, FileStorage, HostStorage};
+use crate::storage::{open_path, Access, AddCowIo, FileStorage, HostStorage};
 use std::ffi::{c_char, c_int, CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 /// A parsed `.add-cow` header. Opaque: read it with `addcow_header_read` or
 /// `addcow_header_read_io`, free it with `addcow_header_free`.
@@ -54,7 +55,7 @@ pub unsafe extern "C" fn addcow_header_read(
             // SAFETY: the caller's guarantee.
             let path = OsStr::from_bytes(unsafe { c_str(path, "path")? }.to_bytes());
             let name = format!("add-cow file '{}'", path.to_string_lossy());
-            let file = std::fs::File::open(path).map_err(|e| Error::io("open", &name, 0, e))?;
+            let file = open_path(Path::new(path), Access::read(false), &name)?;
             read_header(&FileStorage::new(file), &name)
         })
     })

@@ -8,8 +8,9 @@ use std::io::{IoSlice, IoSliceMut};
 /// Linux's IOV_MAX: the most iovecs one call accepts.
 pub(super) const IOV_MAX: c_int = 1024;
 
-/// Checks `iov`/`iovcnt` and every entry: `iovcnt` in 0..=IOV_MAX, `iov` non-NULL when
-/// `iovcnt > 0`, no NULL base with a non-zero length.
+/// Checks `iov`/`iovcnt` and every entry before any buffer is touched: `iovcnt` in
+/// 0..=IOV_MAX, `iov` non-NULL when `iovcnt > 0`, no NULL base with a non-zero length, and a
+/// total length (checked arithmetic) of at most `SSIZE_MAX`.
 ///
 /// # Safety
 /// When `iov` is non-NULL it points at `iovcnt` readable `struct iovec`.
@@ -33,7 +34,23 @@ unsafe fn entries<'a>(iov: *const libc::iovec, iovcnt: c_int) -> Result<&'a [lib
     {
         return Err(bad_arg("an iovec has a NULL base and a non-zero length"));
     }
+    let total = entries
+        .iter()
+        .try_fold(0usize, |sum, e| sum.checked_add(e.iov_len));
+    if !matches!(total, Some(n) if n <= isize::MAX as usize) {
+        return Err(bad_arg(
+            "the iovec lengths add up to more than SSIZE_MAX bytes",
+        ));
+    }
     Ok(entries)
+}
+
+/// A plain buffer's length: at most `SSIZE_MAX`, as for one `pread`.
+fn check_len(len: usize) -> Result<()> {
+    match len <= isize::MAX as usize {
+        true => Ok(()),
+        false => Err(bad_arg(&format!("len {len} is more than SSIZE_MAX"))),
+    }
 }
 
 /// # Safety
@@ -97,7 +114,8 @@ pub(super) unsafe fn read_buf<'a>(buf: *mut c_void, len: usize) -> Result<&'a mu
     if buf.is_null() && len > 0 {
         return Err(bad_arg("buf is NULL"));
     }
-    // SAFETY: checked NULL above; the caller guarantees the rest.
+    check_len(len)?;
+    // SAFETY: checked NULL and length above; the caller guarantees the rest.
     Ok(unsafe { bytes_mut(buf, len) })
 }
 
@@ -109,6 +127,7 @@ pub(super) unsafe fn write_buf<'a>(buf: *const c_void, len: usize) -> Result<&'a
     if buf.is_null() && len > 0 {
         return Err(bad_arg("buf is NULL"));
     }
-    // SAFETY: checked NULL above; the caller guarantees the rest.
+    check_len(len)?;
+    // SAFETY: checked NULL and length above; the caller guarantees the rest.
     Ok(unsafe { bytes(buf, len) })
 }

@@ -3,8 +3,9 @@
 //! Return convention (QEMU's): 0, or the documented non-negative value, on success; a negative
 //! errno on failure, with a message for `addcow_last_error`:
 //! `EINVAL` bad argument or malformed header, `ENOTSUP` unknown version or layout, `ENOENT`
-//! missing file, `EPERM` write or truncate on a read-only image, host errors (`EIO`, `ENOSPC`,
-//! …) passed through. A panic inside the library returns `-EIO`; none unwinds into C.
+//! missing file, `EPERM` write or truncate on a read-only image, `EBUSY` a file in use (a
+//! conflicting lock), `EACCES` a name refused by a confined open, `EFBIG` a size beyond
+//! `ADDCOW_MAX_SIZE`, host errors (`EIO`, `ENOSPC`, …) passed through. A panic inside the library returns `-EIO`; none unwinds into C.
 //!
 //! Threads: every function may be called from many threads at once on one image, except
 //! `addcow_close` (the caller makes sure no other call on the image is running or follows) and
@@ -15,58 +16,37 @@ mod boundary;
 mod create;
 mod header;
 mod iov;
+mod open;
+mod versioned;
 
-pub use create::{addcow_create, AddCowCreateOptions};
+pub use create::{addcow_create, AddCowCreateOptions, ADDCOW_CREATE_CONFINE};
 pub use header::{
     addcow_header_backing_file, addcow_header_cluster_size, addcow_header_free,
     addcow_header_image_file, addcow_header_layout, addcow_header_read, addcow_header_read_io,
     AddCowHeader,
 };
 
-use crate::engine::{Backing, BackingFormat, Image, OpenOptions, Parts};
+pub use open::{
+    addcow_open, addcow_open_ext, addcow_open_io, addcow_open_io_ext, AddCowOpenOptions,
+    ADDCOW_OPEN_BACKING_ADDCOW, ADDCOW_OPEN_CONFINE, ADDCOW_OPEN_FORCE_SHARE,
+    ADDCOW_OPEN_NO_BACKING, ADDCOW_OPEN_RDWR, ADDCOW_OPEN_WRITETHROUGH,
+};
+
+use crate::engine::Image;
 use crate::error::{Error, Result};
-use crate::storage::{AddCowIo, HostStorage};
-use boundary::{bad_arg, c_str, ffi};
-use std::ffi::{c_char, c_int, c_void, OsStr};
-use std::os::unix::ffi::OsStrExt;
+use boundary::{bad_arg, ffi};
+use std::ffi::{c_char, c_int, c_void};
 
-/// Open for reading and writing (default: read-only).
-pub const ADDCOW_OPEN_RDWR: u32 = 1 << 0;
-/// Every write is durable when it returns (default: writeback until flush or close).
-pub const ADDCOW_OPEN_WRITETHROUGH: u32 = 1 << 1;
-/// Do not open the backing file: unallocated clusters read as zeros.
-pub const ADDCOW_OPEN_NO_BACKING: u32 = 1 << 2;
-/// The backing file is an add-cow image (default: raw). Its own backing file is opened as
-/// add-cow when it carries the add-cow magic, as raw otherwise. Not for `addcow_open_io`.
-pub const ADDCOW_OPEN_BACKING_ADDCOW: u32 = 1 << 3;
-
-const KNOWN_FLAGS: u32 = ADDCOW_OPEN_RDWR
-    | ADDCOW_OPEN_WRITETHROUGH
-    | ADDCOW_OPEN_NO_BACKING
-    | ADDCOW_OPEN_BACKING_ADDCOW;
+/// The largest virtual size the library supports: 2^56 bytes (64 PiB). Larger sizes give
+/// -EFBIG at open, create and truncate.
+// A literal, so that cbindgen writes the number into the header.
+pub const ADDCOW_MAX_SIZE: u64 = 72_057_594_037_927_936;
+const _: () = assert!(ADDCOW_MAX_SIZE == crate::layout::MAX_SIZE);
 
 /// An open add-cow image. Opaque: create it with `addcow_open` or `addcow_open_io`, free it
 /// with `addcow_close`.
 pub struct AddCowImage {
     image: Image,
-}
-
-fn open_options(flags: u32) -> Result<OpenOptions> {
-    if flags & !KNOWN_FLAGS != 0 {
-        return Err(bad_arg(&format!(
-            "unknown open flags {:#x}",
-            flags & !KNOWN_FLAGS
-        )));
-    }
-    Ok(OpenOptions {
-        writable: flags & ADDCOW_OPEN_RDWR != 0,
-        writethrough: flags & ADDCOW_OPEN_WRITETHROUGH != 0,
-        no_backing: flags & ADDCOW_OPEN_NO_BACKING != 0,
-        backing_format: match flags & ADDCOW_OPEN_BACKING_ADDCOW {
-            0 => BackingFormat::Raw,
-            _ => BackingFormat::AddCow,
-        },
-    })
 }
 
 /// # Safety
@@ -76,23 +56,6 @@ unsafe fn image<'a>(img: *const AddCowImage) -> Result<&'a Image> {
     unsafe { img.as_ref() }
         .map(|h| &h.image)
         .ok_or_else(|| bad_arg("img is NULL"))
-}
-
-/// # Safety
-/// `out` is NULL or writable.
-unsafe fn hand_out(
-    out: *mut *mut AddCowImage,
-    open: impl FnOnce() -> Result<Image>,
-) -> Result<c_int> {
-    if out.is_null() {
-        return Err(bad_arg("out is NULL"));
-    }
-    // SAFETY: non-NULL and writable per the caller; cleared first so that failure leaves NULL.
-    unsafe { out.write(std::ptr::null_mut()) };
-    let handle = Box::into_raw(Box::new(AddCowImage { image: open()? }));
-    // SAFETY: as above.
-    unsafe { out.write(handle) };
-    Ok(0)
 }
 
 /// How sure it is that `buf` starts an add-cow file: 100 for the magic and version 1 (12 bytes
@@ -112,94 +75,6 @@ pub unsafe extern "C" fn addcow_probe(
         // SAFETY: the caller's guarantee; NULL with len > 0 is refused.
         let bytes = unsafe { iov::write_buf(buf.cast(), len)? };
         Ok(c_int::from(crate::layout::probe(bytes)))
-    })
-}
-
-/// Opens the `.add-cow` file at `path` and the files its header names (relative names resolve
-/// against `path`'s directory). `flags`: `ADDCOW_OPEN_*`; unknown bits give -EINVAL. On success
-/// stores a new handle in `*out` and returns 0; on failure stores NULL and returns -errno
-/// (-ENOENT for a missing file, -EINVAL for a malformed header or a name that points back at
-/// the image, -ENOTSUP for an unknown version). Opening reads only the header.
-///
-/// # Safety
-/// `path` is NULL or a NUL-terminated string; `out` is NULL or writable.
-#[no_mangle]
-pub unsafe extern "C" fn addcow_open(
-    path: *const c_char,
-    flags: u32,
-    out: *mut *mut AddCowImage,
-) -> c_int {
-    ffi("addcow_open", || {
-        // SAFETY: the caller's guarantees, forwarded.
-        unsafe {
-            hand_out(out, || {
-                let path = OsStr::from_bytes(c_str(path, "path")?.to_bytes());
-                Image::open(path, &open_options(flags)?)
-            })
-        }
-    })
-}
-
-/// # Safety
-/// `io` is NULL or points at a valid `AddCowIo`.
-unsafe fn host(io: *const AddCowIo, what: &str) -> Result<HostStorage> {
-    // SAFETY: the caller's guarantee; NULL is refused.
-    let table = unsafe { io.as_ref() }.ok_or_else(|| bad_arg(&format!("{what} is NULL")))?;
-    HostStorage::new(*table).map_err(|e| match e.raw_os_error() {
-        Some(libc::EINVAL) => bad_arg(&format!(
-            "{what}: preadv, pwritev, flush and get_length are required"
-        )),
-        _ => Error::io("get length of", what, 0, e),
-    })
-}
-
-/// Opens an image whose files the host supplies: `meta` is the `.add-cow` file, `image` the raw
-/// image file, `backing` the raw backing file or NULL for none. `flags` as for `addcow_open`
-/// (`ADDCOW_OPEN_BACKING_ADDCOW` is refused: a host backing is raw). The tables are copied; the
-/// host keeps each `opaque` valid, and its callbacks callable from any thread, until
-/// `addcow_close` returns. Use `addcow_header_read_io` first to learn which files to supply.
-///
-/// # Safety
-/// `meta`, `image`, `backing` are NULL or valid tables; `out` is NULL or writable.
-#[no_mangle]
-pub unsafe extern "C" fn addcow_open_io(
-    meta: *const AddCowIo,
-    image: *const AddCowIo,
-    backing: *const AddCowIo,
-    flags: u32,
-    out: *mut *mut AddCowImage,
-) -> c_int {
-    ffi("addcow_open_io", || {
-        // SAFETY: the caller's guarantees, forwarded.
-        unsafe {
-            hand_out(out, || {
-                let opts = open_options(flags)?;
-                if opts.backing_format != BackingFormat::Raw {
-                    return Err(bad_arg(
-                        "a host-supplied backing file is raw: ADDCOW_OPEN_BACKING_ADDCOW is refused",
-                    ));
-                }
-                let backing = match backing.is_null() || opts.no_backing {
-                    true => None,
-                    false => Some(Backing::raw(
-                        Box::new(host(backing, "backing (host I/O)")?),
-                        "backing (host I/O)",
-                    )),
-                };
-                let parts = Parts {
-                    meta: (
-                        Box::new(host(meta, "add-cow file (host I/O)")?),
-                        "add-cow file (host I/O)".into(),
-                    ),
-                    image: (
-                        Box::new(host(image, "image file (host I/O)")?),
-                        "image file (host I/O)".into(),
-                    ),
-                    backing,
-                };
-                Image::open_parts(parts, &opts)
-            })
-        }
     })
 }
 

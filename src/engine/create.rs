@@ -1,11 +1,23 @@
-//! Creating an image: the raw image file (when asked) and the `.add-cow` file.
+//! Creating an image, atomically, leaving nothing behind on failure.
+//!
+//! Before any file is written: the names are checked, the size against [`MAX_SIZE`] (`EFBIG`),
+//! the backing chain is opened read-only (force share: only its length and the identity of its
+//! files are needed), and the image file and any `.add-cow` file already at the target are
+//! checked against the chain and locked for writing (`EBUSY` while another user has them).
+//!
+//! Then, in this order: the `.add-cow` file is written under a temporary name in its directory
+//! and made durable; the image file gets its size and is made durable; the temporary file is
+//! renamed into place and the directory made durable. A failure removes the temporary file and
+//! an image file that this call created; a crash leaves at most a stray temporary file (named
+//! `.NAME.addcow-tmp-*`), never a half-written `.add-cow` file.
 
-use super::open::{describe, resolve, same_file};
-use super::{BackingFormat, Image, OpenOptions};
+use super::files::{admit, same_file, Chain, Role, Use};
+use super::open::{check_size, open_backing};
+use super::{BackingFormat, OpenOptions};
 use crate::error::{Error, Result};
 use crate::layout::{Geometry, Header};
-use crate::storage::{FileStorage, Storage};
-use std::fs::{File, OpenOptions as FsOpenOptions};
+use crate::storage::{open_path, Access, Create, Dir, FileStorage, Storage};
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -23,108 +35,203 @@ pub struct CreateOptions {
     /// `0`: the image file must exist and gives the size, or, when it is missing and there is
     /// a backing file, it is created with the backing file's length.
     pub size: u64,
+    /// The image and backing names (and every name down the backing chain) must resolve
+    /// beneath the `.add-cow` file's directory (`EACCES` otherwise).
+    pub confine: bool,
 }
 
-/// Creates the `.add-cow` file at `path` (replacing any file there) with an all-unallocated
-/// bitmap, and the image file as `opts.size` says. Refuses an image file that is the `.add-cow`
-/// file itself or the backing file, and names of 1024 bytes or more, before touching any file.
+/// Creates the `.add-cow` file at `path` (replacing any file there that is not in use) with an
+/// all-unallocated bitmap, and the image file as `opts.size` says.
 pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<()> {
     let path = path.as_ref();
-    let backing_name = opts
-        .backing_file
-        .as_deref()
-        .map(|b| b.as_os_str().as_bytes())
-        .filter(|b| !b.is_empty());
-    let header = Header::new(opts.image_file.as_os_str().as_bytes(), backing_name)?;
-    let image_path = resolve(path, &header.image_file);
-    let backing_path = header.backing_file.as_deref().map(|b| resolve(path, b));
-    if same_file(&image_path, path) {
+    let header = Header::new(
+        bytes(&opts.image_file),
+        opts.backing_file.as_deref().map(bytes),
+    )?;
+    check_size(opts.size, "the requested size")?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid(format!("'{}' names no file", path.display())))?;
+    let dir = Dir::of(path)?;
+    let image_name = name(&header.image_file);
+    if same_file(&dir.join(image_name), path) {
         return Err(Error::invalid(format!(
             "the image file '{}' is the add-cow file itself",
-            image_path.display()
+            dir.join(image_name).display()
         )));
     }
-    if let Some(b) = &backing_path {
-        if same_file(b, &image_path) {
-            return Err(Error::invalid(format!(
-                "the image file '{}' is also the backing file",
-                image_path.display()
-            )));
+    let mut chain = Chain::default();
+    let backing_len = match &header.backing_file {
+        Some(b) => backing_len(&dir, name(b), opts, &mut chain)?,
+        None => None,
+    };
+    let _replaced = lock_target(path, &mut chain)?;
+    let (image, created) = open_image(&dir, image_name, opts, backing_len.is_some(), &mut chain)?;
+    let result = (|| {
+        let size = match (opts.size, created) {
+            (0, false) => image
+                .storage
+                .len()
+                .map_err(|e| Error::io("get length of", &image.what, 0, e))?,
+            (0, true) => backing_len.unwrap_or(0),
+            (size, _) => size,
+        };
+        check_size(size, &image.what)?;
+        let geometry = Geometry::new(header.cluster_bits(), size);
+        let temp = write_temp(&dir, file_name, &header, geometry)?;
+        let placed = size_image(&image, size).and_then(|()| {
+            dir.rename(&temp, Path::new(file_name))
+                .and_then(|()| dir.sync())
+                .map_err(|e| Error::io("rename into place", &Role::AddCow.describe(path), 0, e))
+        });
+        if placed.is_err() {
+            let _ = dir.remove(&temp);
         }
-        if same_file(b, path) {
-            return Err(Error::invalid(format!(
-                "the backing file '{}' is the add-cow file itself",
-                b.display()
-            )));
-        }
+        placed
+    })();
+    if result.is_err() && created {
+        let _ = dir.remove(image_name);
     }
-    let image = create_image_file(&image_path, backing_path.as_deref(), opts)?;
-    let size = image
-        .len()
-        .map_err(|e| Error::io("get length of", &describe("image file", &image_path), 0, e))?;
-    write_metadata(path, &header, Geometry::new(header.cluster_bits(), size))?;
-    image
-        .flush()
-        .map_err(|e| Error::io("flush", &describe("image file", &image_path), 0, e))
+    result
 }
 
-fn create_image_file(
-    path: &Path,
-    backing: Option<&Path>,
+fn bytes(p: &Path) -> &[u8] {
+    p.as_os_str().as_bytes()
+}
+
+fn name(bytes: &[u8]) -> &Path {
+    Path::new(OsStr::from_bytes(bytes))
+}
+
+/// An open image file and its name for messages.
+struct ImageFile {
+    storage: FileStorage,
+    what: String,
+}
+
+/// The backing file's length, opening its whole chain to record its files. With an explicit
+/// size, a chain that cannot be opened to its end (a file missing, e.g. images created in any
+/// order) is checked as far as it opened, and `None` is returned.
+fn backing_len(
+    dir: &Dir,
+    backing: &Path,
     opts: &CreateOptions,
-) -> Result<FileStorage> {
-    let name = describe("image file", path);
-    let open = |create: bool| -> Result<File> {
-        FsOpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| Error::io("open", &name, 0, e))
+    chain: &mut Chain,
+) -> Result<Option<u64>> {
+    let open = OpenOptions {
+        backing_format: opts.backing_format,
+        force_share: true,
+        confine: opts.confine,
+        ..OpenOptions::default()
     };
-    let size = match (opts.size, backing) {
-        (0, _) if path.exists() => return Ok(FileStorage::new(open(false)?)),
-        (0, Some(b)) => backing_len(b, opts.backing_format)?,
-        (0, None) => {
+    match open_backing(dir, backing, &open, 1, chain) {
+        Ok(b) => Ok(Some(b.size()?)),
+        Err(e) if e.errno() == libc::ENOENT && opts.size > 0 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The `.add-cow` file already at `path`, if any: not a file of the chain, not in use. Held
+/// (locked) until the new one replaces it.
+fn lock_target(path: &Path, chain: &mut Chain) -> Result<Option<FileStorage>> {
+    let what = Role::AddCow.describe(path);
+    let file = match open_path(path, Access::write(true, false), &what) {
+        Ok(file) => file,
+        Err(e) if e.errno() == libc::ENOENT => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let how = Use::top(true, false, false);
+    admit(FileStorage::new(file), how, Role::AddCow, &what, chain).map(Some)
+}
+
+/// Opens the image file, creating it when missing (and a size or a backing length says how
+/// long it is); returns whether this call created it.
+fn open_image(
+    dir: &Dir,
+    name: &Path,
+    opts: &CreateOptions,
+    has_backing: bool,
+    chain: &mut Chain,
+) -> Result<(ImageFile, bool)> {
+    let what = Role::Image.describe(&dir.join(name));
+    let mut access = Access::write(true, opts.confine);
+    let (file, created) = match dir.open(name, access, &what) {
+        Ok(file) => (file, false),
+        Err(e) if e.errno() == libc::ENOENT && opts.size == 0 && !has_backing => {
             return Err(Error::io(
                 "open (no size or backing file was given to create it)",
-                &name,
+                &what,
                 0,
                 std::io::Error::from_raw_os_error(libc::ENOENT),
             ))
         }
-        (size, _) => size,
+        Err(e) if e.errno() == libc::ENOENT => {
+            access.create = Create::New;
+            (dir.open(name, access, &what)?, true)
+        }
+        Err(e) => return Err(e),
     };
-    let image = FileStorage::new(open(true)?);
-    image
-        .resize(size)
-        .map_err(|e| Error::io("resize", &name, size, e))?;
-    Ok(image)
-}
-
-fn backing_len(path: &Path, format: BackingFormat) -> Result<u64> {
-    match format {
-        BackingFormat::Raw => std::fs::metadata(path)
-            .map(|m| m.len())
-            .map_err(|e| Error::io("open", &describe("backing file", path), 0, e)),
-        BackingFormat::AddCow => {
-            let opts = OpenOptions {
-                no_backing: true,
-                ..OpenOptions::default()
-            };
-            Ok(Image::open(path, &opts)?.size())
+    let how = Use::top(true, false, opts.confine);
+    match admit(FileStorage::new(file), how, Role::Image, &what, chain) {
+        Ok(storage) => Ok((ImageFile { storage, what }, created)),
+        Err(e) => {
+            if created {
+                let _ = dir.remove(name);
+            }
+            Err(e)
         }
     }
 }
 
-fn write_metadata(path: &Path, header: &Header, geometry: Geometry) -> Result<()> {
-    let name = describe("add-cow file", path);
-    let file = File::create(path).map_err(|e| Error::io("create", &name, 0, e))?;
+/// Writes the header and an all-zero bitmap to a new temporary file beside `file_name`, durably;
+/// returns the temporary name.
+fn write_temp(dir: &Dir, file_name: &OsStr, header: &Header, g: Geometry) -> Result<PathBuf> {
+    let access = Access {
+        writable: true,
+        create: Create::New,
+        confine: false,
+    };
+    let mut attempt = 0;
+    let (temp, file) = loop {
+        let mut n = OsString::from(".");
+        n.push(file_name);
+        n.push(format!(".addcow-tmp-{}-{attempt}", std::process::id()));
+        let temp = PathBuf::from(n);
+        let what = Role::AddCow.describe(&dir.join(&temp));
+        match dir.open(&temp, access, &what) {
+            Err(e) if e.errno() == libc::EEXIST && attempt < 16 => attempt += 1,
+            other => break (temp, other?),
+        }
+    };
     let meta = FileStorage::new(file);
-    let len = header.bitmap_offset() + geometry.bitmap_len();
-    meta.write_at(&header.to_bytes(), 0)
+    let len = header.bitmap_offset() + g.bitmap_len();
+    let written = meta
+        .write_at(&header.to_bytes(), 0)
         .and_then(|()| meta.resize(len))
-        .and_then(|()| meta.flush())
-        .map_err(|e| Error::io("write", &name, 0, e))
+        .and_then(|()| meta.flush());
+    if let Err(e) = written {
+        let _ = dir.remove(&temp);
+        return Err(Error::io(
+            "write",
+            &Role::AddCow.describe(&dir.join(&temp)),
+            0,
+            e,
+        ));
+    }
+    Ok(temp)
+}
+
+/// Gives the image file its size (when it differs) and makes it durable.
+fn size_image(image: &ImageFile, size: u64) -> Result<()> {
+    let ImageFile { storage, what } = image;
+    if storage
+        .len()
+        .map_err(|e| Error::io("get length of", what, 0, e))?
+        != size
+    {
+        storage
+            .resize(size)
+            .map_err(|e| Error::io("resize", what, size, e))?;
+    }
+    storage.flush().map_err(|e| Error::io("flush", what, 0, e))
 }

@@ -1,7 +1,18 @@
-//! Slicing a guest's iovec list at byte boundaries (cluster edges).
+//! A guest's iovec list: its checked total, and slices of it at byte boundaries (cluster
+//! edges).
 
+use crate::error::{Error, Result};
 use std::io::{IoSlice, IoSliceMut};
-use std::ops::Range;
+use std::ops::{Deref, Range};
+
+/// The total length of a guest's buffers; `EINVAL` when the sum overflows or exceeds
+/// `SSIZE_MAX`, the most one request may transfer.
+pub(crate) fn total<B: Deref<Target = [u8]>>(bufs: &[B]) -> Result<u64> {
+    bufs.iter()
+        .try_fold(0u64, |sum, b| sum.checked_add(b.len() as u64))
+        .filter(|&n| n <= isize::MAX as u64)
+        .ok_or_else(|| Error::invalid("the buffers add up to more than SSIZE_MAX bytes"))
+}
 
 /// Walks buffers of the given lengths and returns, for each, the part of it that falls within
 /// the wanted bytes (or `None`). `skip` bytes are passed over first, then `want` bytes taken.
@@ -39,6 +50,13 @@ pub(crate) fn slice<'a>(bufs: &'a [IoSlice<'_>], start: u64, len: u64) -> Vec<Io
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn totals_are_checked() {
+        let (a, b) = ([0u8; 3], [0u8; 4]);
+        assert_eq!(total(&[&a[..], &b[..]]).unwrap(), 7);
+        assert_eq!(total::<&[u8]>(&[]).unwrap(), 0);
+    }
 
     #[test]
     fn slices_across_buffers() {

@@ -24,6 +24,7 @@
 mod backing;
 mod claims;
 mod create;
+mod files;
 mod iov;
 mod open;
 mod truncate;
@@ -32,10 +33,10 @@ pub use backing::Backing;
 pub use create::{create, CreateOptions};
 pub use open::{read_header, BackingFormat, OpenOptions, Parts};
 
-use crate::bitmap::Bitmap;
+use crate::bitmap::{self, Bitmap};
 use crate::error::{Error, Result};
 use crate::layout::{Geometry, Header};
-use crate::storage::{iov_len, zero_fill, Storage};
+use crate::storage::{zero_fill, Storage};
 use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard};
 use std::borrow::Cow;
 use std::io::{IoSlice, IoSliceMut};
@@ -112,21 +113,16 @@ impl Image {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reads bitmap bytes from the `.add-cow` file (zeros past its end).
-    fn loader(&self) -> impl Fn(u64, &mut [u8]) -> Result<()> + '_ {
-        move |offset, buf| {
-            let at = self.header.bitmap_offset() + offset;
-            self.meta
-                .read_at(buf, at)
-                .map_err(|e| Error::io("read bitmap of", &self.meta_name, at, e))
-        }
+    /// The bitmap as the `.add-cow` file stores it, for the in-memory bitmap to load from.
+    fn loader(&self) -> MetaBitmap<'_> {
+        MetaBitmap(self)
     }
 
     /// Reads `bufs` from `offset`: allocated clusters from the image file, the others from the
     /// backing file (zeros past its end, or without one). `EINVAL` past the end of the image.
     pub fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> Result<()> {
+        let len = iov::total(bufs)?;
         let st = self.state();
-        let len = iov_len(bufs);
         st.check(offset, len)?;
         let mut pos = 0;
         while pos < len {
@@ -167,8 +163,8 @@ impl Image {
         if self.read_only {
             return Err(Error::ReadOnly("write"));
         }
+        let len = iov::total(bufs)?;
         let st = self.state();
-        let len = iov_len(bufs);
         st.check(offset, len)?;
         let mut pos = 0;
         let mut in_place = false;
@@ -292,7 +288,7 @@ impl Image {
             if sync_data {
                 self.sync_data()?;
             }
-            for page in &pages {
+            for page in pages.pages() {
                 let at = self.header.bitmap_offset() + page.offset;
                 self.meta
                     .write_at(&page.bytes, at)
@@ -302,11 +298,9 @@ impl Image {
                 .flush()
                 .map_err(|e| Error::io("flush", &self.meta_name, 0, e))
         })();
-        if result.is_err() {
-            for page in &pages {
-                st.bitmap.mark_dirty(page.index);
-            }
-        }
+        if result.is_ok() {
+            pages.done();
+        } // else dropping `pages` marks them dirty again
         result
     }
 
@@ -314,6 +308,34 @@ impl Image {
     pub fn close(mut self) -> Result<()> {
         self.closed = true;
         self.flush()
+    }
+}
+
+/// The bitmap in the `.add-cow` file, in bitmap coordinates (the file's byte
+/// `header.bitmap_offset()` is bitmap byte 0).
+struct MetaBitmap<'a>(&'a Image);
+
+impl bitmap::Store for MetaBitmap<'_> {
+    /// Zeros past the end of the file.
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let img = self.0;
+        let at = img.header.bitmap_offset() + offset;
+        img.meta
+            .read_at(buf, at)
+            .map_err(|e| Error::io("read bitmap of", &img.meta_name, at, e))
+    }
+
+    /// The file's next data, mapped back to bitmap coordinates. The bitmap does not start on
+    /// a file-system block, so one block may hold the end of a page and the start of the next.
+    fn next_data(&self, offset: u64) -> Result<Option<u64>> {
+        let img = self.0;
+        let base = img.header.bitmap_offset();
+        let at = base + offset;
+        let data = img
+            .meta
+            .next_data(at)
+            .map_err(|e| Error::io("find data in", &img.meta_name, at, e))?;
+        Ok(data.map(|d| d.max(at) - base))
     }
 }
 

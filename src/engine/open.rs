@@ -1,17 +1,17 @@
 //! Opening an image: read the header (only the header: the cost does not grow with the image),
-//! resolve and open the files it names, refuse names that point back at the image itself.
+//! then open the files it names, level by level down the backing chain, through the rules of
+//! [`super::files`] (file types, identity, locks, confinement).
 
+use super::files::{admit, open_named, Chain, Role, Use};
 use super::{claims::Claims, Backing, Image, State};
 use crate::bitmap::Bitmap;
 use crate::error::{Error, Result};
-use crate::layout::{self, Geometry, Header, HEADER_SIZE};
-use crate::storage::{FileStorage, Storage};
+use crate::layout::{self, Geometry, Header, HEADER_SIZE, MAX_SIZE};
+use crate::storage::{open_path, Access, Dir, FileStorage, Storage};
 use crossbeam_utils::sync::ShardedLock;
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions as FsOpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 /// Backing chains deeper than this are refused.
@@ -39,6 +39,29 @@ pub struct OpenOptions {
     pub no_backing: bool,
     /// Format of the backing file.
     pub backing_format: BackingFormat,
+    /// Read-only opens only: lock nothing that conflicts with other users, even writers
+    /// (`qemu-img -U`). The content may change underneath.
+    pub force_share: bool,
+    /// Every name in every header of the chain must resolve beneath the directory of the
+    /// `.add-cow` file that holds it: no absolute names, no `..` or symlink escapes (`EACCES`).
+    /// For images made by someone else.
+    pub confine: bool,
+    /// Cap on the memory of cached bitmap pages, in bytes: clean pages are evicted above it
+    /// (dirty ones stay until written back). 0 = the default, 32 MiB; less than a page means
+    /// one page.
+    pub bitmap_cache_bytes: u64,
+}
+
+impl OpenOptions {
+    /// Refuses combinations that make no sense: force share on a writable open.
+    fn check(&self) -> Result<()> {
+        match self.writable && self.force_share {
+            true => Err(Error::invalid(
+                "force share is for read-only opens: a writer must lock its files",
+            )),
+            false => Ok(()),
+        }
+    }
 }
 
 /// Already-open byte sources, for hosts that supply their own I/O.
@@ -69,13 +92,23 @@ pub fn read_header(meta: &dyn Storage, name: &str) -> Result<Header> {
 
 impl Image {
     /// Opens the `.add-cow` file at `path` and the files its header names; relative names
-    /// resolve against `path`'s directory.
+    /// resolve against `path`'s directory. Locks every file of the chain (see
+    /// [`crate::storage::Lock`]): `EBUSY` when another user conflicts.
     pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Image> {
-        open_chained(path.as_ref(), opts, &mut Vec::new())
+        let path = path.as_ref();
+        opts.check()?;
+        let how = Use::top(opts.writable, opts.force_share, opts.confine);
+        let what = Role::AddCow.describe(path);
+        let file = open_path(path, Access::write(opts.writable, false), &what)?;
+        let mut chain = Chain::default();
+        let meta = admit(FileStorage::new(file), how, Role::AddCow, &what, &mut chain)?;
+        open_level(&Dir::of(path)?, (meta, what), 1, how, opts, &mut chain)
     }
 
-    /// Builds an image from byte sources the caller opened.
+    /// Builds an image from byte sources the caller opened. Nothing is locked: the caller owns
+    /// the sources.
     pub fn open_parts(parts: Parts, opts: &OpenOptions) -> Result<Image> {
+        opts.check()?;
         let Parts {
             meta: (meta, meta_name),
             image: (data, data_name),
@@ -85,6 +118,7 @@ impl Image {
         let size = data
             .len()
             .map_err(|e| Error::io("get length of", &data_name, 0, e))?;
+        check_size(size, &data_name)?;
         let geometry = Geometry::new(header.cluster_bits(), size);
         Ok(Image {
             meta,
@@ -96,7 +130,7 @@ impl Image {
             read_only: !opts.writable,
             writethrough: opts.writethrough,
             state: ShardedLock::new(State {
-                bitmap: Bitmap::new(geometry.clusters()),
+                bitmap: Bitmap::new(geometry.clusters(), opts.bitmap_cache_bytes),
                 geometry,
             }),
             claims: Claims::new(),
@@ -106,88 +140,36 @@ impl Image {
     }
 }
 
-/// (device, inode) of a file, to recognise the same file under two names.
-type FileId = (u64, u64);
-
-fn file_id(path: &Path) -> Option<FileId> {
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
-/// Whether two names denote the same file: the same inode when both exist, otherwise the same
-/// canonical path (a missing file's parent directory resolved, so `..` and symlinks count).
-pub(super) fn same_file(a: &Path, b: &Path) -> bool {
-    match (file_id(a), file_id(b)) {
-        (Some(x), Some(y)) => x == y,
-        _ => canonical(a) == canonical(b),
+/// `EFBIG` for an image larger than the library supports.
+pub(super) fn check_size(size: u64, what: &str) -> Result<()> {
+    if size <= MAX_SIZE {
+        return Ok(());
     }
+    Err(Error::TooLarge(format!(
+        "{what}: {size} bytes is larger than the largest image supported ({MAX_SIZE} bytes, \
+         64 PiB)"
+    )))
 }
 
-/// The canonical path of `p`, or of its parent directory joined with its name when `p` does
-/// not exist yet; the plain absolute path when neither resolves.
-fn canonical(p: &Path) -> Option<PathBuf> {
-    std::fs::canonicalize(p)
-        .ok()
-        .or_else(|| {
-            let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
-            let dir = std::fs::canonicalize(parent.unwrap_or(Path::new("."))).ok()?;
-            Some(dir.join(p.file_name()?))
-        })
-        .or_else(|| std::path::absolute(p).ok())
+fn name(bytes: &[u8]) -> &Path {
+    Path::new(OsStr::from_bytes(bytes))
 }
 
-/// A name from the header, resolved against the `.add-cow` file's directory.
-pub(super) fn resolve(meta_path: &Path, name: &[u8]) -> PathBuf {
-    let name = Path::new(OsStr::from_bytes(name));
-    match meta_path.parent() {
-        Some(dir) if name.is_relative() => dir.join(name),
-        _ => name.to_path_buf(),
-    }
-}
-
-pub(super) fn describe(role: &str, path: &Path) -> String {
-    format!("{role} '{}'", path.display())
-}
-
-pub(super) fn open_file(path: &Path, writable: bool, role: &str) -> Result<File> {
-    FsOpenOptions::new()
-        .read(true)
-        .write(writable)
-        .open(path)
-        .map_err(|e| Error::io("open", &describe(role, path), 0, e))
-}
-
-fn open_chained(path: &Path, opts: &OpenOptions, chain: &mut Vec<FileId>) -> Result<Image> {
-    let meta_name = describe("add-cow file", path);
-    let meta = FileStorage::new(open_file(path, opts.writable, "add-cow file")?);
-    if let Some(id) = file_id(path) {
-        if chain.contains(&id) {
-            return Err(Error::invalid(format!(
-                "backing chain loop: {meta_name} is its own backing file"
-            )));
-        }
-        chain.push(id);
-    }
+/// Opens one add-cow image of a chain, `level` 1 being the top, from its open `.add-cow` file
+/// (`meta`, checked against the chain and locked): its image file, then its backing file, each
+/// checked and locked.
+fn open_level(
+    dir: &Dir,
+    (meta, meta_name): (FileStorage, String),
+    level: usize,
+    how: Use,
+    opts: &OpenOptions,
+    chain: &mut Chain,
+) -> Result<Image> {
     let header = read_header(&meta, &meta_name)?;
-    let image_path = resolve(path, &header.image_file);
-    if same_file(&image_path, path) {
-        return Err(Error::invalid(format!(
-            "{meta_name}: the image file '{}' is the add-cow file itself",
-            image_path.display()
-        )));
-    }
-    let data_name = describe("image file", &image_path);
-    let data = FileStorage::new(open_file(&image_path, opts.writable, "image file")?);
+    let (data, data_name) = open_named(dir, name(&header.image_file), how, Role::Image, chain)?;
     let backing = match (&header.backing_file, opts.no_backing) {
-        (Some(name), false) => {
-            let backing_path = resolve(path, name);
-            if same_file(&backing_path, &image_path) {
-                return Err(Error::invalid(format!(
-                    "{meta_name}: the backing file '{}' is the image file",
-                    backing_path.display()
-                )));
-            }
-            Some(open_backing(&backing_path, opts.backing_format, chain)?)
-        }
+        (Some(backing), false) => Some(open_backing(dir, name(backing), opts, level, chain)?),
         _ => None,
     };
     Image::open_parts(
@@ -200,28 +182,46 @@ fn open_chained(path: &Path, opts: &OpenOptions, chain: &mut Vec<FileId>) -> Res
     )
 }
 
-fn open_backing(path: &Path, format: BackingFormat, chain: &mut Vec<FileId>) -> Result<Backing> {
-    let name = describe("backing file", path);
-    let storage = FileStorage::new(open_file(path, false, "backing file")?);
-    let add_cow = match format {
+/// Opens the backing file `name` of the image whose directory is `dir`, read-only: raw bytes,
+/// or (when `opts.backing_format` asks for chains) another add-cow image with its own chain.
+/// `parent` is the level of the image whose backing file it is (1: the top). The top's backing
+/// file must be add-cow when asked for; deeper levels are add-cow when they carry the magic, raw
+/// otherwise.
+pub(super) fn open_backing(
+    dir: &Dir,
+    name: &Path,
+    opts: &OpenOptions,
+    parent: usize,
+    chain: &mut Chain,
+) -> Result<Backing> {
+    let how = Use::backing(opts.force_share, opts.confine);
+    let path = dir.join(name);
+    let what = Role::Backing.describe(&path);
+    let storage = FileStorage::new(dir.open(name, Access::read(opts.confine), &what)?);
+    let add_cow = match opts.backing_format {
         BackingFormat::Raw => false,
-        // The direct backing file must be add-cow (a bad header is an error); deeper levels are
-        // add-cow when they carry the magic, raw otherwise.
-        BackingFormat::AddCow => chain.len() == 1 || has_magic(&storage, &name)?,
+        BackingFormat::AddCow => parent == 1 || has_magic(&storage, &what)?,
     };
     if !add_cow {
-        return Ok(Backing::raw(Box::new(storage), name));
+        let storage = admit(storage, how, Role::Backing, &what, chain)?;
+        return Ok(Backing::raw(Box::new(storage), what));
     }
-    if chain.len() >= MAX_CHAIN_DEPTH {
+    let what = Role::AddCow.describe(&path);
+    if parent >= MAX_CHAIN_DEPTH {
         return Err(Error::invalid(format!(
-            "backing chain deeper than {MAX_CHAIN_DEPTH} images at {name}"
+            "backing chain deeper than {MAX_CHAIN_DEPTH} images at {what}"
         )));
     }
-    let opts = OpenOptions {
-        backing_format: BackingFormat::AddCow,
-        ..OpenOptions::default()
+    let meta = admit(storage, how, Role::AddCow, &what, chain)?;
+    let lower = OpenOptions {
+        writable: false,
+        writethrough: false,
+        no_backing: false,
+        ..opts.clone()
     };
-    Ok(Backing::AddCow(Box::new(open_chained(path, &opts, chain)?)))
+    let dir = dir.of_name(name, opts.confine)?;
+    let image = open_level(&dir, (meta, what), parent + 1, how, &lower, chain)?;
+    Ok(Backing::AddCow(Box::new(image)))
 }
 
 fn has_magic(storage: &FileStorage, name: &str) -> Result<bool> {

@@ -258,7 +258,11 @@ fn failed_write_back_keeps_pages_dirty() {
     let err = img.flush().unwrap_err();
     assert_eq!(err.errno(), libc::ENOSPC);
     assert!(err.to_string().contains("write bitmap of meta"), "{err}");
-    assert_eq!(img.state().bitmap.take_dirty().len(), 1, "page stays dirty");
+    assert_eq!(
+        img.state().bitmap.take_dirty().pages().len(),
+        1,
+        "page stays dirty"
+    );
 }
 
 /// Counts reads (clones share the counters) and reports a fixed length without holding bytes.

@@ -1,29 +1,42 @@
-//! Resizing an image, as QEMU resizes a qcow2 overlay (qemu-iotests 274).
+//! Resizing an image, as QEMU resizes a qcow2 overlay (qemu-iotests 274), safe against crashes
+//! and failures at any point.
 //!
-//! The bitmap (the `.add-cow` file) is resized first, the image file only once that succeeded;
-//! the virtual size (the image file's length) changes last, so a failure or a crash at any
-//! point leaves the old size with its old content.
+//! The virtual size is the image file's length, so the order of the two files' changes decides
+//! what a crash leaves:
 //!
-//! - Shrinking: the bits past the new end are kept in memory until the image file has shrunk;
-//!   if that fails they are written back, so no allocated cluster falls back to backing data.
-//! - Growing never exposes backing data. Over a backing file longer than the old size, the
-//!   partial cluster at the old end is completed from the backing file and every new cluster
-//!   is allocated, and these bits are made durable *before* the image file grows: until it
-//!   does, they lie past the end and are masked at load. The new area of the image file reads
-//!   zeros. Otherwise the new clusters stay unallocated and read zeros, being past the backing
-//!   file's end.
+//! - **Shrink**: the image file is cut and made durable *first*, then the bitmap is cut. A crash
+//!   before the cut is durable leaves the old size with all of its content; after it, the new
+//!   size with the old content up to it (the longer bitmap's bits past the end are masked at
+//!   load and cleaned by the next grow). The reverse order would let a crash keep the old size
+//!   with a shortened bitmap: allocated clusters in the cut area would read backing data again.
+//!   Nothing fallible comes before the cut; if syncing it or cutting the bitmap fails, the image
+//!   already has its new size and the error is returned.
+//! - **Grow** never exposes backing data. The bitmap grows first (zeros: every whatever lay past
+//!   the old bitmap is cut first). Over a backing file longer than the old size, the partial
+//!   cluster at the old end is completed from the backing file and every new cluster is
+//!   allocated. Then *every* bitmap change, the page at the old end included, is made durable
+//!   (image data first) before the image file grows: until it does, new bits lie past the end
+//!   and are masked at load. A failure at any step gives the bitmap back its old length in
+//!   memory and on disk, and the image file keeps its old length.
 
 use super::{Image, State};
 use crate::error::{Error, Result};
-use crate::layout::Geometry;
+use crate::layout::{Geometry, MAX_SIZE};
 use std::io::{IoSlice, IoSliceMut};
 
 impl Image {
     /// Shrinks or grows the image to `size` bytes. The caller orders it against every other
-    /// call on this image (it waits for requests in flight). `EPERM` on a read-only image.
+    /// call on this image (it waits for requests in flight). `EPERM` on a read-only image,
+    /// `EFBIG` beyond [`MAX_SIZE`].
     pub fn truncate(&self, size: u64) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly("truncate"));
+        }
+        if size > MAX_SIZE {
+            return Err(Error::TooLarge(format!(
+                "truncate to {size} bytes: larger than the largest image supported \
+                 ({MAX_SIZE} bytes, 64 PiB)"
+            )));
         }
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         let new = st.geometry.with_size(size);
@@ -41,36 +54,45 @@ impl Image {
     fn shrink(&self, st: &mut State, new: Geometry) -> Result<()> {
         let old = st.geometry;
         let load = self.loader();
-        st.bitmap
-            .load_range(new.clusters(), old.clusters(), &load)?;
-        self.resize_meta(new.bitmap_len())?;
-        if let Err(e) = self.resize_data(new.size()) {
-            // The bits past the new end are still in memory: put them back on disk.
-            let _ = self.resize_meta(old.bitmap_len());
-            st.bitmap.mark_dirty_range(new.clusters(), old.clusters());
-            return Err(e);
+        // The page at the new end, held in memory, so that resizing the bitmap after the cut
+        // does no I/O and cannot fail.
+        if let Some(last) = old.clusters().checked_sub(1) {
+            st.bitmap.hold_page_of(new.clusters().min(last), &load)?;
         }
+        self.resize_data(new.size())?;
+        // The image file has its new length: from here on, so has the image.
         st.bitmap.resize(new.clusters(), &load)?;
         st.geometry = new;
-        Ok(())
+        self.sync_data()?;
+        self.resize_meta(new.bitmap_len())
     }
 
     fn grow(&self, st: &mut State, new: Geometry) -> Result<()> {
         let old = st.geometry;
         let load = self.loader();
-        self.grow_meta(old.bitmap_len(), new.bitmap_len())?;
-        st.bitmap.resize(new.clusters(), &load)?;
+        let restore_meta = |e: Error| {
+            let _ = self.resize_meta(old.bitmap_len());
+            e
+        };
+        self.grow_meta(old.bitmap_len(), new.bitmap_len())
+            .map_err(restore_meta)?;
+        // On failure the bitmap is unchanged; on success the page at the old end is loaded and
+        // dirty, so that the undo below does no I/O.
+        st.bitmap
+            .resize(new.clusters(), &load)
+            .map_err(restore_meta)?;
         let grown = (|| {
             if self.backing_len()? > old.size() {
                 self.allocate_grown_area(st, old.size(), new.clusters())?;
-                self.commit(st, true)?;
             }
+            self.commit(st, true)?;
             self.grow_data(old.size(), new.size())
         })();
         if let Err(e) = grown {
-            // Drops the new bits; the boundary page is loaded, so this does no I/O.
+            // Drops the new bits without I/O: the page at the old end was made resident and dirty
+            // by the resize above, and only loads evict (the commit is the last bitmap step).
             st.bitmap.resize(old.clusters(), &load)?;
-            return Err(e);
+            return Err(restore_meta(e));
         }
         st.geometry = new;
         Ok(())
@@ -88,8 +110,8 @@ impl Image {
             .map_err(|e| Error::io("resize", &self.meta_name, at, e))
     }
 
-    /// Grows the bitmap on disk with zeros: whatever lay past the old bitmap is stale and cut
-    /// first.
+    /// Grows the bitmap on disk with zeros: whatever lays past the old bitmap is stale (a crash
+    /// during a shrink leaves it) and is cut first.
     fn grow_meta(&self, old_len: u64, new_len: u64) -> Result<()> {
         let meta_len = self
             .meta

@@ -131,12 +131,34 @@ impl Storage for FileStorage {
         self.file.sync_data()
     }
 
+    /// The end of the file by `lseek(SEEK_END)`, which gives block devices their size too (their
+    /// `stat` size is 0). The file offset it moves is never used: all I/O is positional.
     fn len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        // SAFETY: lseek on a valid descriptor takes no pointer.
+        let end = unsafe { libc::lseek(self.file.as_raw_fd(), 0, libc::SEEK_END) };
+        u64::try_from(end).map_err(|_| io::Error::last_os_error())
     }
 
     fn resize(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
+    }
+
+    /// `lseek(SEEK_DATA)`: moves the file offset, which nothing here uses. ENXIO (only holes
+    /// from `offset` to the end, or past the end) is `None`; a file system without SEEK_DATA
+    /// (EINVAL, EOPNOTSUPP) reports data everywhere.
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        let off = to_off(offset)?;
+        // SAFETY: lseek takes no pointers; the descriptor is open for as long as `self.file`.
+        let at = unsafe { libc::lseek(self.file.as_raw_fd(), off, libc::SEEK_DATA) };
+        if at >= 0 {
+            return Ok(Some(at as u64));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(Some(offset)),
+            _ => Err(err),
+        }
     }
 }
 
@@ -180,6 +202,18 @@ mod tests {
         let mut bufs: Vec<IoSliceMut<'_>> = back.chunks_mut(1).map(IoSliceMut::new).collect();
         s.read_vectored_at(&mut bufs, 1).unwrap();
         assert_eq!(back, data);
+    }
+
+    #[test]
+    fn next_data_skips_holes() {
+        let (_t, s) = storage();
+        s.resize(1 << 30).unwrap();
+        s.write_at(b"x", 600 << 20).unwrap();
+        let data = s.next_data(4096).unwrap().unwrap();
+        assert!(data > 4096 && data <= 600 << 20, "{data}");
+        assert_eq!(s.next_data(600 << 20).unwrap(), Some(600 << 20));
+        assert_eq!(s.next_data((600 << 20) + (1 << 20)).unwrap(), None);
+        assert_eq!(s.next_data(2 << 30).unwrap(), None, "past the end");
     }
 
     #[test]

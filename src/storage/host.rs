@@ -140,7 +140,8 @@ impl Storage for HostStorage {
         // SAFETY: IoSlice is ABI-compatible with struct iovec; the buffers are valid for the
         // call, and the host promised a callable pwritev that only reads them.
         check(unsafe { f(self.io.opaque, offset, bufs.as_ptr().cast(), cnt) })?;
-        self.len.fetch_max(offset + iov_len(bufs), Ordering::AcqRel);
+        self.len
+            .fetch_max(offset.saturating_add(iov_len(bufs)), Ordering::AcqRel);
         Ok(())
     }
 

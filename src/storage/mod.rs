@@ -1,19 +1,25 @@
-//! Byte sources: the files (or host callbacks, or memory) an image is made of.
+//! Byte sources: the files (or host callbacks, or memory) an image is made of, and how local
+//! files are opened ([`open`]: types, confinement) and locked ([`lock`]: QEMU's lock bytes).
 //!
 //! Contract of every [`Storage`]:
 //! - positional and vectored: no shared file offset, so any number of threads may call at once;
 //! - a read transfers the whole range or fails; bytes past the end read as zeros;
 //! - a write transfers the whole range or fails, growing the storage when it ends past the end;
 //! - `flush` makes every completed write durable;
-//! - `resize` grows with zeros or shrinks.
+//! - `resize` grows with zeros or shrinks;
+//! - `next_data` never skips a nonzero byte (it may report data where there are zeros).
 
 mod file;
 mod host;
+mod lock;
 mod mem;
+mod open;
 
 pub use file::FileStorage;
 pub use host::{AddCowIo, HostStorage};
+pub use lock::{lock, Conflict, Lock};
 pub use mem::MemStorage;
+pub use open::{open_path, Access, Create, Dir};
 
 use std::io::{self, IoSlice, IoSliceMut};
 
@@ -31,6 +37,14 @@ pub trait Storage: Send + Sync {
     fn len(&self) -> io::Result<u64>;
     /// Sets the length: growing reads as zeros.
     fn resize(&self, len: u64) -> io::Result<()>;
+
+    /// The first offset at or after `offset` where data may be, or `None` when every byte from
+    /// `offset` on reads as zero (a hole to the end, or past the end), so that callers can
+    /// skip all-zero stretches of sparse files without reading them. The default knows no
+    /// holes: "data may be at `offset`".
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        Ok(Some(offset))
+    }
 
     /// Convenience: one buffer.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {

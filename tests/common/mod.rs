@@ -2,6 +2,10 @@
 // Each test crate uses only some of them.
 #![allow(dead_code)]
 
+pub mod disk;
+pub mod harness;
+pub mod workloads;
+
 /// xorshift64*: small, deterministic, good enough for workloads.
 pub struct Rng(u64);
 
@@ -37,5 +41,48 @@ impl Rng {
         for i in (1..v.len()).rev() {
             v.swap(i, self.below(i as u64 + 1) as usize);
         }
+    }
+}
+
+/// The path of a QEMU tool (`qemu-img`, `qemu-io`) from the machine's qemu-utils. QEMU's tools
+/// are the oracle of these tests: a missing tool fails the test, it never skips it.
+pub fn qemu_tool(name: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} is not on PATH: install qemu-utils (apt-get install qemu-utils)")
+        })
+}
+
+/// Open options: read-write.
+pub fn rw() -> addcow::OpenOptions {
+    addcow::OpenOptions {
+        writable: true,
+        ..addcow::OpenOptions::default()
+    }
+}
+
+/// Open options: read-only.
+pub fn ro() -> addcow::OpenOptions {
+    addcow::OpenOptions::default()
+}
+
+/// Asserts the error's errno and that its message contains every one of `words`.
+#[track_caller]
+pub fn assert_err<T>(result: Result<T, addcow::Error>, errno: i32, words: &[&str]) {
+    let Err(err) = result else {
+        panic!("expected an error (errno {errno}, mentioning {words:?}), got Ok");
+    };
+    let msg = err.to_string();
+    assert_eq!(
+        err.errno(),
+        errno,
+        "errno of {msg:?} (want {errno}, got {})",
+        err.errno()
+    );
+    for w in words {
+        assert!(msg.contains(w), "message {msg:?} does not mention {w:?}");
     }
 }

@@ -1,0 +1,548 @@
+//! Bitmap unit tests over a sparse in-memory store that counts its reads.
+
+use super::*;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{mpsc, Mutex, RwLock};
+
+/// File-system block size of the store: holes are whole blocks.
+const BLOCK: u64 = 512;
+
+/// The bitmap as blocks, all-zero blocks left out, so that stores of 2^41 bytes cost nothing.
+/// With `holes`, `next_data` reports the first block with a nonzero byte, as `SEEK_DATA` on a
+/// sparse file; without, it always says "data may be here".
+#[derive(Default)]
+struct MemStore {
+    blocks: RwLock<BTreeMap<u64, [u8; BLOCK as usize]>>,
+    holes: bool,
+    reads: AtomicU64,
+    next_data_calls: AtomicU64,
+    gate: Option<Gate>,
+}
+
+/// Stops one thread's reads after they copied the bytes, until the test lets them go.
+struct Gate {
+    thread: Mutex<Option<std::thread::ThreadId>>,
+    entered: mpsc::SyncSender<()>,
+    go: Mutex<mpsc::Receiver<()>>,
+}
+
+impl MemStore {
+    fn sparse() -> MemStore {
+        MemStore {
+            holes: true,
+            ..MemStore::default()
+        }
+    }
+
+    fn from(bytes: &[u8]) -> MemStore {
+        let store = MemStore::default();
+        store.write(0, bytes);
+        store
+    }
+
+    /// Applies `f` to the bytes of the store at `offset..offset + len`, block by block.
+    fn update(&self, offset: u64, len: u64, mut f: impl FnMut(u64, &mut u8)) {
+        let mut blocks = self.blocks.write().unwrap();
+        for b in offset / BLOCK..(offset + len).div_ceil(BLOCK) {
+            let mut block = blocks.get(&b).copied().unwrap_or([0; BLOCK as usize]);
+            for (i, byte) in block.iter_mut().enumerate() {
+                let at = b * BLOCK + i as u64;
+                if (offset..offset + len).contains(&at) {
+                    f(at, byte);
+                }
+            }
+            match block.iter().all(|&x| x == 0) {
+                true => blocks.remove(&b),
+                false => blocks.insert(b, block),
+            };
+        }
+    }
+
+    fn write(&self, offset: u64, bytes: &[u8]) {
+        self.update(offset, bytes.len() as u64, |at, b| {
+            *b = bytes[(at - offset) as usize]
+        });
+    }
+
+    /// Sets cluster `c`'s bit in the store.
+    fn set_bit(&self, c: u64) {
+        self.update(c / 8, 1, |_, b| *b |= 1 << (c % 8));
+    }
+
+    fn write_back(&self, bitmap: &Bitmap) -> usize {
+        let wb = bitmap.take_dirty();
+        for page in wb.pages() {
+            self.write(page.offset, &page.bytes);
+        }
+        let n = wb.pages().len();
+        wb.done();
+        n
+    }
+
+    fn reads(&self) -> u64 {
+        self.reads.load(SeqCst)
+    }
+}
+
+impl Store for MemStore {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.reads.fetch_add(1, SeqCst);
+        buf.fill(0);
+        let end = offset + buf.len() as u64;
+        let blocks = self.blocks.read().unwrap();
+        for (&b, block) in blocks.range(offset / BLOCK..end.div_ceil(BLOCK)) {
+            for (i, &byte) in block.iter().enumerate() {
+                let at = b * BLOCK + i as u64;
+                if (offset..end).contains(&at) {
+                    buf[(at - offset) as usize] = byte;
+                }
+            }
+        }
+        drop(blocks);
+        if let Some(gate) = self.gate.as_ref() {
+            if *gate.thread.lock().unwrap() == Some(std::thread::current().id()) {
+                gate.entered.send(()).unwrap();
+                gate.go.lock().unwrap().recv().unwrap();
+            }
+        }
+        Ok(())
+    }
+
+    fn next_data(&self, offset: u64) -> Result<Option<u64>> {
+        self.next_data_calls.fetch_add(1, SeqCst);
+        if !self.holes {
+            return Ok(Some(offset));
+        }
+        let blocks = self.blocks.read().unwrap();
+        Ok(blocks
+            .range(offset / BLOCK..)
+            .next()
+            .map(|(&b, _)| (b * BLOCK).max(offset)))
+    }
+}
+
+fn bitmap(clusters: u64) -> Bitmap {
+    Bitmap::new(clusters, 0)
+}
+
+/// The runs from `first` to the end, merged (a call may stop early), and the calls made.
+fn runs(bm: &Bitmap, first: u64, store: &MemStore) -> (Vec<(bool, u64)>, u64) {
+    let (mut out, mut calls, mut c) = (Vec::<(bool, u64)>::new(), 0, first);
+    while c < bm.clusters {
+        let (state, n) = bm.run(c, u64::MAX, store).unwrap();
+        assert!(n > 0);
+        match out.last_mut() {
+            Some((s, len)) if *s == state => *len += n,
+            _ => out.push((state, n)),
+        }
+        c += n;
+        calls += 1;
+    }
+    (out, calls)
+}
+
+#[test]
+fn lsb_first_bit_order() {
+    let store = MemStore::from(&[0b0000_0101u8, 0x80]);
+    let bm = bitmap(16);
+    let got: Vec<bool> = (0..16).map(|c| bm.get(c, &store).unwrap()).collect();
+    let mut want = vec![false; 16];
+    want[0] = true;
+    want[2] = true;
+    want[15] = true;
+    assert_eq!(got, want);
+}
+
+#[test]
+fn runs_cross_words_and_pages_and_stop_at_end() {
+    let bm = bitmap(PAGE_BITS * 2 + 10);
+    let s = MemStore::default();
+    bm.set_range(60, PAGE_BITS + 70, &s).unwrap();
+    assert_eq!(bm.run(0, u64::MAX, &s).unwrap(), (false, 60));
+    assert_eq!(bm.run(60, u64::MAX, &s).unwrap(), (true, PAGE_BITS + 10));
+    assert_eq!(bm.run(61, 5, &s).unwrap(), (true, 5));
+    assert_eq!(
+        bm.run(PAGE_BITS + 70, u64::MAX, &s).unwrap(),
+        (false, PAGE_BITS - 60)
+    );
+    bm.set_range(PAGE_BITS * 2, PAGE_BITS * 2 + 10, &s).unwrap();
+    assert_eq!(bm.run(PAGE_BITS * 2 + 3, u64::MAX, &s).unwrap(), (true, 7));
+}
+
+#[test]
+fn stale_bits_past_the_end_are_masked() {
+    let store = MemStore::from(&[0xff, 0xff]);
+    let bm = bitmap(10);
+    assert_eq!(bm.run(0, u64::MAX, &store).unwrap(), (true, 10));
+}
+
+#[test]
+fn dirty_pages_are_written_back_once_and_again_after_a_failure() {
+    let bm = bitmap(PAGE_BITS + 9);
+    let s = MemStore::default();
+    bm.set_range(3, 5, &s).unwrap();
+    bm.set_range(PAGE_BITS + 8, PAGE_BITS + 9, &s).unwrap();
+    let wb = bm.take_dirty();
+    let pages = wb.pages();
+    assert_eq!(pages.len(), 2);
+    assert_eq!(pages[0].offset, 0);
+    assert_eq!(pages[0].bytes.len(), 4096);
+    assert_eq!(pages[0].bytes[0], 0b0001_1000);
+    assert_eq!(pages[1].offset, 4096);
+    assert_eq!(pages[1].bytes, vec![0, 1]);
+    wb.done();
+    assert!(
+        bm.take_dirty().pages().is_empty(),
+        "dropped: nothing was dirty"
+    );
+    bm.set_range(PAGE_BITS, PAGE_BITS + 1, &s).unwrap();
+    drop(bm.take_dirty());
+    assert_eq!(bm.take_dirty().pages().len(), 1, "a failed write-back");
+}
+
+#[test]
+fn a_bit_set_during_a_write_back_keeps_its_page_dirty() {
+    let bm = bitmap(100);
+    let s = MemStore::default();
+    bm.set_range(1, 2, &s).unwrap();
+    let wb = bm.take_dirty();
+    bm.set_range(2, 3, &s).unwrap();
+    wb.done();
+    assert_eq!(
+        bm.take_dirty().pages()[0].bytes,
+        vec![0b110, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
+}
+
+#[test]
+fn loads_lazily_and_once() {
+    let s = MemStore::default();
+    let bm = bitmap(1 << 28);
+    assert_eq!(s.reads(), 0);
+    bm.get(5, &s).unwrap();
+    bm.get(6, &s).unwrap();
+    assert_eq!(s.reads(), 1);
+    bm.get(PAGE_BITS * 100, &s).unwrap();
+    assert_eq!(s.reads(), 2);
+    assert_eq!(bm.resident_pages(), 2);
+}
+
+#[test]
+fn resize_drops_and_masks() {
+    let s = MemStore::default();
+    let mut bm = bitmap(100);
+    bm.set_range(0, 100, &s).unwrap();
+    s.write_back(&bm);
+    bm.resize(37, &s).unwrap();
+    assert_eq!(bm.run(0, u64::MAX, &s).unwrap(), (true, 37));
+    let wb = bm.take_dirty();
+    assert_eq!(wb.pages()[0].bytes, vec![0xff, 0xff, 0xff, 0xff, 0x1f]);
+    drop(wb);
+    bm.resize(PAGE_BITS * 3, &s).unwrap();
+    assert_eq!(bm.run(0, u64::MAX, &s).unwrap(), (true, 37));
+    assert_eq!(
+        bm.run(37, u64::MAX, &s).unwrap(),
+        (false, PAGE_BITS * 3 - 37)
+    );
+    bm.set_range(PAGE_BITS * 3 - 1, PAGE_BITS * 3, &s).unwrap();
+    assert!(bm.get(PAGE_BITS * 3 - 1, &s).unwrap());
+    bm.resize(PAGE_BITS, &s).unwrap();
+    assert_eq!(bm.resident_pages(), 1, "pages past the end are dropped");
+    assert_eq!(
+        bm.take_dirty().pages().len(),
+        1,
+        "and no longer written back"
+    );
+    bm.resize(0, &s).unwrap();
+    assert_eq!((bm.len_bytes(), bm.resident_pages()), (0, 0));
+}
+
+/// 2^44 clusters (2^29 pages): every operation costs a bounded number of page loads.
+#[test]
+fn a_2p44_cluster_bitmap_does_bounded_work() {
+    let clusters = 1u64 << 44;
+    let s = MemStore::default();
+    let mut bm = bitmap(clusters);
+    assert_eq!(bm.resident_pages(), 0);
+    assert!(!bm.get(clusters - 1, &s).unwrap());
+    let far = clusters / 3;
+    bm.set_range(far, far + 3, &s).unwrap();
+    assert!(bm.get(far + 2, &s).unwrap());
+    assert_eq!(s.reads(), 2);
+    assert_eq!(bm.run(far, u64::MAX, &s).unwrap(), (true, 3));
+    let (state, n) = bm.run(0, u64::MAX, &s).unwrap();
+    assert_eq!((state, n), (false, MAX_RUN_PAGES as u64 * PAGE_BITS));
+    assert_eq!(
+        s.reads(),
+        2 + MAX_RUN_PAGES as u64,
+        "one run, bounded loads"
+    );
+    bm.resize(clusters / 2 + 5, &s).unwrap();
+    assert!(bm.get(far + 1, &s).unwrap());
+    bm.resize(clusters, &s).unwrap();
+    assert!(bm.get(far + 1, &s).unwrap());
+    assert_eq!(s.reads(), 2 + MAX_RUN_PAGES as u64 + 1, "the boundary page");
+    bm.resize(far + 2, &s).unwrap();
+    assert_eq!(bm.run(far, u64::MAX, &s).unwrap(), (true, 2));
+}
+
+#[test]
+fn a_run_over_a_huge_hole_skips_it_with_one_question() {
+    let clusters = 1u64 << 44;
+    let s = MemStore::sparse();
+    let bm = bitmap(clusters);
+    assert_eq!(bm.run(0, u64::MAX, &s).unwrap(), (false, clusters));
+    assert_eq!(bm.run(12345, 1 << 40, &s).unwrap(), (false, 1 << 40));
+    assert_eq!(s.reads(), 0);
+    assert_eq!(s.next_data_calls.load(SeqCst), 2);
+    assert!(!bm.get(clusters - 1, &s).unwrap());
+    assert_eq!((s.reads(), bm.resident_pages()), (0, 0));
+}
+
+#[test]
+fn skips_load_only_the_pages_with_data() {
+    let clusters = 1u64 << 40;
+    let s = MemStore::sparse();
+    let set = [PAGE_BITS * 10 + 5, PAGE_BITS * 1000, clusters - 1];
+    for &c in &set {
+        s.set_bit(c);
+    }
+    let bm = bitmap(clusters);
+    let (got, calls) = runs(&bm, 0, &s);
+    let want = vec![
+        (false, set[0]),
+        (true, 1),
+        (false, set[1] - set[0] - 1),
+        (true, 1),
+        (false, set[2] - set[1] - 1),
+        (true, 1),
+    ];
+    assert_eq!(got, want);
+    assert_eq!(s.reads(), 3, "one load per page with data");
+    assert!(calls <= 6, "{calls} calls");
+}
+
+#[test]
+fn skips_stop_at_bits_not_yet_in_the_store() {
+    let s = MemStore::sparse();
+    let bm = Bitmap::new(PAGE_BITS * 100, PAGE_COST);
+    let c = PAGE_BITS * 50 + 7;
+    bm.set_range(c, c + 1, &s).unwrap();
+    assert_eq!(bm.run(0, u64::MAX, &s).unwrap(), (false, c), "dirty");
+    let wb = bm.take_dirty();
+    assert_eq!(bm.run(0, u64::MAX, &s).unwrap(), (false, c), "writing");
+    for page in wb.pages() {
+        s.write(page.offset, &page.bytes);
+    }
+    wb.done();
+    s.set_bit(PAGE_BITS * 80);
+    bm.get(PAGE_BITS * 80, &s).unwrap(); // evicts page 50, now clean, under a one-page cap
+    assert_eq!(bm.resident_pages(), 1);
+    assert_eq!(bm.run(0, u64::MAX, &s).unwrap(), (false, c), "stored");
+}
+
+#[test]
+fn resident_pages_stay_under_the_cap() {
+    let s = MemStore::default();
+    let cap_pages = 10;
+    let bm = Bitmap::new(PAGE_BITS * 1000, cap_pages * PAGE_COST);
+    for i in 0..1000 {
+        bm.get(i * PAGE_BITS, &s).unwrap();
+        assert!(bm.resident_pages() <= cap_pages as usize);
+    }
+    assert_eq!(s.reads(), 1000);
+    let (state, n) = bm.run(0, u64::MAX, &s).unwrap();
+    assert_eq!((state, n), (false, MAX_RUN_PAGES as u64 * PAGE_BITS));
+    assert!(bm.resident_pages() <= cap_pages as usize);
+}
+
+#[test]
+fn a_cap_below_one_page_means_one_page() {
+    let s = MemStore::default();
+    let bm = Bitmap::new(PAGE_BITS * 10, 1);
+    for i in 0..10 {
+        bm.get(i * PAGE_BITS, &s).unwrap();
+    }
+    assert_eq!(bm.resident_pages(), 1);
+}
+
+#[test]
+fn pages_read_often_get_a_second_chance() {
+    let s = MemStore::default();
+    let bm = Bitmap::new(PAGE_BITS * 1000, 32 * PAGE_COST);
+    for i in 0..1000 {
+        bm.get(0, &s).unwrap();
+        bm.get(i * PAGE_BITS, &s).unwrap();
+    }
+    assert_eq!(s.reads(), 1000, "page 0 was loaded once");
+}
+
+#[test]
+fn dirty_and_writing_pages_are_never_evicted() {
+    let s = MemStore::sparse();
+    let bm = Bitmap::new(PAGE_BITS * 100, 1);
+    for i in 0..20 {
+        bm.set_range(i * PAGE_BITS, i * PAGE_BITS + 1, &s).unwrap();
+    }
+    assert_eq!(bm.resident_pages(), 20);
+    let wb = bm.take_dirty();
+    for i in 50..60 {
+        s.set_bit(i * PAGE_BITS); // pages with data, so that reads load them
+        bm.get(i * PAGE_BITS, &s).unwrap();
+    }
+    assert!(bm.resident_pages() >= 20, "writing pages stay");
+    for i in 0..20 {
+        assert!(bm.get(i * PAGE_BITS, &s).unwrap(), "page {i}");
+    }
+    drop(wb);
+    assert!(bm.resident_pages() >= 20, "dirty again: they stay");
+    s.write_back(&bm);
+    bm.get(55 * PAGE_BITS, &s).unwrap();
+    bm.get(56 * PAGE_BITS, &s).unwrap();
+    assert!(bm.resident_pages() <= 2, "clean: evicted");
+    for i in 0..20 {
+        assert!(
+            bm.get(i * PAGE_BITS, &s).unwrap(),
+            "page {i} from the store"
+        );
+    }
+}
+
+#[test]
+fn hold_range_keeps_the_pages_with_bits() {
+    let s = MemStore::sparse();
+    s.set_bit(PAGE_BITS * 3 + 1);
+    s.set_bit(PAGE_BITS * 7);
+    let bm = Bitmap::new(PAGE_BITS * 1000, 1);
+    bm.hold_range(PAGE_BITS * 2, PAGE_BITS * 900, &s).unwrap();
+    assert_eq!(s.reads(), 2);
+    assert_eq!(bm.resident_pages(), 2);
+    s.write(0, &[0; 8 * PAGE_BYTES as usize]); // the store loses them
+    assert!(bm.get(PAGE_BITS * 3 + 1, &s).unwrap());
+    let wb = bm.take_dirty();
+    let offsets: Vec<u64> = wb.pages().iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, vec![3 * PAGE_BYTES, 7 * PAGE_BYTES]);
+}
+
+/// Race (b) of the protocol: a loader reads a page from the store; meanwhile the page is loaded
+/// by another thread, a bit is set in it, it is written back and, under the cap, evicted; then
+/// the first loader installs its stale copy and the bit is lost. Eviction must wait for the
+/// loader, which then finds the other copy installed.
+#[test]
+fn a_loader_never_installs_a_copy_older_than_a_write_back() {
+    let (entered_tx, entered) = mpsc::sync_channel(1);
+    let (go, go_rx) = mpsc::channel();
+    let s = MemStore {
+        gate: Some(Gate {
+            thread: Mutex::new(None),
+            entered: entered_tx,
+            go: Mutex::new(go_rx),
+        }),
+        ..MemStore::sparse()
+    };
+    let bm = Bitmap::new(PAGE_BITS * 10, 1);
+    let c = 5 * PAGE_BITS + 9;
+    s.set_bit(c - 1); // pages 5 and 8 have data, so that reads load them
+    s.set_bit(8 * PAGE_BITS);
+    std::thread::scope(|scope| {
+        let loader = scope.spawn(|| {
+            let gate = s.gate.as_ref().unwrap();
+            *gate.thread.lock().unwrap() = Some(std::thread::current().id());
+            bm.get(c, &s).unwrap()
+        });
+        entered.recv().unwrap(); // the loader holds page 5 as the store had it
+        bm.set_range(c, c + 1, &s).unwrap();
+        s.write_back(&bm);
+        // Loading page 8 goes over the one-page cap and evicts page 5, now clean.
+        let evictor = scope.spawn(|| bm.get(8 * PAGE_BITS, &s).unwrap());
+        // Room for an eviction that does not wait for the loader; nothing is timed.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        go.send(()).unwrap();
+        loader.join().unwrap();
+        evictor.join().unwrap();
+    });
+    assert!(bm.get(c, &s).unwrap(), "the loader installed a stale copy");
+}
+
+/// Setters, readers, write-backs (one in five failing) and evictions at once under a one-page
+/// cap: every bit whose `set_range` returned reads as set from then on, and reaches the store.
+/// Setters also write back every few sets, so that pages keep turning clean and being evicted
+/// under the other threads whatever the scheduling.
+#[test]
+fn concurrent_setters_readers_and_write_backs_lose_no_bit_under_eviction() {
+    const PAGES: u64 = 64;
+    const SETS: u64 = 1000;
+    let s = MemStore::sparse();
+    let bm = Bitmap::new(PAGES * PAGE_BITS, 1);
+    let rounds = AtomicU64::new(0);
+    let write_back = || {
+        let wb = bm.take_dirty();
+        for page in wb.pages() {
+            s.write(page.offset, &page.bytes);
+        }
+        if rounds.fetch_add(1, SeqCst) % 5 != 4 {
+            wb.done();
+        } // else: a failed write-back
+    };
+    let done: Vec<Vec<AtomicU64>> = (0..2)
+        .map(|_| (0..SETS).map(|_| AtomicU64::new(u64::MAX)).collect())
+        .collect();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let mut setters = Vec::new();
+        for (t, done) in done.iter().enumerate() {
+            let (bm, s, write_back) = (&bm, &s, &write_back);
+            setters.push(scope.spawn(move || {
+                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ t as u64;
+                for (i, slot) in done.iter().enumerate() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let c = x % (PAGES * PAGE_BITS);
+                    bm.set_range(c, c + 1, s).unwrap();
+                    slot.store(c, SeqCst);
+                    assert!(bm.get(c, s).unwrap(), "read back {c}");
+                    if i % 20 == 19 {
+                        write_back();
+                    }
+                }
+            }));
+        }
+        scope.spawn(|| {
+            while !stop.load(SeqCst) {
+                write_back();
+            }
+        });
+        scope.spawn(|| {
+            let mut i = 0;
+            while !stop.load(SeqCst) {
+                for done in &done {
+                    let c = done[(i % SETS) as usize].load(SeqCst);
+                    if c != u64::MAX {
+                        assert!(bm.get(c, &s).unwrap(), "cluster {c} lost");
+                    }
+                }
+                let c = i * 7919 % (PAGES * PAGE_BITS);
+                bm.run(c, 2 * PAGE_BITS, &s).unwrap();
+                i += 1;
+            }
+        });
+        let joined: Vec<_> = setters.into_iter().map(|h| h.join()).collect();
+        stop.store(true, SeqCst);
+        for result in joined {
+            result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+        }
+    });
+    s.write_back(&bm);
+    let fresh = bitmap(PAGES * PAGE_BITS);
+    for c in done.iter().flatten().map(|c| c.load(SeqCst)) {
+        assert!(bm.get(c, &s).unwrap(), "cluster {c} lost in memory");
+        assert!(fresh.get(c, &s).unwrap(), "cluster {c} lost on disk");
+    }
+    assert!(
+        s.reads() > 4 * PAGES,
+        "pages were evicted and loaded again: {} loads",
+        s.reads()
+    );
+}
