@@ -1,9 +1,9 @@
 //! Regression tests for the crashes the fuzz targets found (fuzz/, `scripts/fuzz.sh`).
 //!
-//! Each test states the contract the crash broke. Those whose bug is not fixed yet are
-//! `#[ignore]`d with the bug named (they abort or fail today); the fuzz input that found each is
-//! in fuzz/known-bugs/TARGET/ and reproduces with `ADDCOW_FUZZ_KNOWN_BUGS=1`. Once a bug is
-//! fixed, drop its `#[ignore]` and move its input to fuzz/regressions/TARGET/.
+//! Each test states the contract the crash broke; the fuzz input that found it is in
+//! fuzz/regressions/TARGET/ (fixed) or fuzz/known-bugs/TARGET/ (not fixed yet: the test is
+//! `#[ignore]`d with the bug named, and the input reproduces with `ADDCOW_FUZZ_KNOWN_BUGS=1`).
+//! Once a bug is fixed, drop its `#[ignore]` and move its input to fuzz/regressions/TARGET/.
 
 use addcow::capi::{
     addcow_close, addcow_create, addcow_last_error, addcow_open, addcow_pread, addcow_readv,
@@ -62,12 +62,11 @@ fn last_error() -> String {
         .into_owned()
 }
 
-/// Found by fuzz/capi (fuzz/known-bugs/capi/readv-iov-len-past-ssize-max): an iovec length past
-/// SSIZE_MAX must be refused with -EINVAL before the library touches (or makes a Rust slice
-/// of) the buffer. Today `capi/iov.rs` builds a slice of it first: undefined behaviour, and
-/// debug builds abort ("unsafe precondition(s) violated: slice::from_raw_parts_mut").
+/// Found by fuzz/capi (fuzz/regressions/capi/readv-iov-len-past-ssize-max): an iovec length
+/// past SSIZE_MAX must be refused with -EINVAL before the library touches (or makes a Rust
+/// slice of) the buffer. `capi/iov.rs` used to build the slice first: undefined behaviour,
+/// and debug builds aborted ("unsafe precondition(s) violated: slice::from_raw_parts_mut").
 #[test]
-#[ignore = "bug: capi/iov.rs makes a slice of an iovec longer than isize::MAX (aborts in debug)"]
 fn readv_with_an_iovec_past_ssize_max_is_einval() {
     let image = CImage::new();
     let mut byte = 0u8;
@@ -82,7 +81,6 @@ fn readv_with_an_iovec_past_ssize_max_is_einval() {
 
 /// As above for `addcow_pread`'s plain buffer.
 #[test]
-#[ignore = "bug: capi/iov.rs makes a slice of a buffer longer than isize::MAX (aborts in debug)"]
 fn pread_past_ssize_max_is_einval() {
     let image = CImage::new();
     let mut byte = 0u8;
@@ -92,14 +90,12 @@ fn pread_past_ssize_max_is_einval() {
     assert_eq!(r, -libc::EINVAL, "{}", last_error());
 }
 
-/// Found with the fuzz/capi harness's fake iovec lengths: lengths whose sum overflows u64 must
-/// give -EINVAL. Today `storage::iov_len` sums them unchecked: debug builds panic (the boundary
-/// turns it into -EIO); release builds wrap, so here the range check sees a 10-byte request
-/// while the iovecs claim 2^64 + 10 bytes, and the read writes past the 1-byte buffers. Never
-/// run this test with `--release`.
+/// Seen while writing the fuzz/capi harness's fake iovec lengths: lengths whose sum overflows
+/// u64 must give -EINVAL. `storage::iov_len` summed them unchecked: debug builds panicked (the
+/// boundary turned it into -EIO); release builds wrapped, so here the range check saw a 10-byte
+/// request while the iovecs claim 2^64 + 10 bytes, and the write read past the 1-byte
+/// buffers.
 #[test]
-#[ignore = "bug: storage::iov_len overflows on iovec lengths summing past 2^64 (-EIO in debug, \
-            heap overflow in release)"]
 fn writev_with_iovec_lengths_overflowing_u64_is_einval() {
     let image = CImage::new();
     let mut bytes = [0u8; 3];
@@ -185,12 +181,12 @@ fn open_claiming(len: u64) -> addcow::Result<Image> {
     Image::open_parts(parts, &opts)
 }
 
-/// Found by fuzz/capi (fuzz/known-bugs/capi/oom-image-length-i64-max): an image file (here a
-/// host's `get_length`) claiming 2^63 - 1 bytes must open, or be refused with an error, without
-/// aborting the process. Today `Bitmap::new` allocates one slot per 4 KiB bitmap page up front:
-/// 2^32 slots, 128 GiB, and the allocation failure aborts.
+/// Found by fuzz/capi (fuzz/regressions/capi/oom-image-length-i64-max and
+/// oom-create-size-i64-max-then-open): an image file (a host's `get_length`, a sparse file on
+/// tmpfs) claiming 2^63 - 1 bytes must open, or be refused with an error, without aborting
+/// the process. `Bitmap::new` used to allocate one slot per 4 KiB bitmap page up front: 2^32
+/// slots, 128 GiB, and the allocation failure aborted.
 #[test]
-#[ignore = "bug: Bitmap::new allocates a slot per bitmap page up front (128 GiB at 2^63 bytes)"]
 fn an_image_claiming_2_pow_63_bytes_does_not_abort() {
     match open_claiming(i64::MAX as u64) {
         Ok(img) => {
@@ -201,12 +197,11 @@ fn an_image_claiming_2_pow_63_bytes_does_not_abort() {
     }
 }
 
-/// Found by fuzz/capi (fuzz/known-bugs/capi/oom-truncate-u64-max-host-accepts): truncate to
+/// Found by fuzz/capi (fuzz/regressions/capi/oom-truncate-u64-max-host-accepts): truncate to
 /// 2^64 - 1 must fail with an error (or succeed) when the `.add-cow` file can grow that far, as
-/// a sparse file on tmpfs or XFS can. Today the bitmap resizes first and `Bitmap::resize`
-/// allocates a slot per page, 2^33 of them (256 GiB), and the allocation failure aborts.
+/// a sparse file on tmpfs or XFS can. `Bitmap::resize` used to allocate a slot per page, 2^33
+/// of them (256 GiB), and the allocation failure aborted.
 #[test]
-#[ignore = "bug: Bitmap::resize allocates a slot per bitmap page up front (256 GiB at 2^64 bytes)"]
 fn truncate_to_2_pow_64_minus_1_does_not_abort() {
     let img = open_claiming(1 << 20).unwrap();
     match img.truncate(u64::MAX) {
@@ -218,8 +213,8 @@ fn truncate_to_2_pow_64_minus_1_does_not_abort() {
     }
 }
 
-/// The same path at a size whose slots fit (1 PiB: 2^19 pages): opening costs no I/O and
-/// queries far into the image work, so the test above fails for the size alone.
+/// The same path at 1 PiB (2^19 bitmap pages), which the old bitmap could hold: opening costs
+/// no I/O, queries far into the image work, and it grows.
 #[test]
 fn an_image_claiming_a_pebibyte_opens_and_grows() {
     let img = open_claiming(1 << 50).unwrap();
@@ -347,8 +342,8 @@ fn empty_reads_past_a_host_backing_end_do_not_reach_the_host() {
     );
 }
 
-/// A `.add-cow` file whose flush fails.
-struct FlushFails(MemStorage);
+/// A `.add-cow` file whose flushes fail once `.1` of them succeeded.
+struct FlushFails(MemStorage, AtomicU64);
 
 impl Storage for FlushFails {
     fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<()> {
@@ -360,7 +355,12 @@ impl Storage for FlushFails {
     }
 
     fn flush(&self) -> io::Result<()> {
-        Err(io::Error::from_raw_os_error(libc::EIO))
+        let left = self.1.load(Ordering::Acquire);
+        if left == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.1.store(left - 1, Ordering::Release);
+        Ok(())
     }
 
     fn len(&self) -> io::Result<u64> {
@@ -372,36 +372,47 @@ impl Storage for FlushFails {
     }
 }
 
-/// Found by fuzz/capi (fuzz/known-bugs/capi/truncate-writethrough-sync-fails-size-changed):
-/// truncate.rs promises that "a failure ... at any point leaves the old size with its old
-/// content". With writethrough, truncate shrinks or grows, sets the new size, and only then
-/// syncs; when that sync fails it returns the error with the new size in place.
+/// Found by fuzz/capi (fuzz/known-bugs/capi/truncate-writethrough-grow-sync-fails-size-changed):
+/// truncate.rs promises for a grow that "a failure at any step gives the bitmap back its old
+/// length ... and the image file keeps its old length" (a failed shrink may keep the new size).
+/// With writethrough, truncate grows, sets the new size, and only then syncs; when that sync
+/// fails it returns the error with the new size in place.
 #[test]
-#[ignore = "bug: a writethrough truncate whose final sync fails keeps the new size"]
-fn a_failed_writethrough_truncate_keeps_the_old_size() {
+#[ignore = "bug: a writethrough grow whose final sync fails keeps the new size"]
+fn a_failed_writethrough_grow_keeps_the_old_size() {
     let header = Header::new(b"img", None).unwrap().to_bytes();
     let mut meta = header.to_vec();
     meta.push(0);
-    let parts = Parts {
-        meta: (
-            Box::new(FlushFails(MemStorage::from_bytes(meta))),
-            "meta".into(),
-        ),
-        image: (
-            Box::new(MemStorage::from_bytes(vec![0; 3 << 16])),
-            "image".into(),
-        ),
-        backing: None,
-    };
-    let opts = OpenOptions {
-        writable: true,
-        writethrough: true,
-        ..OpenOptions::default()
-    };
-    let img = Image::open_parts(parts, &opts).unwrap();
-    for size in [1 << 16, 5 << 16] {
-        let e = img.truncate(size).unwrap_err();
-        assert_eq!(e.errno(), libc::EIO, "{e}");
-        assert_eq!(img.size(), 3 << 16, "after a failed truncate to {size}");
+    let mut failures = 0;
+    // The n-th flush of the `.add-cow` file fails, for every n the grow reaches.
+    for good_flushes in 0..8 {
+        let flushes = AtomicU64::new(good_flushes);
+        let parts = Parts {
+            meta: (
+                Box::new(FlushFails(MemStorage::from_bytes(meta.clone()), flushes)),
+                "meta".into(),
+            ),
+            image: (
+                Box::new(MemStorage::from_bytes(vec![0; 3 << 16])),
+                "image".into(),
+            ),
+            backing: None,
+        };
+        let opts = OpenOptions {
+            writable: true,
+            writethrough: true,
+            ..OpenOptions::default()
+        };
+        let img = Image::open_parts(parts, &opts).unwrap();
+        if let Err(e) = img.truncate(5 << 16) {
+            failures += 1;
+            assert_eq!(e.errno(), libc::EIO, "{e}");
+            assert_eq!(
+                img.size(),
+                3 << 16,
+                "a grow failing at flush {good_flushes}"
+            );
+        }
     }
+    assert!(failures > 0, "no flush failure reached the grow");
 }

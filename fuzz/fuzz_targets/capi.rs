@@ -35,25 +35,14 @@ const MAX_CALLS: usize = 32;
 /// Whether to drive the library into bugs that are known and not fixed yet (fuzz/known-bugs/):
 /// set `ADDCOW_FUZZ_KNOWN_BUGS=1` to reproduce them. Off, the harness steers around them so
 /// that fuzzing finds new ones. Known today:
-/// - a host length of `i64::MAX` aborts in `Bitmap::new` (one slot per bitmap page up front:
-///   a 128 GiB allocation), fuzz/known-bugs/capi/oom-image-length-i64-max; the same through
-///   files: `addcow_create` makes a 2^63 - 1 byte image on tmpfs, and opening it aborts,
-///   fuzz/known-bugs/capi/oom-create-size-i64-max-then-open; and through truncate: growing to
-///   2^64 - 1 when the `.add-cow` file's resize succeeds (a host that says so, tmpfs, XFS)
-///   aborts in `Bitmap::resize`, fuzz/known-bugs/capi/oom-truncate-u64-max-host-accepts;
-/// - a buffer or iovec length past SSIZE_MAX aborts: `capi/iov.rs` makes a slice of it before
-///   any check (a Rust slice longer than `isize::MAX` is undefined behaviour; debug builds
-///   abort on it), fuzz/known-bugs/capi/readv-iov-len-past-ssize-max;
-/// - iovec lengths whose sum overflows u64 panic in `storage::iov_len` (debug builds; release
-///   builds wrap, so the range check sees a small length while the slices claim more than
-///   their buffers), tests/fuzz_regressions.rs;
-/// - with writethrough, a truncate whose final sync fails returns the error but keeps the new
-///   size (truncate.rs says a failure leaves the old size),
-///   fuzz/known-bugs/capi/truncate-writethrough-sync-fails-size-changed.
+/// - with writethrough, a grow whose final sync fails returns the error but keeps the new
+///   size (truncate.rs says a failed grow keeps the old length),
+///   fuzz/known-bugs/capi/truncate-writethrough-grow-sync-fails-size-changed. Off, a failed
+///   writethrough grow may keep either size.
 ///
-/// Off, truncate sizes are at most 2^40, fake lengths at most 2^62, an iovec list holds at
-/// most three (sums still pass SSIZE_MAX, never 2^64), and a failed writethrough truncate may
-/// keep either size.
+/// Fixed, with their inputs in fuzz/regressions/capi/: lengths past SSIZE_MAX or summing past
+/// 2^64 made into slices before any check; the bitmap's up-front slot per page (a 2^63-byte
+/// image or a truncate to 2^64 - 1 aborted); a zero-length read past a host's end.
 fn known_bugs() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("ADDCOW_FUZZ_KNOWN_BUGS").is_some_and(|v| v != "0"))
@@ -78,7 +67,6 @@ enum Length {
     /// -errno.
     Errno(u8),
     Min,
-    /// `i64::MAX` (with `ADDCOW_FUZZ_KNOWN_BUGS` set; else 2^36).
     Max,
     /// 2^36: large (its bitmap has 32 pages), yet quick to scan.
     Large,
@@ -281,8 +269,8 @@ unsafe extern "C" fn host_get_length(opaque: *mut c_void) -> i64 {
         Length::Honest => real,
         Length::Errno(e) => -(i64::from(e % 133) + 1),
         Length::Min => i64::MIN,
-        Length::Max if known_bugs() => i64::MAX,
-        Length::Max | Length::Large => 1 << 36,
+        Length::Max => i64::MAX,
+        Length::Large => 1 << 36,
         Length::Plus(d) => real + i64::from(d),
         Length::Minus(d) => (real - i64::from(d)).max(0),
     }
@@ -383,20 +371,8 @@ enum Fake {
     Raw(u64),
 }
 
-/// The largest fake length with `ADDCOW_FUZZ_KNOWN_BUGS` off.
-const SAFE_FAKE: usize = 1 << 62;
-
 impl Fake {
     fn len(self) -> usize {
-        let len = self.raw_len();
-        if known_bugs() {
-            len
-        } else {
-            len.min(SAFE_FAKE)
-        }
-    }
-
-    fn raw_len(self) -> usize {
         match self {
             Fake::SsizeMax => isize::MAX as usize,
             Fake::SsizeMaxPlus1 => isize::MAX as usize + 1,
@@ -652,7 +628,12 @@ fn open_flags(raw: u32) -> u32 {
     }
 }
 
-const KNOWN_FLAGS: u32 = 0b1111;
+const KNOWN_FLAGS: u32 = ADDCOW_OPEN_RDWR
+    | ADDCOW_OPEN_WRITETHROUGH
+    | ADDCOW_OPEN_NO_BACKING
+    | ADDCOW_OPEN_BACKING_ADDCOW
+    | ADDCOW_OPEN_FORCE_SHARE
+    | ADDCOW_OPEN_CONFINE;
 
 impl Harness {
     fn hosts_honest(&self) -> bool {
@@ -696,7 +677,11 @@ impl Harness {
             })
         };
         let backing_used = t[2].is_some() && flags & ADDCOW_OPEN_NO_BACKING == 0;
-        let bad_flags = flags & !KNOWN_FLAGS != 0 || flags & ADDCOW_OPEN_BACKING_ADDCOW != 0;
+        // A host backing is raw and names nothing to confine; FORCE_SHARE is for read-only.
+        let bad_flags = flags & !KNOWN_FLAGS != 0
+            || flags & (ADDCOW_OPEN_BACKING_ADDCOW | ADDCOW_OPEN_CONFINE) != 0
+            || flags & (ADDCOW_OPEN_FORCE_SHARE | ADDCOW_OPEN_RDWR)
+                == ADDCOW_OPEN_FORCE_SHARE | ADDCOW_OPEN_RDWR;
         if null_out || bad_flags {
             expect_err("addcow_open_io", r, &[libc::EINVAL]);
         }
@@ -774,13 +759,6 @@ struct Iov {
 
 fn build_iov(plan: &IovPlan, seed: u8) -> Iov {
     let mut entries_plan: Vec<Entry> = plan.entries.iter().take(16).copied().collect();
-    if !known_bugs() {
-        let mut fakes = 0;
-        entries_plan.retain(|e| {
-            fakes += usize::from(matches!(e, Entry::Fake(_)));
-            !matches!(e, Entry::Fake(_)) || fakes <= 3
-        });
-    }
     if let Some(n) = plan.many {
         entries_plan.extend(std::iter::repeat_n(
             Entry::Buf(1),
@@ -1017,11 +995,6 @@ impl Harness {
     fn truncate(&mut self, size: Off) {
         let len = self.length();
         let size = size.at(len.unwrap_or(0));
-        let size = if known_bugs() {
-            size
-        } else {
-            size.min(1 << 40)
-        };
         // SAFETY: a live handle or NULL.
         let r = unsafe { addcow_truncate(self.img, size) };
         let r = returned("addcow_truncate", r.into());
@@ -1031,14 +1004,15 @@ impl Harness {
             expect_err("addcow_truncate", r, &[libc::EPERM]);
         } else if r == 0 {
             assert_eq!(self.length(), Some(size), "length after truncate");
-        } else if known_bugs() || !self.writethrough {
-            assert_eq!(self.length(), len, "a failed truncate changed the length");
-        } else {
+        } else if len.is_some_and(|len| size < len) || (self.writethrough && !known_bugs()) {
+            // A failed shrink may have cut the image file: then it has its new size.
             let now = self.length();
             assert!(
                 now == len || now == Some(size),
                 "a failed truncate: length {now:?}"
             );
+        } else {
+            assert_eq!(self.length(), len, "a failed grow changed the length");
         }
     }
 
@@ -1271,8 +1245,7 @@ fn create(plan: &CreatePlan) {
         CreateSize::Zero => 0,
         CreateSize::Small(n) => u64::from(n % (1 << 20)),
         CreateSize::Tib => 1 << 40,
-        CreateSize::I64Max if known_bugs() => i64::MAX as u64,
-        CreateSize::I64Max => 1 << 50,
+        CreateSize::I64Max => i64::MAX as u64,
         CreateSize::Max => u64::MAX,
     };
     let ours = std::mem::size_of::<AddCowCreateOptions>();
@@ -1343,7 +1316,9 @@ fn create(plan: &CreatePlan) {
         if extra_nonzero || seen.layout > 1 {
             errnos.push(libc::ENOTSUP);
         }
-        if (seen.cluster_size != 0 && seen.cluster_size != 65536) || seen.flags != 0 {
+        if (seen.cluster_size != 0 && seen.cluster_size != 65536)
+            || seen.flags & !ADDCOW_CREATE_CONFINE != 0
+        {
             errnos.push(libc::EINVAL);
         }
         if seen.image_file.is_null() || matches!(plan.fmt, Fmt::Bogus) {
@@ -1353,12 +1328,11 @@ fn create(plan: &CreatePlan) {
         if matches!(plan.image, Name::Empty | Name::Long1024)
             || matches!(plan.backing, Some(Name::Long1024))
             || (normal && matches!(plan.image, Name::Meta))
-            || (normal && matches!(plan.backing, Some(Name::Meta)))
-            || plan
-                .backing
-                .is_some_and(|b| b.bytes(dir) == plan.image.bytes(dir))
         {
             errnos.push(libc::EINVAL);
+        }
+        if size > ADDCOW_MAX_SIZE {
+            errnos.push(libc::EFBIG);
         }
     }
     if !errnos.is_empty() {
