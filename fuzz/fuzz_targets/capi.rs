@@ -1180,6 +1180,7 @@ fn root() -> &'static Path {
         } else {
             std::env::temp_dir()
         };
+        remove_stale(&base);
         let dir = base.join(format!("addcow-fuzz-capi-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("work directory");
         std::env::set_current_dir(&dir).expect("cd to the work directory");
@@ -1190,6 +1191,19 @@ fn root() -> &'static Path {
         unsafe { libc::atexit(remove_root) };
         dir
     })
+}
+
+/// Removes the trees of earlier runs that ended without running `atexit` (a crash).
+fn remove_stale(base: &Path) {
+    for entry in std::fs::read_dir(base).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("addcow-fuzz-capi-"));
+        if pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// An empty `root/d`.
