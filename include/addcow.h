@@ -138,8 +138,10 @@ typedef struct AddCowCreateOptions {
 
 /**
  * Host-provided I/O. Every callback returns 0 (or the documented non-negative value) on
- * success and a negative errno on failure; reads and writes transfer the whole range.
- * The callbacks may be called from several threads at once, with the same `opaque`.
+ * success and a negative errno on failure; reads and writes transfer the whole range, never
+ * zero bytes. `iovcnt` may exceed `IOV_MAX` by two (a guest's 1024 buffers with the head and
+ * tail of a cluster copied around them): a host that forwards to `preadv(2)`/`pwritev(2)`
+ * splits. The callbacks may be called from several threads at once, with the same `opaque`.
  */
 typedef struct AddCowIo {
   /**

@@ -1,9 +1,7 @@
 //! Regression tests for the crashes the fuzz targets found (fuzz/, `scripts/fuzz.sh`).
 //!
 //! Each test states the contract the crash broke; the fuzz input that found it is in
-//! fuzz/regressions/TARGET/ (fixed) or fuzz/known-bugs/TARGET/ (not fixed yet: the test is
-//! `#[ignore]`d with the bug named, and the input reproduces with `ADDCOW_FUZZ_KNOWN_BUGS=1`).
-//! Once a bug is fixed, drop its `#[ignore]` and move its input to fuzz/regressions/TARGET/.
+//! fuzz/regressions/TARGET/.
 
 use addcow::capi::{
     addcow_close, addcow_create, addcow_last_error, addcow_open, addcow_pread, addcow_readv,
@@ -372,13 +370,12 @@ impl Storage for FlushFails {
     }
 }
 
-/// Found by fuzz/capi (fuzz/known-bugs/capi/truncate-writethrough-grow-sync-fails-size-changed):
+/// Found by fuzz/capi (fuzz/regressions/capi/truncate-writethrough-grow-sync-fails-size-changed):
 /// truncate.rs promises for a grow that "a failure at any step gives the bitmap back its old
 /// length ... and the image file keeps its old length" (a failed shrink may keep the new size).
 /// With writethrough, truncate grows, sets the new size, and only then syncs; when that sync
 /// fails it returns the error with the new size in place.
 #[test]
-#[ignore = "bug: a writethrough grow whose final sync fails keeps the new size"]
 fn a_failed_writethrough_grow_keeps_the_old_size() {
     let header = Header::new(b"img", None).unwrap().to_bytes();
     let mut meta = header.to_vec();

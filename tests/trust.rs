@@ -309,6 +309,23 @@ fn no_file_appears_twice_in_a_chain() {
     }
 }
 
+#[test]
+fn create_refuses_an_add_cow_file_that_is_its_own_backing_file() {
+    let d = tempfile::tempdir().unwrap();
+    let o = CreateOptions {
+        image_file: "disk.raw".into(),
+        backing_file: Some("./self.add-cow".into()),
+        size: CS,
+        ..CreateOptions::default()
+    };
+    assert_err(
+        create(d.path().join("self.add-cow"), &o),
+        libc::EINVAL,
+        &["backing file", "add-cow file itself"],
+    );
+    assert_eq!(entries(d.path()), Vec::<String>::new());
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Extreme sizes.
 

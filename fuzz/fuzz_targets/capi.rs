@@ -32,21 +32,10 @@ const IOV_MAX: usize = 1024;
 const SSIZE_MAX: u128 = isize::MAX as u128;
 const MAX_CALLS: usize = 32;
 
-/// Whether to drive the library into bugs that are known and not fixed yet (fuzz/known-bugs/):
-/// set `ADDCOW_FUZZ_KNOWN_BUGS=1` to reproduce them. Off, the harness steers around them so
-/// that fuzzing finds new ones. Known today:
-/// - with writethrough, a grow whose final sync fails returns the error but keeps the new
-///   size (truncate.rs says a failed grow keeps the old length),
-///   fuzz/known-bugs/capi/truncate-writethrough-grow-sync-fails-size-changed. Off, a failed
-///   writethrough grow may keep either size.
-///
-/// Fixed, with their inputs in fuzz/regressions/capi/: lengths past SSIZE_MAX or summing past
-/// 2^64 made into slices before any check; the bitmap's up-front slot per page (a 2^63-byte
-/// image or a truncate to 2^64 - 1 aborted); a zero-length read past a host's end.
-fn known_bugs() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("ADDCOW_FUZZ_KNOWN_BUGS").is_some_and(|v| v != "0"))
-}
+// Bugs this target found, all fixed, with their inputs in fuzz/regressions/capi/: lengths past
+// SSIZE_MAX or summing past 2^64 made into slices before any check; the bitmap's up-front slot
+// per page (a 2^63-byte image or a truncate to 2^64 - 1 aborted); a zero-length read past a
+// host's end; a writethrough grow whose final sync failed kept the new size.
 
 // ---------------------------------------------------------------------------------------------
 // Host files in memory, with faults.
@@ -1004,7 +993,7 @@ impl Harness {
             expect_err("addcow_truncate", r, &[libc::EPERM]);
         } else if r == 0 {
             assert_eq!(self.length(), Some(size), "length after truncate");
-        } else if len.is_some_and(|len| size < len) || (self.writethrough && !known_bugs()) {
+        } else if len.is_some_and(|len| size < len) {
             // A failed shrink may have cut the image file: then it has its new size.
             let now = self.length();
             assert!(

@@ -75,8 +75,10 @@ pub unsafe extern "C" fn addcow_header_read_io(
         store(out, || {
             // SAFETY: the caller's guarantee; NULL is refused.
             let table = unsafe { meta.as_ref() }.ok_or_else(|| bad_arg("meta is NULL"))?;
-            let storage = HostStorage::new(*table)
-                .map_err(|e| Error::io("get length of", "add-cow file (host I/O)", 0, e))?;
+            let storage = HostStorage::reader(*table).map_err(|e| match e.raw_os_error() {
+                Some(libc::EINVAL) => bad_arg("meta: preadv and get_length are required"),
+                _ => Error::io("get length of", "add-cow file (host I/O)", 0, e),
+            })?;
             read_header(&storage, "add-cow file (host I/O)")
         })
     })
@@ -142,5 +144,62 @@ pub unsafe extern "C" fn addcow_header_free(h: *mut AddCowHeader) {
     if !h.is_null() {
         // SAFETY: a live header from Box::into_raw, handed back exactly once.
         drop(unsafe { Box::from_raw(h) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::c_void;
+
+    unsafe extern "C" fn preadv(
+        _: *mut c_void,
+        offset: u64,
+        iov: *const libc::iovec,
+        iovcnt: c_int,
+    ) -> c_int {
+        let header = crate::layout::Header::new(b"img", None).unwrap().to_bytes();
+        let mut at = offset as usize;
+        // SAFETY: the library passes `iovcnt` valid, writable iovecs.
+        for v in unsafe { std::slice::from_raw_parts(iov, iovcnt as usize) } {
+            // SAFETY: as above.
+            let buf = unsafe { std::slice::from_raw_parts_mut(v.iov_base.cast::<u8>(), v.iov_len) };
+            for b in buf {
+                *b = header.get(at).copied().unwrap_or(0);
+                at += 1;
+            }
+        }
+        0
+    }
+
+    unsafe extern "C" fn get_length(_: *mut c_void) -> i64 {
+        2560
+    }
+
+    #[test]
+    fn header_read_io_needs_only_preadv_and_get_length() {
+        let io = AddCowIo {
+            opaque: std::ptr::null_mut(),
+            preadv: Some(preadv),
+            pwritev: None,
+            flush: None,
+            get_length: Some(get_length),
+            truncate: None,
+        };
+        let mut h = std::ptr::null_mut();
+        // SAFETY: a valid table and a writable out pointer.
+        assert_eq!(unsafe { addcow_header_read_io(&io, &mut h) }, 0);
+        // SAFETY: a live header, freed once.
+        unsafe {
+            assert_eq!(addcow_header_layout(h), 1);
+            addcow_header_free(h);
+        }
+        let no_read = AddCowIo { preadv: None, ..io };
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { addcow_header_read_io(&no_read, &mut h) },
+            -libc::EINVAL
+        );
+        assert!(h.is_null());
     }
 }

@@ -60,6 +60,14 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<()> {
             dir.join(image_name).display()
         )));
     }
+    if let Some(b) = header.backing_file.as_deref().map(name) {
+        if same_file(&dir.join(b), path) {
+            return Err(Error::invalid(format!(
+                "the backing file '{}' is the add-cow file itself",
+                dir.join(b).display()
+            )));
+        }
+    }
     let mut chain = Chain::default();
     let backing_len = match &header.backing_file {
         Some(b) => backing_len(&dir, name(b), opts, &mut chain)?,

@@ -42,11 +42,11 @@ impl Image {
         let new = st.geometry.with_size(size);
         if size < st.geometry.size() {
             self.shrink(&mut st, new)?;
+            if self.writethrough {
+                self.commit(&st, true)?;
+            }
         } else if size > st.geometry.size() {
             self.grow(&mut st, new)?;
-        }
-        if self.writethrough {
-            self.commit(&st, true)?;
         }
         Ok(())
     }
@@ -86,7 +86,14 @@ impl Image {
                 self.allocate_grown_area(st, old.size(), new.clusters())?;
             }
             self.commit(st, true)?;
-            self.grow_data(old.size(), new.size())
+            self.grow_data(old.size(), new.size())?;
+            if self.writethrough {
+                // The new length itself must be durable before a writethrough truncate returns.
+                self.sync_data().inspect_err(|_| {
+                    let _ = self.resize_data(old.size());
+                })?;
+            }
+            Ok(())
         })();
         if let Err(e) = grown {
             // Drops the new bits without I/O: the page at the old end was made resident and dirty

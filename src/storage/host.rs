@@ -7,8 +7,10 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Host-provided I/O. Every callback returns 0 (or the documented non-negative value) on
-/// success and a negative errno on failure; reads and writes transfer the whole range.
-/// The callbacks may be called from several threads at once, with the same `opaque`.
+/// success and a negative errno on failure; reads and writes transfer the whole range, never
+/// zero bytes. `iovcnt` may exceed `IOV_MAX` by two (a guest's 1024 buffers with the head and
+/// tail of a cluster copied around them): a host that forwards to `preadv(2)`/`pwritev(2)`
+/// splits. The callbacks may be called from several threads at once, with the same `opaque`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct AddCowIo {
@@ -72,7 +74,16 @@ impl HostStorage {
     /// Wraps a host table; requires `preadv`, `pwritev`, `flush` and `get_length`, and asks the
     /// host for the current length.
     pub fn new(io: AddCowIo) -> io::Result<HostStorage> {
-        if io.preadv.is_none() || io.pwritev.is_none() || io.flush.is_none() {
+        if io.pwritev.is_none() || io.flush.is_none() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        HostStorage::reader(io)
+    }
+
+    /// Wraps a host table that is only read from: requires `preadv` and `get_length` (writes
+    /// and flushes then fail).
+    pub fn reader(io: AddCowIo) -> io::Result<HostStorage> {
+        if io.preadv.is_none() {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         let get_length = io
