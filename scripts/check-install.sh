@@ -58,8 +58,11 @@ soname=$(readelf -d "$lib/$real" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
 [[ -f $lib/libaddcow.a ]] || die "$lib/libaddcow.a not installed"
 pcdir=$lib/pkgconfig
 [[ -f $pcdir/addcow.pc ]] || die "$pcdir/addcow.pc not installed"
+# The symbol table is read once: `readelf | grep -q` fails under pipefail when grep stops early
+# and readelf dies of SIGPIPE.
+syms=$(readelf --dyn-syms -W "$lib/$real") || die "readelf $real failed"
 for sym in addcow_open addcow_create addcow_is_allocated addcow_last_error; do
-    readelf --dyn-syms -W "$lib/$real" | grep -qw "$sym" || die "$real does not export $sym"
+    grep -qw "$sym" <<<"$syms" || die "$real does not export $sym"
 done
 echo "check-install: layout OK:"
 (cd "$destdir" && find . \( -type l -printf '  %p -> %l\n' \) -o \( -type f -printf '  %p\n' \) | sort)
@@ -83,7 +86,8 @@ echo "check-install: pkg-config --cflags --libs addcow: $cflags $libs"
 # shellcheck disable=SC2086 # word splitting of pkg-config output is intended
 "$cc" -Wall -Wextra -Werror -o "$tmp/consumer" "$here/pkgconfig-consumer.c" $cflags $libs ||
     die "compiling against the installed library failed"
-readelf -d "$tmp/consumer" | grep -q 'NEEDED.*\[libaddcow\.so\.1\]' || die "consumer does not need libaddcow.so.1"
+grep -q 'NEEDED.*\[libaddcow\.so\.1\]' <<<"$(readelf -d "$tmp/consumer")" ||
+    die "consumer does not need libaddcow.so.1"
 resolved=$(LD_LIBRARY_PATH=$lib ldd "$tmp/consumer" | awk '$1 == "libaddcow.so.1" { print $3 }')
 [[ $resolved == "$lib/libaddcow.so.1" ]] || die "libaddcow.so.1 resolves to '$resolved', not into the DESTDIR"
 echo -n "check-install: shared: "
@@ -93,7 +97,7 @@ LD_LIBRARY_PATH=$lib "$tmp/consumer" || die "the consumer failed against the ins
 # shellcheck disable=SC2086
 "$cc" -Wall -Wextra -Werror -o "$tmp/consumer-static" "$here/pkgconfig-consumer.c" $cflags \
     ${static_libs/-laddcow/-l:libaddcow.a} || die "static link with '$static_libs' failed"
-if readelf -d "$tmp/consumer-static" | grep -q 'libaddcow'; then
+if grep -q 'libaddcow' <<<"$(readelf -d "$tmp/consumer-static")"; then
     die "the static consumer still needs libaddcow.so"
 fi
 echo -n "check-install: static: "
