@@ -13,6 +13,7 @@ pub mod capi;
 pub mod engine;
 pub mod error;
 pub mod layout;
+pub mod mapping;
 pub mod storage;
 
 pub use engine::{

@@ -3,16 +3,14 @@
 //! [`super::files`] (file types, identity, locks, confinement).
 
 use super::files::{admit, open_named, Chain, Role, Use};
-use super::{claims::Claims, Backing, Image, State};
-use crate::bitmap::Bitmap;
+use super::{Backing, Image};
 use crate::error::{Error, Result};
-use crate::layout::{self, Geometry, Header, HEADER_SIZE, MAX_SIZE};
+use crate::layout::{self, Header, HEADER_SIZE, MAX_SIZE};
+use crate::mapping::{Core, CoreOptions};
 use crate::storage::{open_path, Access, Dir, FileStorage, Storage};
-use crossbeam_utils::sync::ShardedLock;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Mutex;
 
 /// Backing chains deeper than this are refused.
 pub const MAX_CHAIN_DEPTH: usize = 16;
@@ -119,24 +117,13 @@ impl Image {
             .len()
             .map_err(|e| Error::io("get length of", &data_name, 0, e))?;
         check_size(size, &data_name)?;
-        let geometry = Geometry::new(header.cluster_bits(), size);
-        Ok(Image {
-            meta,
-            meta_name,
-            data,
-            data_name,
-            backing: if opts.no_backing { None } else { backing },
-            header,
-            read_only: !opts.writable,
-            writethrough: opts.writethrough,
-            state: ShardedLock::new(State {
-                bitmap: Bitmap::new(geometry.clusters(), opts.bitmap_cache_bytes),
-                geometry,
-            }),
-            claims: Claims::new(),
-            commit: Mutex::new(()),
-            closed: false,
-        })
+        let core_opts = CoreOptions {
+            writable: opts.writable,
+            bitmap_cache_bytes: opts.bitmap_cache_bytes,
+        };
+        let core = Core::new((meta, meta_name), header, size, core_opts);
+        let backing = if opts.no_backing { None } else { backing };
+        Image::from_core(core, (data, data_name), backing, opts.writethrough)
     }
 }
 

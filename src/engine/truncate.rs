@@ -19,130 +19,80 @@
 //!   and are masked at load. A failure at any step gives the bitmap back its old length in
 //!   memory and on disk, and the image file keeps its old length.
 
-use super::{Image, State};
+use super::Image;
 use crate::error::{Error, Result};
-use crate::layout::{Geometry, MAX_SIZE};
+use crate::layout::MAX_SIZE;
+use crate::mapping::Core;
 use std::io::{IoSlice, IoSliceMut};
 
 impl Image {
-    /// Shrinks or grows the image to `size` bytes. The caller orders it against every other
-    /// call on this image (it waits for requests in flight). `EPERM` on a read-only image,
-    /// `EFBIG` beyond [`MAX_SIZE`].
+    /// Shrinks or grows the image to `size` bytes. Waits for the requests in flight, and the
+    /// requests that start meanwhile wait for it. `EPERM` on a read-only image, `EFBIG` beyond
+    /// [`MAX_SIZE`].
     pub fn truncate(&self, size: u64) -> Result<()> {
-        if self.read_only {
-            return Err(Error::ReadOnly("truncate"));
-        }
         if size > MAX_SIZE {
             return Err(Error::TooLarge(format!(
                 "truncate to {size} bytes: larger than the largest image supported \
                  ({MAX_SIZE} bytes, 64 PiB)"
             )));
         }
-        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
-        let new = st.geometry.with_size(size);
-        if size < st.geometry.size() {
-            self.shrink(&mut st, new)?;
+        let mut core = self.core_mut();
+        if !core.is_writable() {
+            return Err(Error::ReadOnly("truncate"));
+        }
+        let old = core.size();
+        if size < old {
+            self.shrink(&mut core, size)?;
             if self.writethrough {
-                self.commit(&st, true)?;
+                self.write_back(&core, true)?;
             }
-        } else if size > st.geometry.size() {
-            self.grow(&mut st, new)?;
+        } else if size > old {
+            self.grow(&mut core, size)?;
         }
         Ok(())
     }
 
-    fn shrink(&self, st: &mut State, new: Geometry) -> Result<()> {
-        let old = st.geometry;
-        let load = self.loader();
-        // The page at the new end, held in memory, so that resizing the bitmap after the cut
-        // does no I/O and cannot fail.
-        if let Some(last) = old.clusters().checked_sub(1) {
-            st.bitmap.hold_page_of(new.clusters().min(last), &load)?;
-        }
-        self.resize_data(new.size())?;
+    fn shrink(&self, core: &mut Core, size: u64) -> Result<()> {
+        core.shrink_begin(size)?;
+        self.resize_data(size)?;
         // The image file has its new length: from here on, so has the image.
-        st.bitmap.resize(new.clusters(), &load)?;
-        st.geometry = new;
+        core.shrink_commit(size)?;
         self.sync_data()?;
-        self.resize_meta(new.bitmap_len())
+        core.shrink_finish()
     }
 
-    fn grow(&self, st: &mut State, new: Geometry) -> Result<()> {
-        let old = st.geometry;
-        let load = self.loader();
-        let restore_meta = |e: Error| {
-            let _ = self.resize_meta(old.bitmap_len());
-            e
-        };
-        self.grow_meta(old.bitmap_len(), new.bitmap_len())
-            .map_err(restore_meta)?;
-        // On failure the bitmap is unchanged; on success the page at the old end is loaded and
-        // dirty, so that the undo below does no I/O.
-        st.bitmap
-            .resize(new.clusters(), &load)
-            .map_err(restore_meta)?;
+    fn grow(&self, core: &mut Core, size: u64) -> Result<()> {
+        let old = core.size();
+        core.grow_begin(size)?;
         let grown = (|| {
-            if self.backing_len()? > old.size() {
-                self.allocate_grown_area(st, old.size(), new.clusters())?;
+            if core.backing_len().unwrap_or(0) > old {
+                self.allocate_grown_area(core, old, size)?;
             }
-            self.commit(st, true)?;
-            self.grow_data(old.size(), new.size())?;
+            self.write_back(core, true)?;
+            self.grow_data(old, size)?;
             if self.writethrough {
                 // The new length itself must be durable before a writethrough truncate returns.
                 self.sync_data().inspect_err(|_| {
-                    let _ = self.resize_data(old.size());
+                    let _ = self.resize_data(old);
                 })?;
             }
             Ok(())
         })();
         if let Err(e) = grown {
-            // Drops the new bits without I/O: the page at the old end was made resident and dirty
-            // by the resize above, and only loads evict (the commit is the last bitmap step).
-            st.bitmap.resize(old.clusters(), &load)?;
-            return Err(restore_meta(e));
+            core.grow_abort()?;
+            return Err(e);
         }
-        st.geometry = new;
+        core.grow_commit(size);
         Ok(())
-    }
-
-    fn backing_len(&self) -> Result<u64> {
-        self.backing.as_ref().map_or(Ok(0), |b| b.size())
-    }
-
-    /// Sets the `.add-cow` file's length for a bitmap of `len` bytes.
-    fn resize_meta(&self, len: u64) -> Result<()> {
-        let at = self.header.bitmap_offset() + len;
-        self.meta
-            .resize(at)
-            .map_err(|e| Error::io("resize", &self.meta_name, at, e))
-    }
-
-    /// Grows the bitmap on disk with zeros: whatever lays past the old bitmap is stale (a crash
-    /// during a shrink leaves it) and is cut first.
-    fn grow_meta(&self, old_len: u64, new_len: u64) -> Result<()> {
-        let meta_len = self
-            .meta
-            .len()
-            .map_err(|e| Error::io("get length of", &self.meta_name, 0, e))?;
-        if meta_len > self.header.bitmap_offset() + old_len {
-            self.resize_meta(old_len)?;
-        }
-        self.resize_meta(new_len)
-    }
-
-    fn resize_data(&self, len: u64) -> Result<()> {
-        self.data
-            .resize(len)
-            .map_err(|e| Error::io("resize", &self.data_name, len, e))
     }
 
     /// Grows the image file; bytes past the old size read zeros even if the file held stale
     /// bytes there.
     fn grow_data(&self, old: u64, new: u64) -> Result<()> {
         let len = self
-            .data
+            .data()
             .len()
-            .map_err(|e| Error::io("get length of", &self.data_name, 0, e))?;
+            .map_err(|e| Error::io("get length of", self.data_name(), 0, e))?;
         if len != old {
             self.resize_data(old)?;
         }
@@ -152,20 +102,19 @@ impl Image {
     /// Before growing over a longer backing file: completes the partial cluster at the old end
     /// from the backing file (its part past the old end will be zeros from the resize), then
     /// marks every new cluster allocated.
-    fn allocate_grown_area(&self, st: &State, old_size: u64, new_clusters: u64) -> Result<()> {
-        let g = st.geometry;
-        let load = self.loader();
+    fn allocate_grown_area(&self, core: &Core, old_size: u64, new_size: u64) -> Result<()> {
+        let g = core.geometry();
+        let new = g.with_size(new_size);
         if old_size % g.cluster_size() != 0 {
             let c = g.cluster_of(old_size);
-            if !st.bitmap.get(c, &load)? {
-                let start = g.cluster_start(c);
+            let start = g.cluster_start(c);
+            if !core.is_allocated(start, 1)?.0 {
                 let mut head = vec![0u8; (old_size - start) as usize];
                 self.read_backing(&mut [IoSliceMut::new(&mut head)], start)?;
                 self.write_data(&[IoSlice::new(&head)], start)?;
-                st.bitmap.set_range(c, c + 1, &load)?;
+                core.grow_allocate(c..c + 1)?;
             }
         }
-        st.bitmap
-            .set_range(old_size.div_ceil(g.cluster_size()), new_clusters, &load)
+        core.grow_allocate(old_size.div_ceil(g.cluster_size())..new.clusters())
     }
 }

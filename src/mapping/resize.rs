@@ -1,0 +1,102 @@
+//! The metadata side of truncate, in the steps the host interleaves with its own changes to the
+//! image file (see `engine::truncate` for the order and why it is crash-safe). Every step takes
+//! `&mut self`: truncate is exclusive.
+
+use super::{Core, MetaStore};
+use crate::error::{Error, Result};
+use std::ops::Range;
+
+impl Core {
+    /// Shrink, before the host cuts the image file: holds the bitmap page at the new end in
+    /// memory, so that [`Core::shrink_commit`] does no I/O and cannot fail.
+    pub fn shrink_begin(&mut self, size: u64) -> Result<()> {
+        self.writable_for("truncate")?;
+        let new = self.geometry.with_size(size);
+        if let Some(last) = self.geometry.clusters().checked_sub(1) {
+            self.bitmap
+                .hold_page_of(new.clusters().min(last), &self.store())?;
+        }
+        Ok(())
+    }
+
+    /// Shrink, once the image file is cut: the image has its new size.
+    pub fn shrink_commit(&mut self, size: u64) -> Result<()> {
+        let new = self.geometry.with_size(size);
+        let store = MetaStore::of(&*self.meta, &self.meta_name, &self.header);
+        self.bitmap.resize(new.clusters(), &store)?;
+        self.geometry = new;
+        Ok(())
+    }
+
+    /// Shrink, once the cut of the image file is durable: cuts the bitmap in the metadata
+    /// source (bits past the end, should it stay longer, are masked at load).
+    pub fn shrink_finish(&self) -> Result<()> {
+        self.resize_meta(self.geometry.bitmap_len())
+    }
+
+    /// Grow, first step: the bitmap grows (zeros) in the metadata source and in memory; the size
+    /// stays the old one until [`Core::grow_commit`]. On failure nothing changed.
+    pub fn grow_begin(&mut self, size: u64) -> Result<()> {
+        self.writable_for("truncate")?;
+        let old = self.geometry;
+        let new = old.with_size(size);
+        let grown = self.grow_meta(old.bitmap_len(), new.bitmap_len());
+        let store = MetaStore::of(&*self.meta, &self.meta_name, &self.header);
+        let grown = grown.and_then(|()| self.bitmap.resize(new.clusters(), &store));
+        grown.inspect_err(|_| {
+            let _ = self.resize_meta(old.bitmap_len());
+        })
+    }
+
+    /// Grow, over a longer backing file: marks `clusters` (past the old end, or the partial
+    /// cluster at it once the host completed it from the backing file) allocated.
+    pub fn grow_allocate(&self, clusters: Range<u64>) -> Result<()> {
+        self.bitmap
+            .set_range(clusters.start, clusters.end, &self.store())
+    }
+
+    /// Grow, once every bitmap change is durable and the image file has grown: the new size.
+    pub fn grow_commit(&mut self, size: u64) {
+        self.geometry = self.geometry.with_size(size);
+    }
+
+    /// Grow failed after [`Core::grow_begin`]: the bitmap gets its old length back, in memory
+    /// (no I/O: the page at the old end is resident since `grow_begin`) and in the metadata
+    /// source.
+    pub fn grow_abort(&mut self) -> Result<()> {
+        let old = self.geometry;
+        let store = MetaStore::of(&*self.meta, &self.meta_name, &self.header);
+        let resized = self.bitmap.resize(old.clusters(), &store);
+        let cut = self.resize_meta(old.bitmap_len());
+        resized.and(cut)
+    }
+
+    fn writable_for(&self, what: &'static str) -> Result<()> {
+        match self.writable {
+            true => Ok(()),
+            false => Err(Error::ReadOnly(what)),
+        }
+    }
+
+    /// Sets the `.add-cow` file's length for a bitmap of `len` bytes.
+    fn resize_meta(&self, len: u64) -> Result<()> {
+        self.touch_meta();
+        let at = self.header.bitmap_offset() + len;
+        self.meta
+            .resize(at)
+            .map_err(|e| Error::io("resize", &self.meta_name, at, e))
+    }
+
+    /// Grows the bitmap in the metadata source with zeros: whatever lies past the old bitmap is
+    /// stale (a crash during a shrink leaves it) and is cut first.
+    fn grow_meta(&self, old_len: u64, new_len: u64) -> Result<()> {
+        let meta_len = self
+            .meta
+            .len()
+            .map_err(|e| Error::io("get length of", &self.meta_name, 0, e))?;
+        if meta_len > self.header.bitmap_offset() + old_len {
+            self.resize_meta(old_len)?;
+        }
+        self.resize_meta(new_len)
+    }
+}
