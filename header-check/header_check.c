@@ -50,9 +50,9 @@ struct addcow_prototypes {
     int (*open_io_ext)(const AddCowIo *, const AddCowIo *, const AddCowIo *,
                        const AddCowOpenOptions *, AddCowImage **);
     int (*close)(AddCowImage *);
-    int64_t (*get_length)(const AddCowImage *);
-    int64_t (*get_cluster_size)(const AddCowImage *);
-    int64_t (*get_backing_length)(const AddCowImage *);
+    int64_t (*get_length)(AddCowImage *);
+    int64_t (*get_cluster_size)(AddCowImage *);
+    int64_t (*get_backing_length)(AddCowImage *);
     int (*readv)(AddCowImage *, uint64_t, const struct iovec *, int);
     int (*writev)(AddCowImage *, uint64_t, const struct iovec *, int);
     int (*pread)(AddCowImage *, uint64_t, void *, size_t);

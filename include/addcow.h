@@ -19,8 +19,8 @@
  * conflicting lock. addcow_open_io locks nothing: the host owns its files.
  *
  * Threads: every function may be called from many threads at once on one image, except
- * addcow_close (no other call on the image may run during or after it) and addcow_truncate
- * (the caller orders it against the other calls on the image).
+ * addcow_close (no other call on the image may run during or after it). addcow_truncate waits
+ * for the calls in flight on the image, and calls made meanwhile wait for it.
  *
  * Durability: writeback by default (addcow_flush or addcow_close make writes durable);
  * ADDCOW_OPEN_WRITETHROUGH makes each write durable before it returns. Image data always
@@ -224,7 +224,7 @@ int addcow_close(struct AddCowImage *img);
  * # Safety
  * `img` is NULL or a live handle.
  */
-int64_t addcow_get_length(const struct AddCowImage *img);
+int64_t addcow_get_length(struct AddCowImage *img);
 
 /**
  * The cluster size in bytes (65536 for layout 1), or -EINVAL for NULL.
@@ -232,7 +232,7 @@ int64_t addcow_get_length(const struct AddCowImage *img);
  * # Safety
  * `img` is NULL or a live handle.
  */
-int64_t addcow_get_cluster_size(const struct AddCowImage *img);
+int64_t addcow_get_cluster_size(struct AddCowImage *img);
 
 /**
  * The length in bytes of the data unallocated clusters read from: the backing file's length,
@@ -242,7 +242,7 @@ int64_t addcow_get_cluster_size(const struct AddCowImage *img);
  * # Safety
  * `img` is NULL or a live handle.
  */
-int64_t addcow_get_backing_length(const struct AddCowImage *img);
+int64_t addcow_get_backing_length(struct AddCowImage *img);
 
 /**
  * Reads `iov` from `offset`: allocated clusters from the image file, others from the backing
@@ -295,8 +295,10 @@ int addcow_is_allocated(struct AddCowImage *img, uint64_t offset, uint64_t bytes
 
 /**
  * Shrinks or grows the image to `size` bytes; growing never exposes backing data. 0, -EPERM
- * (read-only), -ENOTSUP (a host image without a truncate callback), or -errno. The caller
- * orders it against other calls on the image.
+ * (read-only), -EFBIG (beyond `ADDCOW_MAX_SIZE`), -ENOTSUP (a host image without a truncate
+ * callback), or -errno. It waits for the calls in flight on the image, and calls made
+ * meanwhile wait for it. A shrink that fails after the image file was cut (syncing it, or
+ * cutting the bitmap) leaves the new size; every other failure leaves the old one.
  *
  * # Safety
  * `img` is NULL or a live handle.

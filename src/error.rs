@@ -9,6 +9,8 @@
 //! - [`Error::Confined`]: `EACCES` (a confined open met a name that leaves its directory);
 //! - [`Error::TooLarge`]: `EFBIG` (a size beyond [`crate::layout::MAX_SIZE`]).
 
+#![forbid(unsafe_code)]
+
 use std::io;
 
 /// Every failure of the library.

@@ -14,6 +14,8 @@
 //! The cluster size is a parameter of [`Geometry`] so that a second layout with other cluster
 //! sizes can sit beside this one.
 
+#![forbid(unsafe_code)]
+
 use crate::error::{Error, Result};
 
 /// The magic at byte 0 of layout 1.

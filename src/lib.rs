@@ -5,8 +5,17 @@
 //! first write to a cluster copies the rest of it from the backing file into the image file,
 //! then sets the bit. Once every bit is set the raw file stands alone.
 //!
-//! Layers, bottom up: [`layout`] (bytes on disk) → [`bitmap`] (in-memory state) → [`storage`]
-//! (byte sources) → [`engine`] (semantics).
+//! Layers, bottom up:
+//! - [`storage`]: byte sources (files, memory), how local files are opened and locked;
+//! - beside each other, depending on neither: [`layout`] (the bytes of the `.add-cow` file,
+//!   the geometry) and [`bitmap`] (the COW bitmap in memory, loaded through a `bitmap::Store`);
+//! - [`mapping`]: the mapping core, the format logic without data I/O (layout + bitmap over a
+//!   metadata `Storage`);
+//! - [`engine`]: the generic I/O loop ([`Image`], a host of the core) and the lifecycle (open,
+//!   create, truncate);
+//! - [`capi`]: the C boundary.
+
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod bitmap;
 pub mod capi;

@@ -49,6 +49,8 @@
 //! Lock order: the eviction lock, the unsynced set, the table's queue; the write-back mutex
 //! before the unsynced set.
 
+#![forbid(unsafe_code)]
+
 mod page;
 mod store;
 mod table;

@@ -31,6 +31,25 @@ impl FfiReturn for i64 {
     }
 }
 
+/// Getters that answer 0 for "none".
+impl FfiReturn for u32 {
+    fn from_errno(_: i32) -> u32 {
+        0
+    }
+}
+
+/// Getters of strings: NULL for "none".
+impl FfiReturn for *const c_char {
+    fn from_errno(_: i32) -> *const c_char {
+        std::ptr::null()
+    }
+}
+
+/// Functions without a result (`addcow_header_free`).
+impl FfiReturn for () {
+    fn from_errno(_: i32) {}
+}
+
 /// Runs `body` for the exported function `name`: its value on success; on an error or a panic,
 /// the negative errno, with the message recorded for this thread.
 pub(super) fn ffi<R: FfiReturn>(name: &str, body: impl FnOnce() -> Result<R>) -> R {

@@ -18,7 +18,11 @@ pub struct AddCowHeader {
     backing_file: Option<CString>,
 }
 
-fn store(
+/// Reads a header and stores a new handle for it in `*out` (NULL on failure).
+///
+/// # Safety
+/// `out` is NULL or writable.
+unsafe fn store(
     out: *mut *mut AddCowHeader,
     read: impl FnOnce() -> Result<crate::layout::Header>,
 ) -> Result<c_int> {
@@ -51,13 +55,15 @@ pub unsafe extern "C" fn addcow_header_read(
     out: *mut *mut AddCowHeader,
 ) -> c_int {
     ffi("addcow_header_read", || {
-        store(out, || {
+        let read = || {
             // SAFETY: the caller's guarantee.
             let path = OsStr::from_bytes(unsafe { c_str(path, "path")? }.to_bytes());
             let name = format!("add-cow file '{}'", path.to_string_lossy());
             let file = open_path(Path::new(path), Access::read(false), &name)?;
             read_header(&FileStorage::new(file), &name)
-        })
+        };
+        // SAFETY: the caller's guarantee on `out`, forwarded.
+        unsafe { store(out, read) }
     })
 }
 
@@ -72,7 +78,7 @@ pub unsafe extern "C" fn addcow_header_read_io(
     out: *mut *mut AddCowHeader,
 ) -> c_int {
     ffi("addcow_header_read_io", || {
-        store(out, || {
+        let read = || {
             // SAFETY: the caller's guarantee; NULL is refused.
             let table = unsafe { meta.as_ref() }.ok_or_else(|| bad_arg("meta is NULL"))?;
             let storage = HostStorage::reader(*table).map_err(|e| match e.raw_os_error() {
@@ -80,7 +86,9 @@ pub unsafe extern "C" fn addcow_header_read_io(
                 _ => Error::io("get length of", "add-cow file (host I/O)", 0, e),
             })?;
             read_header(&storage, "add-cow file (host I/O)")
-        })
+        };
+        // SAFETY: the caller's guarantee on `out`, forwarded.
+        unsafe { store(out, read) }
     })
 }
 
@@ -97,8 +105,10 @@ unsafe fn get<'a>(h: *const AddCowHeader) -> Option<&'a AddCowHeader> {
 /// `h` is NULL or a live header.
 #[no_mangle]
 pub unsafe extern "C" fn addcow_header_layout(h: *const AddCowHeader) -> u32 {
-    // SAFETY: the caller's guarantee.
-    unsafe { get(h) }.map_or(0, |h| h.layout)
+    ffi("addcow_header_layout", || {
+        // SAFETY: the caller's guarantee.
+        Ok(unsafe { get(h) }.map_or(0, |h| h.layout))
+    })
 }
 
 /// The cluster size in bytes, or 0 for NULL.
@@ -107,8 +117,10 @@ pub unsafe extern "C" fn addcow_header_layout(h: *const AddCowHeader) -> u32 {
 /// `h` is NULL or a live header.
 #[no_mangle]
 pub unsafe extern "C" fn addcow_header_cluster_size(h: *const AddCowHeader) -> u32 {
-    // SAFETY: the caller's guarantee.
-    unsafe { get(h) }.map_or(0, |h| h.cluster_size)
+    ffi("addcow_header_cluster_size", || {
+        // SAFETY: the caller's guarantee.
+        Ok(unsafe { get(h) }.map_or(0, |h| h.cluster_size))
+    })
 }
 
 /// The image file name exactly as stored (relative names are relative to the `.add-cow` file's
@@ -118,8 +130,10 @@ pub unsafe extern "C" fn addcow_header_cluster_size(h: *const AddCowHeader) -> u
 /// `h` is NULL or a live header.
 #[no_mangle]
 pub unsafe extern "C" fn addcow_header_image_file(h: *const AddCowHeader) -> *const c_char {
-    // SAFETY: the caller's guarantee.
-    unsafe { get(h) }.map_or(std::ptr::null(), |h| h.image_file.as_ptr())
+    ffi("addcow_header_image_file", || {
+        // SAFETY: the caller's guarantee.
+        Ok(unsafe { get(h) }.map_or(std::ptr::null(), |h| h.image_file.as_ptr()))
+    })
 }
 
 /// The backing file name as stored, or NULL when there is none (or for a NULL header). Valid
@@ -129,10 +143,12 @@ pub unsafe extern "C" fn addcow_header_image_file(h: *const AddCowHeader) -> *co
 /// `h` is NULL or a live header.
 #[no_mangle]
 pub unsafe extern "C" fn addcow_header_backing_file(h: *const AddCowHeader) -> *const c_char {
-    // SAFETY: the caller's guarantee.
-    unsafe { get(h) }
-        .and_then(|h| h.backing_file.as_ref())
-        .map_or(std::ptr::null(), |b| b.as_ptr())
+    ffi("addcow_header_backing_file", || {
+        // SAFETY: the caller's guarantee.
+        Ok(unsafe { get(h) }
+            .and_then(|h| h.backing_file.as_ref())
+            .map_or(std::ptr::null(), |b| b.as_ptr()))
+    })
 }
 
 /// Frees a header; NULL is a no-op.
@@ -141,10 +157,13 @@ pub unsafe extern "C" fn addcow_header_backing_file(h: *const AddCowHeader) -> *
 /// `h` is NULL or a live header, not used afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn addcow_header_free(h: *mut AddCowHeader) {
-    if !h.is_null() {
-        // SAFETY: a live header from Box::into_raw, handed back exactly once.
-        drop(unsafe { Box::from_raw(h) });
-    }
+    ffi("addcow_header_free", || {
+        if !h.is_null() {
+            // SAFETY: a live header from Box::into_raw, handed back exactly once.
+            drop(unsafe { Box::from_raw(h) });
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -195,11 +214,9 @@ mod tests {
             addcow_header_free(h);
         }
         let no_read = AddCowIo { preadv: None, ..io };
-        // SAFETY: as above.
-        assert_eq!(
-            unsafe { addcow_header_read_io(&no_read, &mut h) },
-            -libc::EINVAL
-        );
+        // SAFETY: a valid table and a writable out pointer.
+        let r = unsafe { addcow_header_read_io(&no_read, &mut h) };
+        assert_eq!(r, -libc::EINVAL);
         assert!(h.is_null());
     }
 }

@@ -86,7 +86,10 @@ pub(super) unsafe fn read_bufs<'a>(
     let entries = unsafe { entries(iov, iovcnt)? };
     Ok(entries
         .iter()
-        .map(|e| IoSliceMut::new(unsafe { bytes_mut(e.iov_base, e.iov_len) }))
+        .map(|e| {
+            // SAFETY: the caller's guarantee that each buffer is writable; checked entries.
+            IoSliceMut::new(unsafe { bytes_mut(e.iov_base, e.iov_len) })
+        })
         .collect())
 }
 
@@ -102,7 +105,10 @@ pub(super) unsafe fn write_bufs<'a>(
     let entries = unsafe { entries(iov, iovcnt)? };
     Ok(entries
         .iter()
-        .map(|e| IoSlice::new(unsafe { bytes(e.iov_base, e.iov_len) }))
+        .map(|e| {
+            // SAFETY: the caller's guarantee that each buffer is readable; checked entries.
+            IoSlice::new(unsafe { bytes(e.iov_base, e.iov_len) })
+        })
         .collect())
 }
 

@@ -8,9 +8,8 @@
 //! `ADDCOW_MAX_SIZE`, host errors (`EIO`, `ENOSPC`, …) passed through. A panic inside the library returns `-EIO`; none unwinds into C.
 //!
 //! Threads: every function may be called from many threads at once on one image, except
-//! `addcow_close` (the caller makes sure no other call on the image is running or follows) and
-//! `addcow_truncate` (the caller orders it against the other calls; it waits for requests in
-//! flight, but a request that starts after it sees the new size).
+//! `addcow_close` (the caller makes sure no other call on the image is running or follows).
+//! `addcow_truncate` waits for the calls in flight, and calls made meanwhile wait for it.
 
 mod boundary;
 mod create;
@@ -51,7 +50,7 @@ pub struct AddCowImage {
 
 /// # Safety
 /// `img` is NULL or a live handle from `addcow_open`/`addcow_open_io`.
-unsafe fn image<'a>(img: *const AddCowImage) -> Result<&'a Image> {
+unsafe fn image<'a>(img: *mut AddCowImage) -> Result<&'a Image> {
     // SAFETY: the caller's guarantee; NULL is refused.
     unsafe { img.as_ref() }
         .map(|h| &h.image)
@@ -101,7 +100,7 @@ pub unsafe extern "C" fn addcow_close(img: *mut AddCowImage) -> c_int {
 /// # Safety
 /// `img` is NULL or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn addcow_get_length(img: *const AddCowImage) -> i64 {
+pub unsafe extern "C" fn addcow_get_length(img: *mut AddCowImage) -> i64 {
     ffi("addcow_get_length", || {
         // SAFETY: the caller's guarantee.
         let size = unsafe { image(img)? }.size();
@@ -114,9 +113,9 @@ pub unsafe extern "C" fn addcow_get_length(img: *const AddCowImage) -> i64 {
 /// # Safety
 /// `img` is NULL or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn addcow_get_cluster_size(img: *const AddCowImage) -> i64 {
-    // SAFETY: the caller's guarantee.
+pub unsafe extern "C" fn addcow_get_cluster_size(img: *mut AddCowImage) -> i64 {
     ffi("addcow_get_cluster_size", || {
+        // SAFETY: the caller's guarantee.
         Ok(unsafe { image(img)? }.cluster_size() as i64)
     })
 }
@@ -128,7 +127,7 @@ pub unsafe extern "C" fn addcow_get_cluster_size(img: *const AddCowImage) -> i64
 /// # Safety
 /// `img` is NULL or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn addcow_get_backing_length(img: *const AddCowImage) -> i64 {
+pub unsafe extern "C" fn addcow_get_backing_length(img: *mut AddCowImage) -> i64 {
     ffi("addcow_get_backing_length", || {
         // SAFETY: the caller's guarantee.
         let len = match unsafe { image(img)? }.backing() {
@@ -245,15 +244,17 @@ pub unsafe extern "C" fn addcow_is_allocated(
 }
 
 /// Shrinks or grows the image to `size` bytes; growing never exposes backing data. 0, -EPERM
-/// (read-only), -ENOTSUP (a host image without a truncate callback), or -errno. The caller
-/// orders it against other calls on the image.
+/// (read-only), -EFBIG (beyond `ADDCOW_MAX_SIZE`), -ENOTSUP (a host image without a truncate
+/// callback), or -errno. It waits for the calls in flight on the image, and calls made
+/// meanwhile wait for it. A shrink that fails after the image file was cut (syncing it, or
+/// cutting the bitmap) leaves the new size; every other failure leaves the old one.
 ///
 /// # Safety
 /// `img` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn addcow_truncate(img: *mut AddCowImage, size: u64) -> c_int {
-    // SAFETY: the caller's guarantee.
     ffi("addcow_truncate", || {
+        // SAFETY: the caller's guarantee.
         unsafe { image(img)? }.truncate(size).map(|()| 0)
     })
 }
@@ -265,8 +266,8 @@ pub unsafe extern "C" fn addcow_truncate(img: *mut AddCowImage, size: u64) -> c_
 /// `img` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn addcow_flush(img: *mut AddCowImage) -> c_int {
-    // SAFETY: the caller's guarantee.
     ffi("addcow_flush", || {
+        // SAFETY: the caller's guarantee.
         unsafe { image(img)? }.flush().map(|()| 0)
     })
 }
@@ -275,11 +276,13 @@ pub unsafe extern "C" fn addcow_flush(img: *mut AddCowImage) -> c_int {
 /// thread's next failing call.
 #[no_mangle]
 pub extern "C" fn addcow_last_error() -> *const c_char {
-    boundary::last_error()
+    ffi("addcow_last_error", || Ok(boundary::last_error()))
 }
 
 /// The library version, e.g. "0.1.0". Never NULL; static.
 #[no_mangle]
 pub extern "C" fn addcow_version() -> *const c_char {
-    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+    ffi("addcow_version", || {
+        Ok(concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast())
+    })
 }

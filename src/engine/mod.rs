@@ -1,6 +1,8 @@
 //! The engine: the generic I/O loop over the mapping core ([`Image`], in `image.rs`) and the
 //! lifecycle of images: open (`open.rs`, with the file rules of `files.rs`), create, truncate.
 
+#![forbid(unsafe_code)]
+
 mod backing;
 mod create;
 mod files;

@@ -26,6 +26,8 @@
 //!   bit in a copy had its data written before the copy, so before the image file was flushed:
 //!   the disk never holds a set bit whose data is not durable.
 
+#![forbid(unsafe_code)]
+
 mod claims;
 mod resize;
 mod write;

@@ -1,5 +1,5 @@
 //! Byte sources: the files (or host callbacks, or memory) an image is made of, and how local
-//! files are opened ([`open`]: types, confinement) and locked ([`lock`]: QEMU's lock bytes).
+//! files are opened (`open.rs`: types, confinement) and locked (`lock.rs`: QEMU's lock bytes).
 //!
 //! Contract of every [`Storage`]:
 //! - positional and vectored: no shared file offset, so any number of threads may call at once;
