@@ -1,0 +1,818 @@
+//! The host: this test's own driver of the core, as a block layer drives it. It owns the image
+//! file and the backing file and does all their I/O; it keeps every guest write request as an
+//! explicit state machine ([`World::step`] moves one request by one step) and the metadata
+//! write-back as another ([`World::wb_step`]), so that a scheduler (or a scripted test) decides
+//! the interleaving. Every answer of the core is checked against the [`Model`] where it is
+//! given, and every byte read against the model's content.
+//!
+//! A write request: `begin_write` → `Busy(g)` (wait until the generation moves, then begin
+//! again) | `InPlace(n)` (write the image file) | `Allocate(txn)` (read the head and tail from
+//! the backing file, write the cluster range, then `commit`, or `abort` on a failure) → the
+//! next piece, until the request's end. A failure (injected) ends the request with an error.
+//!
+//! A write-back: `writeback_begin` → flush the image file → `writeback_write` → `sync_meta` →
+//! `writeback_end`; abandoned (`writeback_end(wb, false)`) at any point or after a failure.
+//! Write-backs run one at a time: `writeback_begin` blocks while one is open (the bitmap's
+//! `take_dirty` waits on a mutex), which on one thread would hang.
+
+use crate::common::harness::written;
+use crate::common::Rng;
+use crate::files::{clusters, BackingFile, ImageFile, MetaFile, CS};
+pub use crate::model::ReqId;
+use crate::model::{cluster_span, Model};
+use crate::stats::Stats;
+use crate::trace::note;
+use addcow::layout::Header;
+use addcow::mapping::{Begin, Core, CoreOptions, Kind, Step, Txn, WriteBack};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+
+pub const HEADER: usize = 2560;
+/// Clusters per bitmap page.
+pub const PAGE_CLUSTERS: u64 = 32768;
+/// Images of up to this many clusters are used whole; larger ones only around a few spots.
+const DENSE_CLUSTERS: u64 = 16;
+
+/// A host that breaks a rule, for the tests that show the checks fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Commits a transaction before writing its data (which lands at the request's next step).
+    CommitBeforeWrite,
+    /// Reads the head of a cluster from the backing file 512 bytes too far.
+    HeadFromWrongOffset,
+    /// Does not flush the image file in a write-back.
+    SkipImageFlush,
+    /// Forgets a transaction instead of committing it, and calls the request failed.
+    LeakTxn,
+}
+
+/// A failure injected into a step of a request (ignored by steps it does not apply to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inject {
+    None,
+    /// Allocating: the backing read fails, nothing lands; abort.
+    FailBeforeWrite,
+    /// The image-file write fails after this many bytes (at most all but one) landed; an
+    /// allocating write aborts.
+    FailMidWrite(u64),
+    /// Allocating: the data landed, then something failed (the flush of a writethrough host);
+    /// abort.
+    AbortAfterWrite,
+    /// Allocating: loading a bitmap page fails during the commit (when it loads one).
+    FailCommitRead,
+}
+
+/// What a step of a request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Did {
+    Busy,
+    InPlace,
+    Allocate,
+    /// Data written to the image file.
+    Landed,
+    Committed,
+    /// The request ended with an error.
+    Failed,
+}
+
+/// A failure injected into a write-back step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WbInject {
+    None,
+    /// `writeback_end(wb, false)` now.
+    Abandon,
+    /// The write of the copies fails after this many pages.
+    FailWrite(u32),
+    /// The flush of the `.add-cow` file fails.
+    FailSync,
+}
+
+/// What a write-back step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WbDid {
+    Begun,
+    Flushed,
+    Written,
+    Synced,
+    Ended { durable: bool },
+}
+
+/// The image a run starts with.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub size: u64,
+    pub backing: Option<u64>,
+    /// The core's cap on cached bitmap pages (0: the default).
+    pub cache_bytes: u64,
+}
+
+/// The set bits of `bitmap` below cluster `limit`.
+pub fn bits_of(bitmap: &[u8], limit: u64) -> BTreeSet<u64> {
+    let mut bits = BTreeSet::new();
+    for (k, &byte) in bitmap.iter().enumerate().filter(|(_, &b)| b != 0) {
+        for j in 0..8 {
+            let c = k as u64 * 8 + j;
+            if byte >> j & 1 == 1 && c < limit {
+                bits.insert(c);
+            }
+        }
+    }
+    bits
+}
+
+/// What outlives a core: the files, the model, the counts.
+pub struct Host {
+    pub rng: Rng,
+    pub meta: MetaFile,
+    pub image: ImageFile,
+    pub backing: BackingFile,
+    pub model: Model,
+    pub stats: Stats,
+    pub fault: Fault,
+    header: Header,
+    cache_bytes: u64,
+    next_id: ReqId,
+}
+
+impl Host {
+    pub fn new(setup: &Setup, seed: u64) -> Host {
+        let header = Header::new(b"disk.raw", Some(b"base.raw")).unwrap();
+        let mut meta = header.to_bytes().to_vec();
+        meta.resize(HEADER + clusters(setup.size).div_ceil(8) as usize, 0);
+        let backing = BackingFile {
+            len: setup.backing,
+            version: 0,
+        };
+        note(format!("setup {setup:?}"));
+        Host {
+            rng: Rng::new(seed),
+            meta: MetaFile::new(meta),
+            image: ImageFile::new(setup.size),
+            backing,
+            model: Model::new(setup.size, backing),
+            stats: Stats::default(),
+            fault: Fault::None,
+            header,
+            cache_bytes: setup.cache_bytes,
+            next_id: 1,
+        }
+    }
+
+    /// A core over the `.add-cow` file as it is now, for the image file's length.
+    pub fn open(&self) -> Core {
+        let header = Header::parse(&self.meta.current()[..HEADER]).unwrap();
+        assert_eq!(header, self.header, "the header changed");
+        let opts = CoreOptions {
+            writable: true,
+            bitmap_cache_bytes: self.cache_bytes,
+        };
+        let meta = (Box::new(self.meta.clone()) as _, "add-cow".to_owned());
+        let core = Core::new(meta, header, self.image.current.len, opts);
+        core.set_backing_len(self.backing.len);
+        core
+    }
+
+    /// Where requests go: the whole image when it is small; otherwise a few clusters at its
+    /// start, around the bitmap's page boundaries and at its end.
+    pub fn regions(&self) -> Vec<Range<u64>> {
+        let (size, n) = (self.model.size, clusters(self.model.size));
+        if n <= DENSE_CLUSTERS {
+            return std::iter::once(0..size).collect();
+        }
+        let p = PAGE_CLUSTERS;
+        let mut spots = [(0, 3), (p - 2, p + 2), (2 * p - 2, 2 * p + 2), (n - 3, n)];
+        spots.sort_unstable();
+        let mut out: Vec<Range<u64>> = Vec::new();
+        for (a, b) in spots {
+            let r = a * CS..(b * CS).min(size);
+            match out.last_mut() {
+                _ if r.start >= r.end => {}
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => out.push(r),
+            }
+        }
+        out
+    }
+
+    /// Reads `offset..offset + len` as a host does (`map`, then the file each run names) and
+    /// checks every run and every byte against the model. Returns the bytes.
+    pub fn read_check(&mut self, core: &Core, offset: u64, len: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; len as usize];
+        let mut pos = 0;
+        while pos < len {
+            let at = offset + pos;
+            let e = core.map(at, len - pos).unwrap();
+            self.model.check_extent(at, len - pos, e);
+            self.stats.bump("maps");
+            let part = &mut buf[pos as usize..(pos + e.len) as usize];
+            match e.kind {
+                Kind::Data => self.image.current.read(at, part),
+                Kind::Backing => part.copy_from_slice(&self.backing.read(at, e.len)),
+                Kind::Zero => part.fill(0),
+            }
+            pos += e.len;
+        }
+        let want = self.model.expect(offset, len);
+        if buf != want {
+            let i = buf.iter().zip(&want).position(|(a, b)| a != b).unwrap();
+            let at = offset + i as u64;
+            panic!(
+                "read {offset:#x}+{len:#x}: byte {at:#x} (cluster {}, {}) reads {:#04x}, the \
+                 model says {:#04x}",
+                at / CS,
+                match self.model.allocated(at / CS) {
+                    true => "allocated",
+                    false => "unallocated",
+                },
+                buf[i],
+                want[i]
+            );
+        }
+        self.stats.bump("reads");
+        buf
+    }
+
+    /// Everything at once: the size, every run of the image by `map`, every byte where requests
+    /// go and of every allocated cluster.
+    pub fn check_all(&mut self, core: &Core) {
+        let size = self.model.size;
+        assert_eq!(core.size(), size, "size");
+        assert_eq!(core.backing_len(), self.backing.len, "backing length");
+        let mut at = 0;
+        while at < size {
+            let e = core.map(at, size - at).unwrap();
+            self.model.check_extent(at, size - at, e);
+            at += e.len;
+        }
+        self.model.check_extent(size, 1, core.map(size, 1).unwrap());
+        for r in self.regions() {
+            self.read_check(core, r.start, r.end - r.start);
+        }
+        for c in self.model.allocated_set() {
+            let end = ((c + 1) * CS).min(size);
+            self.read_check(core, c * CS, end - c * CS);
+        }
+        self.stats.bump("full checks");
+    }
+
+    /// The image file is flushed: what it holds now survives a crash.
+    pub fn image_flush(&mut self) {
+        self.image.flush();
+        self.model.image_flushed();
+    }
+
+    /// A crash: `core` is dropped with whatever it had in flight, the files keep what was
+    /// flushed, and a fresh core opens them. Checks what survived, then everything.
+    pub fn crash(&mut self, core: Core) -> Core {
+        drop(core);
+        self.meta.crash();
+        self.image.crash();
+        let size = self.image.current.len;
+        let bits = bits_of(&self.meta.current()[HEADER..], clusters(size));
+        note(format!("crash: size {size:#x}, allocated on disk {bits:?}"));
+        self.model.crash(size, bits);
+        self.stats.bump("crashes");
+        let core = self.open();
+        self.check_all(&core);
+        core
+    }
+
+    /// Resizes the image as `engine::truncate` does (see there for why this order is
+    /// crash-safe): the host's exclusive operation, between requests.
+    pub fn truncate(&mut self, core: &mut Core, size: u64) {
+        let old = core.size();
+        note(format!("truncate {old:#x} -> {size:#x}"));
+        if size < old {
+            core.shrink_begin(size).unwrap();
+            self.image.current.resize(size);
+            self.model.shrink(size);
+            core.shrink_commit(size).unwrap();
+            self.image_flush();
+            core.shrink_finish().unwrap();
+        } else if size > old {
+            core.grow_begin(size).unwrap();
+            if self.backing.len.unwrap_or(0) > old {
+                self.allocate_grown_area(core, old, size);
+            }
+            World::new(self, core).writeback_complete();
+            self.image.current.resize(size);
+            self.model.grow(size);
+            core.grow_commit(size);
+        }
+        self.stats.bump("truncates");
+        self.check_all(core);
+    }
+
+    /// Growing over a longer backing file: the partial cluster at the old end is completed from
+    /// the backing file, every new cluster is allocated (and reads zeros).
+    fn allocate_grown_area(&mut self, core: &Core, old: u64, new: u64) {
+        if old % CS != 0 {
+            let (c, start) = (old / CS, old / CS * CS);
+            let allocated = core.is_allocated(start, 1).unwrap().0;
+            assert_eq!(allocated, self.model.allocated(c), "cluster {c}");
+            if !allocated {
+                let head = self.backing.read(start, old - start);
+                self.image.current.write(start, &head);
+                core.grow_allocate(c..c + 1).unwrap();
+                let planned = self.model.planned(start, old, old, &[]);
+                self.model.commit(start, &planned);
+            }
+        }
+        let grown = old.div_ceil(CS)..clusters(new);
+        core.grow_allocate(grown.clone()).unwrap();
+        for c in grown {
+            self.model.commit(c * CS, &vec![0; CS as usize]);
+        }
+        self.stats.bump("grows over backing");
+    }
+}
+
+/// One guest write request in flight.
+struct Req {
+    offset: u64,
+    len: u64,
+    data: Vec<u8>,
+    /// Bytes done.
+    pos: u64,
+    phase: Phase,
+    /// Another request writing some of the same bytes was in flight with this one: the last to
+    /// land wins.
+    overlapped: bool,
+}
+
+/// Where a request is.
+enum Phase {
+    /// Next: `begin_write` for the rest.
+    Begin,
+    /// Told busy at this generation: begin again once it moved.
+    Busy(u64),
+    /// Next: write this many bytes in place.
+    InPlace(u64),
+    /// Next: write the transaction's cluster range; the model's content for it.
+    Claimed(Txn, Vec<u8>),
+    /// Next: commit.
+    Landed(Txn, Vec<u8>),
+    /// A broken host committed first: the cluster range lands next.
+    Late {
+        start: u64,
+        bytes: Vec<u8>,
+        len: u64,
+    },
+}
+
+/// The write-back in flight and the allocation when it began.
+struct Wb<'c> {
+    wb: WriteBack<'c>,
+    bits: BTreeSet<u64>,
+    stage: WbDid,
+}
+
+/// A host with its requests and write-back in flight over one core.
+pub struct World<'h, 'c> {
+    pub host: &'h mut Host,
+    pub core: &'c Core,
+    reqs: BTreeMap<ReqId, Req>,
+    wb: Option<Wb<'c>>,
+}
+
+impl<'h, 'c> World<'h, 'c> {
+    pub fn new(host: &'h mut Host, core: &'c Core) -> World<'h, 'c> {
+        World {
+            host,
+            core,
+            reqs: BTreeMap::new(),
+            wb: None,
+        }
+    }
+
+    /// A new write request of `len > 0` bytes at `offset`.
+    pub fn start(&mut self, offset: u64, len: u64) -> ReqId {
+        let id = self.host.next_id;
+        self.host.next_id += 1;
+        let mut overlapped = false;
+        for other in self.reqs.values_mut() {
+            if other.offset < offset + len && offset < other.offset + other.len {
+                other.overlapped = true;
+                overlapped = true;
+            }
+        }
+        let req = Req {
+            offset,
+            len,
+            data: written((id % 127) as u8, offset, len),
+            pos: 0,
+            phase: Phase::Begin,
+            overlapped,
+        };
+        self.reqs.insert(id, req);
+        note(format!("r{id} start {offset:#x}+{len:#x}"));
+        self.host.stats.bump("requests");
+        self.host.stats.max("max in flight", self.reqs.len() as u64);
+        if overlapped {
+            self.host.stats.bump("overlapping requests");
+        }
+        id
+    }
+
+    pub fn in_flight(&self) -> Vec<ReqId> {
+        self.reqs.keys().copied().collect()
+    }
+
+    pub fn is_done(&self, id: ReqId) -> bool {
+        !self.reqs.contains_key(&id)
+    }
+
+    /// Whether stepping `id` may make progress: not waiting for a generation that did not move.
+    pub fn runnable(&self, id: ReqId) -> bool {
+        match self.reqs[&id].phase {
+            Phase::Busy(g) => self.core.generation() != g,
+            _ => true,
+        }
+    }
+
+    /// Whether request `id` holds a transaction over clusters of two bitmap pages.
+    pub fn claim_crosses_pages(&self, id: ReqId) -> bool {
+        match &self.reqs[&id].phase {
+            Phase::Claimed(txn, _) | Phase::Landed(txn, _) => {
+                let span = cluster_span(txn.offset(), txn.len());
+                span.start / PAGE_CLUSTERS != (span.end - 1) / PAGE_CLUSTERS
+            }
+            _ => false,
+        }
+    }
+
+    pub fn quiescent(&self) -> bool {
+        self.reqs.is_empty() && self.wb.is_none()
+    }
+
+    pub fn read(&mut self, offset: u64, len: u64) -> Vec<u8> {
+        note(format!("read {offset:#x}+{len:#x}"));
+        self.host.read_check(self.core, offset, len)
+    }
+
+    /// Replaces the backing file (between requests).
+    pub fn set_backing(&mut self, backing: BackingFile) {
+        assert!(
+            self.reqs.is_empty(),
+            "the backing file changes between requests"
+        );
+        note(format!("backing {backing:?}"));
+        self.core.set_backing_len(backing.len);
+        self.host.backing = backing;
+        self.host.model.backing = backing;
+        self.host.stats.bump("backing changes");
+    }
+
+    /// Moves request `id` by one step.
+    pub fn step(&mut self, id: ReqId, inject: Inject) -> Did {
+        let mut req = self
+            .reqs
+            .remove(&id)
+            .unwrap_or_else(|| panic!("request {id} is not in flight"));
+        let did = match std::mem::replace(&mut req.phase, Phase::Begin) {
+            Phase::Begin | Phase::Busy(_) => self.begin(id, &mut req),
+            Phase::InPlace(n) => self.write_in_place(id, &mut req, n, inject),
+            Phase::Claimed(txn, planned) => self.write_cluster(id, &mut req, txn, planned, inject),
+            Phase::Landed(txn, planned) => self.commit(id, &mut req, txn, planned, inject),
+            Phase::Late { start, bytes, len } => {
+                self.host.image.current.write(start, &bytes);
+                note(format!("r{id} lands {start:#x}+{:#x} late", bytes.len()));
+                req.pos += len;
+                Did::Landed
+            }
+        };
+        if did == Did::Failed {
+            self.host.stats.bump("failed requests");
+        } else if req.pos == req.len {
+            self.complete(id, req);
+        } else {
+            self.reqs.insert(id, req);
+        }
+        did
+    }
+
+    fn begin(&mut self, id: ReqId, req: &mut Req) -> Did {
+        let (at, rest) = (req.offset + req.pos, req.len - req.pos);
+        let generation = self.core.generation();
+        let model = &mut self.host.model;
+        match self.core.begin_write(at, rest).unwrap() {
+            Begin::Busy(g) => {
+                note(format!("r{id} begin {at:#x}+{rest:#x}: busy at {g}"));
+                assert_eq!(
+                    g, generation,
+                    "begin_write({at:#x}, {rest:#x}): busy at a generation that is not the \
+                     current one"
+                );
+                model.check_busy(at, rest);
+                req.phase = Phase::Busy(g);
+                self.host.stats.bump("busy");
+                Did::Busy
+            }
+            Begin::Ready(Step::InPlace(n)) => {
+                note(format!("r{id} begin {at:#x}+{rest:#x}: in place {n:#x}"));
+                model.check_in_place(at, rest, n);
+                req.phase = Phase::InPlace(n);
+                Did::InPlace
+            }
+            Begin::Ready(Step::Allocate(txn)) => {
+                let g = [
+                    txn.offset(),
+                    txn.len(),
+                    txn.cluster_start(),
+                    txn.cluster_end(),
+                    txn.head_backing(),
+                    txn.tail_backing(),
+                ];
+                note(format!("r{id} begin {at:#x}+{rest:#x}: allocate {g:x?}"));
+                assert!(!txn.is_empty());
+                model.claim(id, at, rest, g);
+                let data = &req.data[req.pos as usize..(req.pos + txn.len()) as usize];
+                let planned = model.planned(txn.cluster_start(), txn.cluster_end(), at, data);
+                self.host.stats.max("max claims", model.claims() as u64);
+                self.host.stats.bump("allocations");
+                req.phase = Phase::Claimed(txn, planned);
+                Did::Allocate
+            }
+        }
+    }
+
+    fn write_in_place(&mut self, id: ReqId, req: &mut Req, n: u64, inject: Inject) -> Did {
+        let at = req.offset + req.pos;
+        let data = &req.data[req.pos as usize..(req.pos + n) as usize];
+        let landed = match inject {
+            Inject::FailMidWrite(k) => k.min(n - 1),
+            _ => n,
+        };
+        self.host.image.current.write(at, &data[..landed as usize]);
+        self.host.model.land(at, &data[..landed as usize]);
+        self.host.stats.bump("in-place writes");
+        if landed < n {
+            note(format!(
+                "r{id} write {at:#x}+{n:#x} in place: fails after {landed:#x}"
+            ));
+            return Did::Failed;
+        }
+        note(format!("r{id} write {at:#x}+{n:#x} in place"));
+        req.pos += n;
+        Did::Landed
+    }
+
+    /// The image-file bytes of a transaction, as the host builds them.
+    fn cluster_bytes(&self, txn: &Txn, data: &[u8]) -> Vec<u8> {
+        let backing = &self.host.backing;
+        let skew = match self.host.fault {
+            Fault::HeadFromWrongOffset => 512,
+            _ => 0,
+        };
+        let mut bytes = backing.read(txn.cluster_start() + skew, txn.head_backing());
+        bytes.resize(txn.head_len() as usize, 0);
+        bytes.extend_from_slice(data);
+        let mut tail = backing.read(txn.offset() + txn.len(), txn.tail_backing());
+        tail.resize(txn.tail_len() as usize, 0);
+        bytes.extend(tail);
+        bytes
+    }
+
+    fn write_cluster(
+        &mut self,
+        id: ReqId,
+        req: &mut Req,
+        txn: Txn,
+        planned: Vec<u8>,
+        inject: Inject,
+    ) -> Did {
+        if inject == Inject::FailBeforeWrite {
+            return self.abort(id, txn, "the backing read failed");
+        }
+        let data = &req.data[req.pos as usize..(req.pos + txn.len()) as usize];
+        let bytes = self.cluster_bytes(&txn, data);
+        let start = txn.cluster_start();
+        if let Inject::FailMidWrite(k) = inject {
+            let k = k.min(bytes.len() as u64 - 1) as usize;
+            self.host.image.current.write(start, &bytes[..k]);
+            return self.abort(id, txn, &format!("the write failed after {k:#x} bytes"));
+        }
+        if self.host.fault == Fault::CommitBeforeWrite {
+            let len = txn.len();
+            self.commit(id, req, txn, planned, Inject::None);
+            req.pos -= len;
+            req.phase = Phase::Late { start, bytes, len };
+            return Did::Committed;
+        }
+        self.host.image.current.write(start, &bytes);
+        note(format!("r{id} write {start:#x}+{:#x}", bytes.len()));
+        req.phase = Phase::Landed(txn, planned);
+        Did::Landed
+    }
+
+    fn commit(
+        &mut self,
+        id: ReqId,
+        req: &mut Req,
+        txn: Txn,
+        planned: Vec<u8>,
+        inject: Inject,
+    ) -> Did {
+        match inject {
+            Inject::AbortAfterWrite => return self.abort(id, txn, "the flush failed"),
+            Inject::FailCommitRead => self.host.meta.fail_read(),
+            _ => {}
+        }
+        let (start, end, len) = (txn.cluster_start(), txn.cluster_end(), txn.len());
+        if self.host.fault == Fault::LeakTxn {
+            // Neither committed nor aborted: its clusters stay claimed.
+            drop(txn);
+            self.host.model.release(id, start / CS);
+            note(format!("r{id} forgets its transaction"));
+            return Did::Failed;
+        }
+        let generation = self.core.generation();
+        let result = self.core.commit(txn);
+        self.host.meta.disarm();
+        assert_ne!(
+            self.core.generation(),
+            generation,
+            "commit: the generation did not move"
+        );
+        self.host.model.release(id, start / CS);
+        match result {
+            Ok(()) => {
+                note(format!("r{id} commit {start:#x}..{end:#x}"));
+                self.host.model.commit(start, &planned);
+                self.host.stats.bump("commits");
+                req.pos += len;
+                Did::Committed
+            }
+            Err(e) => {
+                note(format!("r{id} commit {start:#x}..{end:#x}: fails ({e})"));
+                assert_eq!(inject, Inject::FailCommitRead, "commit failed: {e}");
+                self.host.stats.bump("failed commits");
+                self.host.read_check(self.core, start, end - start);
+                Did::Failed
+            }
+        }
+    }
+
+    /// Aborts after a failure: the request ends with an error, the clusters stay unallocated.
+    fn abort(&mut self, id: ReqId, txn: Txn, why: &str) -> Did {
+        let (start, end) = (txn.cluster_start(), txn.cluster_end());
+        note(format!("r{id} abort {start:#x}..{end:#x}: {why}"));
+        let generation = self.core.generation();
+        self.core.abort(txn);
+        assert_ne!(
+            self.core.generation(),
+            generation,
+            "abort: the generation did not move"
+        );
+        self.host.model.release(id, start / CS);
+        self.host.stats.bump("aborts");
+        self.host.read_check(self.core, start, end - start);
+        Did::Failed
+    }
+
+    /// The request is done: what it wrote reads back (unless an overlapping request landed
+    /// over it).
+    fn complete(&mut self, id: ReqId, req: Req) {
+        note(format!("r{id} done"));
+        let got = self.host.read_check(self.core, req.offset, req.len);
+        if !req.overlapped && got != req.data {
+            {
+                let i = got.iter().zip(&req.data).position(|(a, b)| a != b).unwrap();
+                panic!(
+                    "request {id} ({:#x}+{:#x}) completed, but byte {:#x} reads {:#04x}, not \
+                     what it wrote ({:#04x})",
+                    req.offset,
+                    req.len,
+                    req.offset + i as u64,
+                    got[i],
+                    req.data[i]
+                );
+            }
+        }
+        self.host.stats.bump("completed requests");
+    }
+
+    pub fn wb_open(&self) -> bool {
+        self.wb.is_some()
+    }
+
+    /// Moves the write-back by one step; starts one when none is open.
+    pub fn wb_step(&mut self, inject: WbInject) -> WbDid {
+        let Some(mut wb) = self.wb.take() else {
+            return self.wb_begin();
+        };
+        if inject == WbInject::Abandon {
+            return self.wb_end(wb, false, "abandoned");
+        }
+        let meta = self.host.meta.clone();
+        wb.stage = match wb.stage {
+            WbDid::Begun => {
+                if self.host.fault != Fault::SkipImageFlush {
+                    self.host.image_flush();
+                }
+                note("wb: image file flushed".into());
+                WbDid::Flushed
+            }
+            WbDid::Flushed => {
+                if let WbInject::FailWrite(n) = inject {
+                    meta.fail_write_after(n);
+                }
+                let result = self.core.writeback_write(&wb.wb);
+                meta.disarm();
+                if let Err(e) = result {
+                    assert!(
+                        matches!(inject, WbInject::FailWrite(_)),
+                        "writeback_write: {e}"
+                    );
+                    return self.wb_end(wb, false, "the write failed");
+                }
+                let size = self.host.model.size;
+                let limit = clusters(size).max(wb.bits.last().map_or(0, |c| c + 1));
+                let on_disk = bits_of(&meta.current()[HEADER..], limit);
+                assert_eq!(
+                    on_disk, wb.bits,
+                    "after writeback_write, the .add-cow file's bits are not the allocation \
+                     when the write-back began"
+                );
+                note("wb: written".into());
+                WbDid::Written
+            }
+            WbDid::Written => {
+                if inject == WbInject::FailSync {
+                    meta.fail_flush();
+                }
+                let result = self.core.sync_meta();
+                meta.disarm();
+                if let Err(e) = result {
+                    assert_eq!(inject, WbInject::FailSync, "sync_meta: {e}");
+                    return self.wb_end(wb, false, "the sync failed");
+                }
+                assert!(
+                    meta.synced() == meta.current(),
+                    "sync_meta returned without flushing the changes to the .add-cow file"
+                );
+                note("wb: synced".into());
+                WbDid::Synced
+            }
+            WbDid::Synced => return self.wb_end(wb, true, "durable"),
+            WbDid::Ended { .. } => unreachable!("an ended write-back is not kept"),
+        };
+        let did = wb.stage;
+        self.wb = Some(wb);
+        did
+    }
+
+    fn wb_begin(&mut self) -> WbDid {
+        match self.core.writeback_begin().unwrap() {
+            Begin::Ready(wb) => {
+                let bits = self.host.model.allocated_set();
+                note(format!("wb: begin, allocated {bits:?}"));
+                assert!(
+                    !(wb.is_empty() && self.host.model.has_undurable()),
+                    "writeback_begin copied no page, but clusters were allocated since the \
+                     last durable write-back"
+                );
+                self.host.stats.bump("write-backs");
+                self.wb = Some(Wb {
+                    wb,
+                    bits,
+                    stage: WbDid::Begun,
+                });
+                WbDid::Begun
+            }
+            Begin::Busy(g) => panic!("writeback_begin: busy at {g}, with no write-back open"),
+        }
+    }
+
+    fn wb_end(&mut self, wb: Wb<'c>, durable: bool, why: &str) -> WbDid {
+        note(format!("wb: end ({why})"));
+        let generation = self.core.generation();
+        self.core.writeback_end(wb.wb, durable);
+        assert_ne!(
+            self.core.generation(),
+            generation,
+            "writeback_end: the generation did not move"
+        );
+        match durable {
+            true => {
+                self.host.model.writeback_durable(wb.bits);
+                self.host.stats.bump("durable write-backs");
+            }
+            false => self.host.stats.bump("abandoned write-backs"),
+        }
+        WbDid::Ended { durable }
+    }
+
+    /// Ends the write-back in flight, if any, then runs a whole one: every allocation so far is
+    /// durable.
+    pub fn writeback_complete(&mut self) {
+        while self.wb.is_some() {
+            self.wb_step(WbInject::None);
+        }
+        self.wb_step(WbInject::None);
+        while self.wb.is_some() {
+            self.wb_step(WbInject::None);
+        }
+    }
+}
