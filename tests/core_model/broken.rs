@@ -11,6 +11,7 @@ fn host(fault: Fault) -> Host {
         size: 2 * CS,
         backing: Some(2 * CS),
         cache_bytes: 0,
+        holes: false,
     };
     let mut host = Host::new(&setup, 1);
     host.fault = fault;
@@ -78,6 +79,21 @@ fn a_leaked_transaction_is_caught() {
     w.step(b, Inject::None);
 }
 
+/// Never commits: the request waiting for its cluster never goes through, and draining the
+/// requests in flight reports it.
+#[test]
+#[should_panic(expected = "no progress: requests [1, 2] still in flight")]
+fn a_stalled_transaction_is_caught() {
+    let mut host = host(Fault::StallCommit);
+    let core = host.open();
+    let mut w = World::new(&mut host, &core);
+    let a = w.start(1000, 10);
+    assert_eq!(w.step(a, Inject::None), Did::Allocate);
+    let b = w.start(2000, 10);
+    assert_eq!(w.step(b, Inject::None), Did::Busy);
+    sched::drain(&mut w);
+}
+
 /// The random campaign finds each broken host within a few seeds, by the check meant for it.
 #[test]
 fn the_campaign_catches_every_broken_host() {
@@ -89,6 +105,7 @@ fn the_campaign_catches_every_broken_host() {
             "data was not flushed before its bit was written",
         ),
         (Fault::LeakTxn, "no transaction in flight holds"),
+        (Fault::StallCommit, "no progress"),
     ] {
         let caught = (0..20).find_map(|seed| {
             let run = catch_unwind(AssertUnwindSafe(|| {

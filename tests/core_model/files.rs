@@ -145,9 +145,9 @@ pub struct BackingFile {
 impl BackingFile {
     /// Bytes `offset..offset + len` as a read of the file returns them: zeros past its end.
     pub fn read(&self, offset: u64, len: u64) -> Vec<u8> {
-        let inside = self.len.unwrap_or(0).saturating_sub(offset).min(len);
-        let mut out = backing(offset + self.version * 1000, inside);
-        out.resize(len as usize, 0);
+        let inside = self.len.unwrap_or(0).saturating_sub(offset).min(len) as usize;
+        let mut out = vec![0; len as usize];
+        out[..inside].copy_from_slice(&backing(offset + self.version * 1000, inside as u64));
         out
     }
 }
@@ -157,14 +157,31 @@ impl BackingFile {
 #[derive(Clone, Default)]
 pub struct MetaFile(Arc<Mutex<MetaState>>);
 
+/// A file-system block, as `SEEK_DATA` sees the file.
+const BLOCK: usize = 4096;
+
 #[derive(Default)]
 struct MetaState {
     current: Vec<u8>,
     synced: Vec<u8>,
+    /// `next_data` reports holes (all-zero blocks) as `SEEK_DATA` does; otherwise it knows
+    /// none.
+    holes: bool,
     /// Fail the write after this many more succeed.
     fail_write_after: Option<u32>,
     fail_flush: bool,
     fail_read: bool,
+}
+
+/// The index of the first nonzero byte of `bytes` (whole blocks compared at once: debug builds
+/// are slow byte by byte).
+pub fn first_nonzero(bytes: &[u8]) -> Option<usize> {
+    const ZEROS: [u8; BLOCK] = [0; BLOCK];
+    let (k, block) = bytes
+        .chunks(BLOCK)
+        .enumerate()
+        .find(|(_, b)| **b != ZEROS[..b.len()])?;
+    block.iter().position(|&b| b != 0).map(|i| k * BLOCK + i)
 }
 
 fn eio() -> io::Error {
@@ -172,10 +189,11 @@ fn eio() -> io::Error {
 }
 
 impl MetaFile {
-    pub fn new(bytes: Vec<u8>) -> MetaFile {
+    pub fn new(bytes: Vec<u8>, holes: bool) -> MetaFile {
         MetaFile(Arc::new(Mutex::new(MetaState {
             synced: bytes.clone(),
             current: bytes,
+            holes,
             ..MetaState::default()
         })))
     }
@@ -269,6 +287,20 @@ impl Storage for MetaFile {
 
     fn len(&self) -> io::Result<u64> {
         Ok(self.state().current.len() as u64)
+    }
+
+    /// The start of the first block from `offset` that holds a nonzero byte (but not before
+    /// `offset`).
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        let s = self.state();
+        if !s.holes {
+            return Ok(Some(offset));
+        }
+        let from = (offset as usize).min(s.current.len());
+        Ok(
+            first_nonzero(&s.current[from..])
+                .map(|i| ((from + i) / BLOCK * BLOCK).max(from) as u64),
+        )
     }
 
     fn resize(&self, len: u64) -> io::Result<()> {

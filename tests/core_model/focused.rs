@@ -13,6 +13,7 @@ fn host(size: u64, backing: Option<u64>, cache_bytes: u64) -> Host {
         size,
         backing,
         cache_bytes,
+        holes: true,
     };
     Host::new(&setup, 1)
 }

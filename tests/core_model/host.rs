@@ -17,7 +17,7 @@
 
 use crate::common::harness::written;
 use crate::common::Rng;
-use crate::files::{clusters, BackingFile, ImageFile, MetaFile, CS};
+use crate::files::{clusters, first_nonzero, BackingFile, ImageFile, MetaFile, CS};
 pub use crate::model::ReqId;
 use crate::model::{cluster_span, Model};
 use crate::stats::Stats;
@@ -45,6 +45,8 @@ pub enum Fault {
     SkipImageFlush,
     /// Forgets a transaction instead of committing it, and calls the request failed.
     LeakTxn,
+    /// Never gets to commit (waits for something that never comes).
+    StallCommit,
 }
 
 /// A failure injected into a step of a request (ignored by steps it does not apply to).
@@ -105,18 +107,23 @@ pub struct Setup {
     pub backing: Option<u64>,
     /// The core's cap on cached bitmap pages (0: the default).
     pub cache_bytes: u64,
+    /// The `.add-cow` file reports its holes (`Storage::next_data`).
+    pub holes: bool,
 }
 
 /// The set bits of `bitmap` below cluster `limit`.
 pub fn bits_of(bitmap: &[u8], limit: u64) -> BTreeSet<u64> {
     let mut bits = BTreeSet::new();
-    for (k, &byte) in bitmap.iter().enumerate().filter(|(_, &b)| b != 0) {
+    let mut from = 0;
+    while let Some(i) = first_nonzero(&bitmap[from..]) {
+        let k = from + i;
         for j in 0..8 {
             let c = k as u64 * 8 + j;
-            if byte >> j & 1 == 1 && c < limit {
+            if bitmap[k] >> j & 1 == 1 && c < limit {
                 bits.insert(c);
             }
         }
+        from = k + 1;
     }
     bits
 }
@@ -147,7 +154,7 @@ impl Host {
         note(format!("setup {setup:?}"));
         Host {
             rng: Rng::new(seed),
-            meta: MetaFile::new(meta),
+            meta: MetaFile::new(meta, setup.holes),
             image: ImageFile::new(setup.size),
             backing,
             model: Model::new(setup.size, backing),
@@ -234,7 +241,7 @@ impl Host {
     }
 
     /// Everything at once: the size, every run of the image by `map`, every byte where requests
-    /// go and of every allocated cluster.
+    /// go and of the first and last allocated clusters elsewhere (a grow allocated them).
     pub fn check_all(&mut self, core: &Core) {
         let size = self.model.size;
         assert_eq!(core.size(), size, "size");
@@ -246,10 +253,11 @@ impl Host {
             at += e.len;
         }
         self.model.check_extent(size, 1, core.map(size, 1).unwrap());
-        for r in self.regions() {
+        let regions = self.regions();
+        for r in &regions {
             self.read_check(core, r.start, r.end - r.start);
         }
-        for c in self.model.allocated_set() {
+        for c in self.model.allocated_outside(&regions) {
             let end = ((c + 1) * CS).min(size);
             self.read_check(core, c * CS, end - c * CS);
         }
@@ -269,8 +277,12 @@ impl Host {
         self.meta.crash();
         self.image.crash();
         let size = self.image.current.len;
-        let bits = bits_of(&self.meta.current()[HEADER..], clusters(size));
+        let bitmap = &self.meta.current()[HEADER..];
+        let bits = bits_of(bitmap, clusters(size));
         note(format!("crash: size {size:#x}, allocated on disk {bits:?}"));
+        if bits_of(bitmap, u64::MAX).len() > bits.len() {
+            self.stats.bump("crashes with bits past the end");
+        }
         self.model.crash(size, bits);
         self.stats.bump("crashes");
         let core = self.open();
@@ -321,9 +333,7 @@ impl Host {
         }
         let grown = old.div_ceil(CS)..clusters(new);
         core.grow_allocate(grown.clone()).unwrap();
-        for c in grown {
-            self.model.commit(c * CS, &vec![0; CS as usize]);
-        }
+        self.model.allocate_zeros(grown);
         self.stats.bump("grows over backing");
     }
 }
@@ -565,12 +575,16 @@ impl<'h, 'c> World<'h, 'c> {
             Fault::HeadFromWrongOffset => 512,
             _ => 0,
         };
-        let mut bytes = backing.read(txn.cluster_start() + skew, txn.head_backing());
-        bytes.resize(txn.head_len() as usize, 0);
-        bytes.extend_from_slice(data);
-        let mut tail = backing.read(txn.offset() + txn.len(), txn.tail_backing());
-        tail.resize(txn.tail_len() as usize, 0);
-        bytes.extend(tail);
+        let mut bytes = vec![0; (txn.cluster_end() - txn.cluster_start()) as usize];
+        let (head, rest) = bytes.split_at_mut(txn.head_len() as usize);
+        let (guest, tail) = rest.split_at_mut(data.len());
+        let from = txn.cluster_start() + skew;
+        head[..txn.head_backing() as usize]
+            .copy_from_slice(&backing.read(from, txn.head_backing()));
+        guest.copy_from_slice(data);
+        let from = txn.offset() + txn.len();
+        tail[..txn.tail_backing() as usize]
+            .copy_from_slice(&backing.read(from, txn.tail_backing()));
         bytes
     }
 
@@ -614,18 +628,25 @@ impl<'h, 'c> World<'h, 'c> {
         planned: Vec<u8>,
         inject: Inject,
     ) -> Did {
+        let (start, end, len) = (txn.cluster_start(), txn.cluster_end(), txn.len());
+        match self.host.fault {
+            Fault::StallCommit => {
+                req.phase = Phase::Landed(txn, planned);
+                return Did::Landed;
+            }
+            Fault::LeakTxn => {
+                // Neither committed nor aborted: its clusters stay claimed.
+                drop(txn);
+                self.host.model.release(id, start / CS);
+                note(format!("r{id} forgets its transaction"));
+                return Did::Failed;
+            }
+            _ => {}
+        }
         match inject {
             Inject::AbortAfterWrite => return self.abort(id, txn, "the flush failed"),
             Inject::FailCommitRead => self.host.meta.fail_read(),
             _ => {}
-        }
-        let (start, end, len) = (txn.cluster_start(), txn.cluster_end(), txn.len());
-        if self.host.fault == Fault::LeakTxn {
-            // Neither committed nor aborted: its clusters stay claimed.
-            drop(txn);
-            self.host.model.release(id, start / CS);
-            note(format!("r{id} forgets its transaction"));
-            return Did::Failed;
         }
         let generation = self.core.generation();
         let result = self.core.commit(txn);

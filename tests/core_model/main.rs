@@ -59,7 +59,7 @@ const COVERED: &[&str] = &[
 
 #[test]
 fn campaign_small_images() {
-    let stats = campaign(Shape::Small, 48, 400);
+    let stats = campaign(Shape::Small, 200, 100);
     assert_covered(stats_ref(&stats), COVERED);
     assert!(stats.get("max in flight") >= 8, "{stats}");
     assert!(stats.get("max claims") >= 3, "{stats}");
@@ -67,7 +67,7 @@ fn campaign_small_images() {
 
 #[test]
 fn campaign_across_bitmap_pages() {
-    let stats = campaign(Shape::AcrossPages, 16, 400);
+    let stats = campaign(Shape::AcrossPages, 48, 200);
     assert_covered(stats_ref(&stats), COVERED);
     assert_covered(stats_ref(&stats), &["failed commits", "grows over backing"]);
 }

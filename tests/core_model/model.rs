@@ -57,6 +57,14 @@ impl Model {
         self.img.keys().copied().collect()
     }
 
+    /// The first and the last allocated cluster outside `regions` (byte ranges), if any.
+    pub fn allocated_outside(&self, regions: &[Range<u64>]) -> Vec<u64> {
+        let outside = |c: &&u64| !regions.iter().any(|r| r.contains(&(**c * CS)));
+        let first = self.img.keys().find(outside);
+        let last = self.img.keys().rev().find(outside);
+        first.into_iter().chain(last).copied().collect()
+    }
+
     /// How many clusters of `range` are allocated.
     fn allocated_in(&self, range: Range<u64>) -> u64 {
         self.img.range(range).count() as u64
@@ -255,6 +263,18 @@ impl Model {
             data[..chunk.len()].copy_from_slice(chunk);
             assert!(
                 self.img.insert(c, Rc::new(data)).is_none(),
+                "model: cluster {c} allocated twice"
+            );
+            self.undurable.insert(c);
+        }
+    }
+
+    /// Clusters `range` are allocated and read zeros (a grow over a longer backing file).
+    pub fn allocate_zeros(&mut self, range: Range<u64>) {
+        let zeros = Rc::new(vec![0u8; CS as usize]);
+        for c in range {
+            assert!(
+                self.img.insert(c, zeros.clone()).is_none(),
                 "model: cluster {c} allocated twice"
             );
             self.undurable.insert(c);

@@ -19,8 +19,9 @@ use addcow::bitmap::PAGE_COST;
 pub enum Shape {
     /// At most six clusters: every request meets others.
     Small,
-    /// Just over two bitmap pages, used around the page boundaries, with a cache of one or
-    /// two pages: bitmap pages are evicted and loaded again while requests run.
+    /// Just over two bitmap pages (or 150), used around the first page boundaries and at the
+    /// end, with a cache of one or two pages: bitmap pages are evicted and loaded again while
+    /// requests run.
     AcrossPages,
 }
 
@@ -76,7 +77,9 @@ fn setup(shape: Shape, rng: &mut Rng) -> Setup {
     let (size, cache_bytes) = match shape {
         Shape::Small => (rng.range(0, 5) * CS + odd(rng), 0),
         Shape::AcrossPages => {
-            let n = 2 * PAGE_CLUSTERS + rng.range(2, 40);
+            // Now and then far longer: unallocated runs longer than `map` scans at once.
+            let pages = if rng.chance(25) { 150 } else { 2 };
+            let n = pages * PAGE_CLUSTERS + rng.range(2, 40);
             (n * CS + odd(rng), rng.range(1, 2) * PAGE_COST)
         }
     };
@@ -86,6 +89,7 @@ fn setup(shape: Shape, rng: &mut Rng) -> Setup {
         size,
         backing,
         cache_bytes,
+        holes: rng.chance(50),
     }
 }
 
