@@ -2,8 +2,9 @@
 //! interleaving and in the random campaign.
 
 use crate::files::CS;
-use crate::host::{Did, Fault, Host, Inject, Setup, World};
+use crate::host::{Fault, Host, Setup};
 use crate::sched::{self, Shape};
+use crate::world::{Did, Inject, World};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 fn host(fault: Fault) -> Host {

@@ -5,7 +5,7 @@
 
 use crate::common::harness::{backing, GARBAGE};
 use addcow::storage::Storage;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -307,4 +307,21 @@ impl Storage for MetaFile {
         self.state().current.resize(len as usize, 0);
         Ok(())
     }
+}
+
+/// The set bits of `bitmap` below cluster `limit`.
+pub fn bits_of(bitmap: &[u8], limit: u64) -> BTreeSet<u64> {
+    let mut bits = BTreeSet::new();
+    let mut from = 0;
+    while let Some(i) = first_nonzero(&bitmap[from..]) {
+        let k = from + i;
+        for j in 0..8 {
+            let c = k as u64 * 8 + j;
+            if bitmap[k] >> j & 1 == 1 && c < limit {
+                bits.insert(c);
+            }
+        }
+        from = k + 1;
+    }
+    bits
 }

@@ -3,8 +3,9 @@
 
 use crate::common::harness::written;
 use crate::files::{BackingFile, CS};
-use crate::host::{Did, Host, Inject, Setup, WbDid, WbInject, World, PAGE_CLUSTERS};
+use crate::host::{Host, Setup, PAGE_CLUSTERS};
 use crate::trace::traced;
+use crate::world::{Did, Inject, WbDid, WbInject, World};
 use addcow::bitmap::PAGE_COST;
 use addcow::mapping::{Core, Kind};
 

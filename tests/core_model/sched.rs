@@ -9,9 +9,11 @@
 
 use crate::common::Rng;
 use crate::files::{clusters, BackingFile, CS};
-use crate::host::{Fault, Host, Inject, ReqId, Setup, WbInject, World, PAGE_CLUSTERS};
+use crate::host::{Fault, Host, Setup, PAGE_CLUSTERS};
+use crate::model::ReqId;
 use crate::stats::Stats;
 use crate::trace::{note, traced};
+use crate::world::{Inject, WbInject, World};
 use addcow::bitmap::PAGE_COST;
 
 /// The images a campaign runs on.
@@ -258,6 +260,7 @@ fn inject(rng: &mut Rng) -> Inject {
         4..=7 => Inject::FailMidWrite(rng.below(3 * CS)),
         8..=11 => Inject::AbortAfterWrite,
         12..=17 => Inject::FailCommitRead,
+        18..=21 => Inject::FailBeginRead,
         _ => Inject::None,
     }
 }
