@@ -3,7 +3,12 @@
 
 use super::claims::Claim;
 use super::Core;
+use crate::bitmap::PAGE_BYTES;
 use crate::error::{Error, Result};
+use std::ops::Range;
+
+/// Clusters per bitmap page.
+const PAGE_BITS: u64 = PAGE_BYTES * 8;
 
 /// What the host does next for a write, or that it must wait.
 #[derive(Debug)]
@@ -149,14 +154,26 @@ impl Core {
 
     /// Marks the transaction's clusters allocated and releases them. Call it only once the
     /// image-file write finished (and, in writethrough, was flushed). On failure (loading a
-    /// bitmap page) the clusters stay unallocated and are released all the same.
+    /// bitmap page) every cluster stays unallocated, and they are released all the same.
     pub fn commit(&self, txn: Txn) -> Result<()> {
         let clusters = txn.claim.clusters();
-        let set = self
-            .bitmap
-            .set_range(clusters.start, clusters.end, &self.store());
+        let set = self.hold_pages(clusters.clone()).and_then(|()| {
+            self.bitmap
+                .set_range(clusters.start, clusters.end, &self.store())
+        });
         self.claims.release(txn.claim);
         set
+    }
+
+    /// Loads every bitmap page of `clusters` and keeps it in memory (dirty), so that setting
+    /// their bits does no I/O: a commit sets all of its bits or none.
+    fn hold_pages(&self, clusters: Range<u64>) -> Result<()> {
+        let mut c = clusters.start;
+        while c < clusters.end {
+            self.bitmap.hold_page_of(c, &self.store())?;
+            c = (c / PAGE_BITS + 1) * PAGE_BITS;
+        }
+        Ok(())
     }
 
     /// Releases the transaction's clusters; they stay unallocated.

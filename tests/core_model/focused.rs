@@ -241,8 +241,6 @@ fn truncates_between_requests_grow_over_a_longer_backing_file() {
 /// fails to load: with a cache of one page, the first page is resident (dirty) and the second
 /// was evicted after `begin_write` read it.
 #[test]
-#[ignore = "core bug: a failed commit across a bitmap page boundary leaves the first page's \
-            clusters allocated (see the report for issue 9)"]
 fn a_failed_commit_across_pages_leaves_every_cluster_unallocated() {
     traced("failed commit across pages", || {
         let mut host = host((2 * PAGE_CLUSTERS + 5) * CS, Some(CS), PAGE_COST);

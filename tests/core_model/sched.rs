@@ -244,13 +244,7 @@ pub fn drain(w: &mut World) {
 
 /// Steps request `id`, maybe with a failure.
 fn step(w: &mut World, id: ReqId) {
-    let mut inject = inject(&mut w.host.rng);
-    // A known core bug (`focused::a_failed_commit_across_pages_leaves_every_cluster_unallocated`):
-    // a failed commit across a bitmap page boundary leaves the first page's clusters allocated.
-    // Until it is fixed, such commits do not fail here.
-    if inject == Inject::FailCommitRead && w.claim_crosses_pages(id) {
-        inject = Inject::None;
-    }
+    let inject = inject(&mut w.host.rng);
     w.step(id, inject);
 }
 

@@ -177,17 +177,6 @@ impl<'h, 'c> World<'h, 'c> {
         }
     }
 
-    /// Whether request `id` holds a transaction over clusters of two bitmap pages.
-    pub fn claim_crosses_pages(&self, id: ReqId) -> bool {
-        match &self.reqs[&id].phase {
-            Phase::Claimed(txn, _) | Phase::Landed(txn, _) => {
-                let span = cluster_span(txn.offset(), txn.len());
-                span.start / PAGE_CLUSTERS != (span.end - 1) / PAGE_CLUSTERS
-            }
-            _ => false,
-        }
-    }
-
     pub fn quiescent(&self) -> bool {
         self.reqs.is_empty() && self.wb.is_none()
     }
