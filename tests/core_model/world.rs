@@ -16,8 +16,8 @@
 
 use crate::common::harness::written;
 use crate::files::{bits_of, clusters, BackingFile, CS};
-use crate::host::{Fault, Host, HEADER, PAGE_CLUSTERS};
-use crate::model::{cluster_span, ReqId};
+use crate::host::{Fault, Host, HEADER};
+use crate::model::ReqId;
 use crate::trace::note;
 use addcow::mapping::{Begin, Core, Step, Txn, WriteBack};
 use std::collections::{BTreeMap, BTreeSet};
