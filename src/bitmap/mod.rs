@@ -59,7 +59,9 @@ pub use table::PAGE_COST;
 pub use writeback::{PageSnapshot, WriteBack};
 
 use crate::error::Result;
+use crate::layout::Cluster;
 use page::Page;
+use std::ops::Range;
 use table::{Guard, Shared, Table};
 use writeback::Unsynced;
 
@@ -125,10 +127,10 @@ impl Bitmap {
     }
 
     /// Whether cluster `c` (< clusters) is allocated.
-    pub fn get(&self, c: u64, store: &dyn Store) -> Result<bool> {
+    pub fn get(&self, c: Cluster, store: &dyn Store) -> Result<bool> {
         let guard = self.table.guard();
-        Ok(match self.view(c / PAGE_BITS, &guard, store)? {
-            View::Page(page) => page.bit(c % PAGE_BITS),
+        Ok(match self.view(c.0 / PAGE_BITS, &guard, store)? {
+            View::Page(page) => page.bit(c.0 % PAGE_BITS),
             View::Zeros { .. } => false,
         })
     }
@@ -137,11 +139,11 @@ impl Bitmap {
     /// at most `max`, from `first` on that share it; fewer when [`MAX_RUN_PAGES`] visits did
     /// not reach the end of the run. The state comes from the same load that starts the run,
     /// so a concurrent allocation can never make the run empty.
-    pub fn run(&self, first: u64, max: u64, store: &dyn Store) -> Result<(bool, u64)> {
-        let end = first.saturating_add(max.max(1)).min(self.clusters);
+    pub fn run(&self, first: Cluster, max: u64, store: &dyn Store) -> Result<(bool, u64)> {
+        let end = first.0.saturating_add(max.max(1)).min(self.clusters);
         let guard = self.table.guard();
         let mut state = None;
-        let mut c = first;
+        let mut c = first.0;
         for _ in 0..MAX_RUN_PAGES {
             if c >= end {
                 break;
@@ -164,14 +166,14 @@ impl Bitmap {
                 }
             }
         }
-        Ok((state.unwrap_or(false), c.min(end) - first))
+        Ok((state.unwrap_or(false), c.min(end) - first.0))
     }
 
-    /// Sets the bits of clusters `first..end` (all < clusters) and marks their pages dirty.
+    /// Sets the bits of `clusters` (all < the number of clusters) and marks their pages dirty.
     /// Call only once the clusters' data is in the image file.
-    pub fn set_range(&self, first: u64, end: u64, store: &dyn Store) -> Result<()> {
+    pub fn set_range(&self, clusters: Range<Cluster>, store: &dyn Store) -> Result<()> {
         let guard = self.table.guard();
-        let mut c = first;
+        let (mut c, end) = (clusters.start.0, clusters.end.0);
         while c < end {
             let index = c / PAGE_BITS;
             let base = index * PAGE_BITS;
@@ -188,40 +190,11 @@ impl Bitmap {
         Ok(())
     }
 
-    /// Keeps the bits of clusters `first..end` in memory whatever happens to the store: each
-    /// page of the range that may hold a set bit (all-zero stretches of the store are skipped)
-    /// is loaded and marked dirty, so it stays until written back. Costs a page of memory per
-    /// such page.
-    pub fn hold_range(&self, first: u64, end: u64, store: &dyn Store) -> Result<()> {
-        if first >= end {
-            return Ok(());
-        }
-        let guard = self.table.guard();
-        let (mut index, last) = (first / PAGE_BITS, (end - 1) / PAGE_BITS);
-        while index <= last {
-            let Some(data) = store.next_data(index * PAGE_BYTES)? else {
-                break;
-            };
-            if data / PAGE_BYTES > index {
-                index = data / PAGE_BYTES;
-                continue;
-            }
-            {
-                let shared = self.table.shared();
-                let page = self.load_locked(index, &shared, &guard, store)?;
-                self.mark_dirty(index, page, &shared);
-            }
-            self.table.evict_over_cap();
-            index += 1;
-        }
-        Ok(())
-    }
-
     /// Loads the page holding cluster `c` (< clusters) and marks it dirty, so that it stays in
     /// memory until written back: a [`Bitmap::resize`] whose boundary page it is then does no
     /// I/O and cannot fail.
-    pub fn hold_page_of(&self, c: u64, store: &dyn Store) -> Result<()> {
-        let index = c / PAGE_BITS;
+    pub fn hold_page_of(&self, c: Cluster, store: &dyn Store) -> Result<()> {
+        let index = c.0 / PAGE_BITS;
         let guard = self.table.guard();
         let shared = self.table.shared();
         let page = self.load_locked(index, &shared, &guard, store)?;

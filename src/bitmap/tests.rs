@@ -130,7 +130,7 @@ fn bitmap(clusters: u64) -> Bitmap {
 fn runs(bm: &Bitmap, first: u64, store: &MemStore) -> (Vec<(bool, u64)>, u64) {
     let (mut out, mut calls, mut c) = (Vec::<(bool, u64)>::new(), 0, first);
     while c < bm.clusters {
-        let (state, n) = bm.run(c, u64::MAX, store).unwrap();
+        let (state, n) = bm.run(Cluster(c), u64::MAX, store).unwrap();
         assert!(n > 0);
         match out.last_mut() {
             Some((s, len)) if *s == state => *len += n,
@@ -146,7 +146,9 @@ fn runs(bm: &Bitmap, first: u64, store: &MemStore) -> (Vec<(bool, u64)>, u64) {
 fn lsb_first_bit_order() {
     let store = MemStore::from(&[0b0000_0101u8, 0x80]);
     let bm = bitmap(16);
-    let got: Vec<bool> = (0..16).map(|c| bm.get(c, &store).unwrap()).collect();
+    let got: Vec<bool> = (0..16)
+        .map(|c| bm.get(Cluster(c), &store).unwrap())
+        .collect();
     let mut want = vec![false; 16];
     want[0] = true;
     want[2] = true;
@@ -158,31 +160,40 @@ fn lsb_first_bit_order() {
 fn runs_cross_words_and_pages_and_stop_at_end() {
     let bm = bitmap(PAGE_BITS * 2 + 10);
     let s = MemStore::default();
-    bm.set_range(60, PAGE_BITS + 70, &s).unwrap();
-    assert_eq!(bm.run(0, u64::MAX, &s).unwrap(), (false, 60));
-    assert_eq!(bm.run(60, u64::MAX, &s).unwrap(), (true, PAGE_BITS + 10));
-    assert_eq!(bm.run(61, 5, &s).unwrap(), (true, 5));
+    bm.set_range(Cluster(60)..Cluster(PAGE_BITS + 70), &s)
+        .unwrap();
+    assert_eq!(bm.run(Cluster(0), u64::MAX, &s).unwrap(), (false, 60));
     assert_eq!(
-        bm.run(PAGE_BITS + 70, u64::MAX, &s).unwrap(),
+        bm.run(Cluster(60), u64::MAX, &s).unwrap(),
+        (true, PAGE_BITS + 10)
+    );
+    assert_eq!(bm.run(Cluster(61), 5, &s).unwrap(), (true, 5));
+    assert_eq!(
+        bm.run(Cluster(PAGE_BITS + 70), u64::MAX, &s).unwrap(),
         (false, PAGE_BITS - 60)
     );
-    bm.set_range(PAGE_BITS * 2, PAGE_BITS * 2 + 10, &s).unwrap();
-    assert_eq!(bm.run(PAGE_BITS * 2 + 3, u64::MAX, &s).unwrap(), (true, 7));
+    bm.set_range(Cluster(PAGE_BITS * 2)..Cluster(PAGE_BITS * 2 + 10), &s)
+        .unwrap();
+    assert_eq!(
+        bm.run(Cluster(PAGE_BITS * 2 + 3), u64::MAX, &s).unwrap(),
+        (true, 7)
+    );
 }
 
 #[test]
 fn stale_bits_past_the_end_are_masked() {
     let store = MemStore::from(&[0xff, 0xff]);
     let bm = bitmap(10);
-    assert_eq!(bm.run(0, u64::MAX, &store).unwrap(), (true, 10));
+    assert_eq!(bm.run(Cluster(0), u64::MAX, &store).unwrap(), (true, 10));
 }
 
 #[test]
 fn dirty_pages_are_written_back_once_and_again_after_a_failure() {
     let bm = bitmap(PAGE_BITS + 9);
     let s = MemStore::default();
-    bm.set_range(3, 5, &s).unwrap();
-    bm.set_range(PAGE_BITS + 8, PAGE_BITS + 9, &s).unwrap();
+    bm.set_range(Cluster(3)..Cluster(5), &s).unwrap();
+    bm.set_range(Cluster(PAGE_BITS + 8)..Cluster(PAGE_BITS + 9), &s)
+        .unwrap();
     let wb = bm.take_dirty();
     let pages = wb.pages();
     assert_eq!(pages.len(), 2);
@@ -196,7 +207,8 @@ fn dirty_pages_are_written_back_once_and_again_after_a_failure() {
         bm.take_dirty().pages().is_empty(),
         "dropped: nothing was dirty"
     );
-    bm.set_range(PAGE_BITS, PAGE_BITS + 1, &s).unwrap();
+    bm.set_range(Cluster(PAGE_BITS)..Cluster(PAGE_BITS + 1), &s)
+        .unwrap();
     drop(bm.take_dirty());
     assert_eq!(bm.take_dirty().pages().len(), 1, "a failed write-back");
 }
@@ -205,9 +217,9 @@ fn dirty_pages_are_written_back_once_and_again_after_a_failure() {
 fn a_bit_set_during_a_write_back_keeps_its_page_dirty() {
     let bm = bitmap(100);
     let s = MemStore::default();
-    bm.set_range(1, 2, &s).unwrap();
+    bm.set_range(Cluster(1)..Cluster(2), &s).unwrap();
     let wb = bm.take_dirty();
-    bm.set_range(2, 3, &s).unwrap();
+    bm.set_range(Cluster(2)..Cluster(3), &s).unwrap();
     wb.done();
     assert_eq!(
         bm.take_dirty().pages()[0].bytes,
@@ -220,10 +232,10 @@ fn loads_lazily_and_once() {
     let s = MemStore::default();
     let bm = bitmap(1 << 28);
     assert_eq!(s.reads(), 0);
-    bm.get(5, &s).unwrap();
-    bm.get(6, &s).unwrap();
+    bm.get(Cluster(5), &s).unwrap();
+    bm.get(Cluster(6), &s).unwrap();
     assert_eq!(s.reads(), 1);
-    bm.get(PAGE_BITS * 100, &s).unwrap();
+    bm.get(Cluster(PAGE_BITS * 100), &s).unwrap();
     assert_eq!(s.reads(), 2);
     assert_eq!(bm.resident_pages(), 2);
 }
@@ -232,21 +244,22 @@ fn loads_lazily_and_once() {
 fn resize_drops_and_masks() {
     let s = MemStore::default();
     let mut bm = bitmap(100);
-    bm.set_range(0, 100, &s).unwrap();
+    bm.set_range(Cluster(0)..Cluster(100), &s).unwrap();
     s.write_back(&bm);
     bm.resize(37, &s).unwrap();
-    assert_eq!(bm.run(0, u64::MAX, &s).unwrap(), (true, 37));
+    assert_eq!(bm.run(Cluster(0), u64::MAX, &s).unwrap(), (true, 37));
     let wb = bm.take_dirty();
     assert_eq!(wb.pages()[0].bytes, vec![0xff, 0xff, 0xff, 0xff, 0x1f]);
     drop(wb);
     bm.resize(PAGE_BITS * 3, &s).unwrap();
-    assert_eq!(bm.run(0, u64::MAX, &s).unwrap(), (true, 37));
+    assert_eq!(bm.run(Cluster(0), u64::MAX, &s).unwrap(), (true, 37));
     assert_eq!(
-        bm.run(37, u64::MAX, &s).unwrap(),
+        bm.run(Cluster(37), u64::MAX, &s).unwrap(),
         (false, PAGE_BITS * 3 - 37)
     );
-    bm.set_range(PAGE_BITS * 3 - 1, PAGE_BITS * 3, &s).unwrap();
-    assert!(bm.get(PAGE_BITS * 3 - 1, &s).unwrap());
+    bm.set_range(Cluster(PAGE_BITS * 3 - 1)..Cluster(PAGE_BITS * 3), &s)
+        .unwrap();
+    assert!(bm.get(Cluster(PAGE_BITS * 3 - 1), &s).unwrap());
     bm.resize(PAGE_BITS, &s).unwrap();
     assert_eq!(bm.resident_pages(), 1, "pages past the end are dropped");
     assert_eq!(
@@ -265,13 +278,13 @@ fn a_2p44_cluster_bitmap_does_bounded_work() {
     let s = MemStore::default();
     let mut bm = bitmap(clusters);
     assert_eq!(bm.resident_pages(), 0);
-    assert!(!bm.get(clusters - 1, &s).unwrap());
+    assert!(!bm.get(Cluster(clusters - 1), &s).unwrap());
     let far = clusters / 3;
-    bm.set_range(far, far + 3, &s).unwrap();
-    assert!(bm.get(far + 2, &s).unwrap());
+    bm.set_range(Cluster(far)..Cluster(far + 3), &s).unwrap();
+    assert!(bm.get(Cluster(far + 2), &s).unwrap());
     assert_eq!(s.reads(), 2);
-    assert_eq!(bm.run(far, u64::MAX, &s).unwrap(), (true, 3));
-    let (state, n) = bm.run(0, u64::MAX, &s).unwrap();
+    assert_eq!(bm.run(Cluster(far), u64::MAX, &s).unwrap(), (true, 3));
+    let (state, n) = bm.run(Cluster(0), u64::MAX, &s).unwrap();
     assert_eq!((state, n), (false, MAX_RUN_PAGES as u64 * PAGE_BITS));
     assert_eq!(
         s.reads(),
@@ -279,12 +292,12 @@ fn a_2p44_cluster_bitmap_does_bounded_work() {
         "one run, bounded loads"
     );
     bm.resize(clusters / 2 + 5, &s).unwrap();
-    assert!(bm.get(far + 1, &s).unwrap());
+    assert!(bm.get(Cluster(far + 1), &s).unwrap());
     bm.resize(clusters, &s).unwrap();
-    assert!(bm.get(far + 1, &s).unwrap());
+    assert!(bm.get(Cluster(far + 1), &s).unwrap());
     assert_eq!(s.reads(), 2 + MAX_RUN_PAGES as u64 + 1, "the boundary page");
     bm.resize(far + 2, &s).unwrap();
-    assert_eq!(bm.run(far, u64::MAX, &s).unwrap(), (true, 2));
+    assert_eq!(bm.run(Cluster(far), u64::MAX, &s).unwrap(), (true, 2));
 }
 
 #[test]
@@ -292,11 +305,14 @@ fn a_run_over_a_huge_hole_skips_it_with_one_question() {
     let clusters = 1u64 << 44;
     let s = MemStore::sparse();
     let bm = bitmap(clusters);
-    assert_eq!(bm.run(0, u64::MAX, &s).unwrap(), (false, clusters));
-    assert_eq!(bm.run(12345, 1 << 40, &s).unwrap(), (false, 1 << 40));
+    assert_eq!(bm.run(Cluster(0), u64::MAX, &s).unwrap(), (false, clusters));
+    assert_eq!(
+        bm.run(Cluster(12345), 1 << 40, &s).unwrap(),
+        (false, 1 << 40)
+    );
     assert_eq!(s.reads(), 0);
     assert_eq!(s.next_data_calls.load(SeqCst), 2);
-    assert!(!bm.get(clusters - 1, &s).unwrap());
+    assert!(!bm.get(Cluster(clusters - 1), &s).unwrap());
     assert_eq!((s.reads(), bm.resident_pages()), (0, 0));
 }
 
@@ -328,18 +344,30 @@ fn skips_stop_at_bits_not_yet_in_the_store() {
     let s = MemStore::sparse();
     let bm = Bitmap::new(PAGE_BITS * 100, PAGE_COST);
     let c = PAGE_BITS * 50 + 7;
-    bm.set_range(c, c + 1, &s).unwrap();
-    assert_eq!(bm.run(0, u64::MAX, &s).unwrap(), (false, c), "dirty");
+    bm.set_range(Cluster(c)..Cluster(c + 1), &s).unwrap();
+    assert_eq!(
+        bm.run(Cluster(0), u64::MAX, &s).unwrap(),
+        (false, c),
+        "dirty"
+    );
     let wb = bm.take_dirty();
-    assert_eq!(bm.run(0, u64::MAX, &s).unwrap(), (false, c), "writing");
+    assert_eq!(
+        bm.run(Cluster(0), u64::MAX, &s).unwrap(),
+        (false, c),
+        "writing"
+    );
     for page in wb.pages() {
         s.write(page.offset, &page.bytes);
     }
     wb.done();
     s.set_bit(PAGE_BITS * 80);
-    bm.get(PAGE_BITS * 80, &s).unwrap(); // evicts page 50, now clean, under a one-page cap
+    bm.get(Cluster(PAGE_BITS * 80), &s).unwrap(); // evicts page 50, now clean, under a one-page cap
     assert_eq!(bm.resident_pages(), 1);
-    assert_eq!(bm.run(0, u64::MAX, &s).unwrap(), (false, c), "stored");
+    assert_eq!(
+        bm.run(Cluster(0), u64::MAX, &s).unwrap(),
+        (false, c),
+        "stored"
+    );
 }
 
 #[test]
@@ -348,11 +376,11 @@ fn resident_pages_stay_under_the_cap() {
     let cap_pages = 10;
     let bm = Bitmap::new(PAGE_BITS * 1000, cap_pages * PAGE_COST);
     for i in 0..1000 {
-        bm.get(i * PAGE_BITS, &s).unwrap();
+        bm.get(Cluster(i * PAGE_BITS), &s).unwrap();
         assert!(bm.resident_pages() <= cap_pages as usize);
     }
     assert_eq!(s.reads(), 1000);
-    let (state, n) = bm.run(0, u64::MAX, &s).unwrap();
+    let (state, n) = bm.run(Cluster(0), u64::MAX, &s).unwrap();
     assert_eq!((state, n), (false, MAX_RUN_PAGES as u64 * PAGE_BITS));
     assert!(bm.resident_pages() <= cap_pages as usize);
 }
@@ -362,7 +390,7 @@ fn a_cap_below_one_page_means_one_page() {
     let s = MemStore::default();
     let bm = Bitmap::new(PAGE_BITS * 10, 1);
     for i in 0..10 {
-        bm.get(i * PAGE_BITS, &s).unwrap();
+        bm.get(Cluster(i * PAGE_BITS), &s).unwrap();
     }
     assert_eq!(bm.resident_pages(), 1);
 }
@@ -372,8 +400,8 @@ fn pages_read_often_get_a_second_chance() {
     let s = MemStore::default();
     let bm = Bitmap::new(PAGE_BITS * 1000, 32 * PAGE_COST);
     for i in 0..1000 {
-        bm.get(0, &s).unwrap();
-        bm.get(i * PAGE_BITS, &s).unwrap();
+        bm.get(Cluster(0), &s).unwrap();
+        bm.get(Cluster(i * PAGE_BITS), &s).unwrap();
     }
     assert_eq!(s.reads(), 1000, "page 0 was loaded once");
 }
@@ -383,46 +411,45 @@ fn dirty_and_writing_pages_are_never_evicted() {
     let s = MemStore::sparse();
     let bm = Bitmap::new(PAGE_BITS * 100, 1);
     for i in 0..20 {
-        bm.set_range(i * PAGE_BITS, i * PAGE_BITS + 1, &s).unwrap();
+        bm.set_range(Cluster(i * PAGE_BITS)..Cluster(i * PAGE_BITS + 1), &s)
+            .unwrap();
     }
     assert_eq!(bm.resident_pages(), 20);
     let wb = bm.take_dirty();
     for i in 50..60 {
         s.set_bit(i * PAGE_BITS); // pages with data, so that reads load them
-        bm.get(i * PAGE_BITS, &s).unwrap();
+        bm.get(Cluster(i * PAGE_BITS), &s).unwrap();
     }
     assert!(bm.resident_pages() >= 20, "writing pages stay");
     for i in 0..20 {
-        assert!(bm.get(i * PAGE_BITS, &s).unwrap(), "page {i}");
+        assert!(bm.get(Cluster(i * PAGE_BITS), &s).unwrap(), "page {i}");
     }
     drop(wb);
     assert!(bm.resident_pages() >= 20, "dirty again: they stay");
     s.write_back(&bm);
-    bm.get(55 * PAGE_BITS, &s).unwrap();
-    bm.get(56 * PAGE_BITS, &s).unwrap();
+    bm.get(Cluster(55 * PAGE_BITS), &s).unwrap();
+    bm.get(Cluster(56 * PAGE_BITS), &s).unwrap();
     assert!(bm.resident_pages() <= 2, "clean: evicted");
     for i in 0..20 {
         assert!(
-            bm.get(i * PAGE_BITS, &s).unwrap(),
+            bm.get(Cluster(i * PAGE_BITS), &s).unwrap(),
             "page {i} from the store"
         );
     }
 }
 
 #[test]
-fn hold_range_keeps_the_pages_with_bits() {
+fn a_held_page_stays_until_written_back() {
     let s = MemStore::sparse();
     s.set_bit(PAGE_BITS * 3 + 1);
+    let bm = Bitmap::new(PAGE_BITS * 10, 1);
+    bm.hold_page_of(Cluster(PAGE_BITS * 3 + 5), &s).unwrap();
     s.set_bit(PAGE_BITS * 7);
-    let bm = Bitmap::new(PAGE_BITS * 1000, 1);
-    bm.hold_range(PAGE_BITS * 2, PAGE_BITS * 900, &s).unwrap();
-    assert_eq!(s.reads(), 2);
-    assert_eq!(bm.resident_pages(), 2);
-    s.write(0, &[0; 8 * PAGE_BYTES as usize]); // the store loses them
-    assert!(bm.get(PAGE_BITS * 3 + 1, &s).unwrap());
-    let wb = bm.take_dirty();
-    let offsets: Vec<u64> = wb.pages().iter().map(|p| p.offset).collect();
-    assert_eq!(offsets, vec![3 * PAGE_BYTES, 7 * PAGE_BYTES]);
+    bm.get(Cluster(PAGE_BITS * 7), &s).unwrap(); // over the one-page cap
+    s.write(3 * PAGE_BYTES, &[0; 8]); // the store loses page 3's bit
+    assert!(bm.get(Cluster(PAGE_BITS * 3 + 1), &s).unwrap(), "held");
+    let offsets: Vec<u64> = bm.take_dirty().pages().iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, [3 * PAGE_BYTES]);
 }
 
 /// Race (b) of the protocol: a loader reads a page from the store; meanwhile the page is loaded
@@ -449,20 +476,23 @@ fn a_loader_never_installs_a_copy_older_than_a_write_back() {
         let loader = scope.spawn(|| {
             let gate = s.gate.as_ref().unwrap();
             *gate.thread.lock().unwrap() = Some(std::thread::current().id());
-            bm.get(c, &s).unwrap()
+            bm.get(Cluster(c), &s).unwrap()
         });
         entered.recv().unwrap(); // the loader holds page 5 as the store had it
-        bm.set_range(c, c + 1, &s).unwrap();
+        bm.set_range(Cluster(c)..Cluster(c + 1), &s).unwrap();
         s.write_back(&bm);
         // Loading page 8 goes over the one-page cap and evicts page 5, now clean.
-        let evictor = scope.spawn(|| bm.get(8 * PAGE_BITS, &s).unwrap());
+        let evictor = scope.spawn(|| bm.get(Cluster(8 * PAGE_BITS), &s).unwrap());
         // Room for an eviction that does not wait for the loader; nothing is timed.
         std::thread::sleep(std::time::Duration::from_millis(100));
         go.send(()).unwrap();
         loader.join().unwrap();
         evictor.join().unwrap();
     });
-    assert!(bm.get(c, &s).unwrap(), "the loader installed a stale copy");
+    assert!(
+        bm.get(Cluster(c), &s).unwrap(),
+        "the loader installed a stale copy"
+    );
 }
 
 /// Setters, readers, write-backs (one in five failing) and evictions at once under a one-page
@@ -500,9 +530,9 @@ fn concurrent_setters_readers_and_write_backs_lose_no_bit_under_eviction() {
                     x ^= x >> 7;
                     x ^= x << 17;
                     let c = x % (PAGES * PAGE_BITS);
-                    bm.set_range(c, c + 1, s).unwrap();
+                    bm.set_range(Cluster(c)..Cluster(c + 1), s).unwrap();
                     slot.store(c, SeqCst);
-                    assert!(bm.get(c, s).unwrap(), "read back {c}");
+                    assert!(bm.get(Cluster(c), s).unwrap(), "read back {c}");
                     if i % 20 == 19 {
                         write_back();
                     }
@@ -520,11 +550,11 @@ fn concurrent_setters_readers_and_write_backs_lose_no_bit_under_eviction() {
                 for done in &done {
                     let c = done[(i % SETS) as usize].load(SeqCst);
                     if c != u64::MAX {
-                        assert!(bm.get(c, &s).unwrap(), "cluster {c} lost");
+                        assert!(bm.get(Cluster(c), &s).unwrap(), "cluster {c} lost");
                     }
                 }
                 let c = i * 7919 % (PAGES * PAGE_BITS);
-                bm.run(c, 2 * PAGE_BITS, &s).unwrap();
+                bm.run(Cluster(c), 2 * PAGE_BITS, &s).unwrap();
                 i += 1;
             }
         });
@@ -537,8 +567,14 @@ fn concurrent_setters_readers_and_write_backs_lose_no_bit_under_eviction() {
     s.write_back(&bm);
     let fresh = bitmap(PAGES * PAGE_BITS);
     for c in done.iter().flatten().map(|c| c.load(SeqCst)) {
-        assert!(bm.get(c, &s).unwrap(), "cluster {c} lost in memory");
-        assert!(fresh.get(c, &s).unwrap(), "cluster {c} lost on disk");
+        assert!(
+            bm.get(Cluster(c), &s).unwrap(),
+            "cluster {c} lost in memory"
+        );
+        assert!(
+            fresh.get(Cluster(c), &s).unwrap(),
+            "cluster {c} lost on disk"
+        );
     }
     assert!(
         s.reads() > 4 * PAGES,

@@ -206,7 +206,7 @@ impl Image {
         let g = st.geometry;
         let _claim = self
             .claims
-            .claim(g.cluster_of(offset)..g.cluster_of(offset + len - 1) + 1);
+            .claim(g.cluster_of(offset).0..g.cluster_of(offset + len - 1).0 + 1);
         let mut pos = 0;
         let mut in_place = false;
         while pos < len {
@@ -242,7 +242,7 @@ impl Image {
         if self.writethrough {
             self.sync_data()?;
         }
-        st.bitmap.set_range(first, last + 1, &self.loader())?;
+        st.bitmap.set_range(first..last + 1, &self.loader())?;
         if self.writethrough {
             self.commit(st, false)?;
         }

@@ -21,7 +21,7 @@
 
 use super::{Image, State};
 use crate::error::{Error, Result};
-use crate::layout::{Geometry, MAX_SIZE};
+use crate::layout::{Cluster, Geometry, MAX_SIZE};
 use std::io::{IoSlice, IoSliceMut};
 
 impl Image {
@@ -57,7 +57,8 @@ impl Image {
         // The page at the new end, held in memory, so that resizing the bitmap after the cut
         // does no I/O and cannot fail.
         if let Some(last) = old.clusters().checked_sub(1) {
-            st.bitmap.hold_page_of(new.clusters().min(last), &load)?;
+            st.bitmap
+                .hold_page_of(Cluster(new.clusters().min(last)), &load)?;
         }
         self.resize_data(new.size())?;
         // The image file has its new length: from here on, so has the image.
@@ -162,10 +163,10 @@ impl Image {
                 let mut head = vec![0u8; (old_size - start) as usize];
                 self.read_backing(&mut [IoSliceMut::new(&mut head)], start)?;
                 self.write_data(&[IoSlice::new(&head)], start)?;
-                st.bitmap.set_range(c, c + 1, &load)?;
+                st.bitmap.set_range(c..c + 1, &load)?;
             }
         }
-        st.bitmap
-            .set_range(old_size.div_ceil(g.cluster_size()), new_clusters, &load)
+        let grown = Cluster(old_size.div_ceil(g.cluster_size()))..Cluster(new_clusters);
+        st.bitmap.set_range(grown, &load)
     }
 }
