@@ -20,7 +20,7 @@ struct MemStore {
     gate: Option<Gate>,
 }
 
-/// Stops one thread's reads after they copied the bytes, until the test lets them go.
+/// Stops one thread's next read after it copied the bytes, until the test lets it go.
 struct Gate {
     thread: Mutex<Option<std::thread::ThreadId>>,
     entered: mpsc::SyncSender<()>,
@@ -70,13 +70,14 @@ impl MemStore {
         self.update(c / 8, 1, |_, b| *b |= 1 << (c % 8));
     }
 
+    /// Writes the dirty pages back; how many.
     fn write_back(&self, bitmap: &Bitmap) -> usize {
-        let wb = bitmap.take_dirty();
+        let wb = bitmap.take_dirty().expect("no write-back in flight");
         for page in wb.pages() {
             self.write(page.offset, &page.bytes);
         }
         let n = wb.pages().len();
-        wb.done();
+        bitmap.writeback_done(wb);
         n
     }
 
@@ -101,7 +102,10 @@ impl Store for MemStore {
         }
         drop(blocks);
         if let Some(gate) = self.gate.as_ref() {
-            if *gate.thread.lock().unwrap() == Some(std::thread::current().id()) {
+            let mut thread = gate.thread.lock().unwrap();
+            if *thread == Some(std::thread::current().id()) {
+                *thread = None;
+                drop(thread);
                 gate.entered.send(()).unwrap();
                 gate.go.lock().unwrap().recv().unwrap();
             }
@@ -122,14 +126,60 @@ impl Store for MemStore {
     }
 }
 
+/// A store whose reads, once they have copied their bytes, run `hook` with their offset before
+/// they return: other calls on the bitmap made meanwhile, on the same thread, as other
+/// coroutines run while one waits in its read.
+struct Yielding<'a> {
+    store: &'a MemStore,
+    hook: &'a dyn Fn(u64),
+}
+
+impl Store for Yielding<'_> {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.store.read(offset, buf)?;
+        (self.hook)(offset);
+        Ok(())
+    }
+
+    fn next_data(&self, offset: u64) -> Result<Option<u64>> {
+        self.store.next_data(offset)
+    }
+}
+
+/// Runs `f` on a thread of its own and fails if it has not returned within a minute: a
+/// deadlock fails the test instead of hanging it. (No timing is measured: `f` takes
+/// milliseconds.)
+fn without_deadlock(f: impl FnOnce() + Send + 'static) {
+    let (done, finished) = mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        f();
+        done.send(()).unwrap();
+    });
+    match finished.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(()) => thread.join().unwrap(),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(thread.join().unwrap_err())
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("deadlock: still running after a minute"),
+    }
+}
+
 fn bitmap(clusters: u64) -> Bitmap {
     Bitmap::new(clusters, 0)
+}
+
+/// The offsets of the dirty pages, taken and failed (so that they stay dirty).
+fn dirty(bm: &Bitmap) -> Vec<u64> {
+    let wb = bm.take_dirty().expect("no write-back in flight");
+    let offsets = wb.pages().iter().map(|p| p.offset).collect();
+    bm.writeback_failed(wb);
+    offsets
 }
 
 /// The runs from `first` to the end, merged (a call may stop early), and the calls made.
 fn runs(bm: &Bitmap, first: u64, store: &MemStore) -> (Vec<(bool, u64)>, u64) {
     let (mut out, mut calls, mut c) = (Vec::<(bool, u64)>::new(), 0, first);
-    while c < bm.clusters {
+    while c < bm.clusters() {
         let (state, n) = bm.run(Cluster(c), u64::MAX, store).unwrap();
         assert!(n > 0);
         match out.last_mut() {
@@ -194,7 +244,7 @@ fn dirty_pages_are_written_back_once_and_again_after_a_failure() {
     bm.set_range(Cluster(3)..Cluster(5), &s).unwrap();
     bm.set_range(Cluster(PAGE_BITS + 8)..Cluster(PAGE_BITS + 9), &s)
         .unwrap();
-    let wb = bm.take_dirty();
+    let wb = bm.take_dirty().unwrap();
     let pages = wb.pages();
     assert_eq!(pages.len(), 2);
     assert_eq!(pages[0].offset, 0);
@@ -202,15 +252,50 @@ fn dirty_pages_are_written_back_once_and_again_after_a_failure() {
     assert_eq!(pages[0].bytes[0], 0b0001_1000);
     assert_eq!(pages[1].offset, 4096);
     assert_eq!(pages[1].bytes, vec![0, 1]);
-    wb.done();
-    assert!(
-        bm.take_dirty().pages().is_empty(),
-        "dropped: nothing was dirty"
-    );
+    bm.writeback_done(wb);
+    assert_eq!(dirty(&bm), [], "done: nothing is dirty");
     bm.set_range(Cluster(PAGE_BITS)..Cluster(PAGE_BITS + 1), &s)
         .unwrap();
-    drop(bm.take_dirty());
-    assert_eq!(bm.take_dirty().pages().len(), 1, "a failed write-back");
+    let wb = bm.take_dirty().unwrap();
+    assert_eq!(wb.pages().len(), 1);
+    bm.writeback_failed(wb);
+    assert_eq!(dirty(&bm), [4096], "failed: dirty again");
+}
+
+#[test]
+fn one_write_back_at_a_time_without_waiting() {
+    let bm = bitmap(PAGE_BITS * 2);
+    let s = MemStore::default();
+    bm.set_range(Cluster(1)..Cluster(2), &s).unwrap();
+    let first = bm.take_dirty().unwrap();
+    bm.set_range(Cluster(PAGE_BITS)..Cluster(PAGE_BITS + 1), &s)
+        .unwrap();
+    assert!(bm.take_dirty().is_none(), "busy while one is in flight");
+    // Finished on another thread: it borrows nothing.
+    let first = std::thread::spawn(move || first).join().unwrap();
+    bm.writeback_done(first);
+    let second = bm.take_dirty().expect("free again");
+    assert_eq!(second.pages().len(), 1, "the page set meanwhile");
+    assert_eq!(second.pages()[0].offset, 4096);
+    bm.writeback_done(second);
+}
+
+/// A write-back is an owned value that a C host keeps in a heap handle and may finish on
+/// another thread.
+const _: () = {
+    const fn send<T: Send + 'static>() {}
+    send::<WriteBack>()
+};
+
+#[test]
+#[should_panic(expected = "did not take it")]
+fn a_write_back_is_finished_only_on_its_bitmap() {
+    let (a, b) = (bitmap(8), bitmap(8));
+    let s = MemStore::default();
+    a.set_range(Cluster(1)..Cluster(2), &s).unwrap();
+    let wb = a.take_dirty().unwrap();
+    let _other = b.take_dirty().unwrap();
+    b.writeback_done(wb);
 }
 
 #[test]
@@ -218,13 +303,15 @@ fn a_bit_set_during_a_write_back_keeps_its_page_dirty() {
     let bm = bitmap(100);
     let s = MemStore::default();
     bm.set_range(Cluster(1)..Cluster(2), &s).unwrap();
-    let wb = bm.take_dirty();
+    let wb = bm.take_dirty().unwrap();
     bm.set_range(Cluster(2)..Cluster(3), &s).unwrap();
-    wb.done();
+    bm.writeback_done(wb);
+    let wb = bm.take_dirty().unwrap();
     assert_eq!(
-        bm.take_dirty().pages()[0].bytes,
+        wb.pages()[0].bytes,
         vec![0b110, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     );
+    bm.writeback_done(wb);
 }
 
 #[test]
@@ -243,14 +330,14 @@ fn loads_lazily_and_once() {
 #[test]
 fn resize_drops_and_masks() {
     let s = MemStore::default();
-    let mut bm = bitmap(100);
+    let bm = bitmap(100);
     bm.set_range(Cluster(0)..Cluster(100), &s).unwrap();
     s.write_back(&bm);
     bm.resize(37, &s).unwrap();
     assert_eq!(bm.run(Cluster(0), u64::MAX, &s).unwrap(), (true, 37));
-    let wb = bm.take_dirty();
+    let wb = bm.take_dirty().unwrap();
     assert_eq!(wb.pages()[0].bytes, vec![0xff, 0xff, 0xff, 0xff, 0x1f]);
-    drop(wb);
+    bm.writeback_failed(wb);
     bm.resize(PAGE_BITS * 3, &s).unwrap();
     assert_eq!(bm.run(Cluster(0), u64::MAX, &s).unwrap(), (true, 37));
     assert_eq!(
@@ -262,11 +349,7 @@ fn resize_drops_and_masks() {
     assert!(bm.get(Cluster(PAGE_BITS * 3 - 1), &s).unwrap());
     bm.resize(PAGE_BITS, &s).unwrap();
     assert_eq!(bm.resident_pages(), 1, "pages past the end are dropped");
-    assert_eq!(
-        bm.take_dirty().pages().len(),
-        1,
-        "and no longer written back"
-    );
+    assert_eq!(dirty(&bm), [0], "and no longer written back");
     bm.resize(0, &s).unwrap();
     assert_eq!((bm.len_bytes(), bm.resident_pages()), (0, 0));
 }
@@ -276,7 +359,7 @@ fn resize_drops_and_masks() {
 fn a_2p44_cluster_bitmap_does_bounded_work() {
     let clusters = 1u64 << 44;
     let s = MemStore::default();
-    let mut bm = bitmap(clusters);
+    let bm = bitmap(clusters);
     assert_eq!(bm.resident_pages(), 0);
     assert!(!bm.get(Cluster(clusters - 1), &s).unwrap());
     let far = clusters / 3;
@@ -350,7 +433,7 @@ fn skips_stop_at_bits_not_yet_in_the_store() {
         (false, c),
         "dirty"
     );
-    let wb = bm.take_dirty();
+    let wb = bm.take_dirty().unwrap();
     assert_eq!(
         bm.run(Cluster(0), u64::MAX, &s).unwrap(),
         (false, c),
@@ -359,7 +442,7 @@ fn skips_stop_at_bits_not_yet_in_the_store() {
     for page in wb.pages() {
         s.write(page.offset, &page.bytes);
     }
-    wb.done();
+    bm.writeback_done(wb);
     s.set_bit(PAGE_BITS * 80);
     bm.get(Cluster(PAGE_BITS * 80), &s).unwrap(); // evicts page 50, now clean, under a one-page cap
     assert_eq!(bm.resident_pages(), 1);
@@ -415,7 +498,7 @@ fn dirty_and_writing_pages_are_never_evicted() {
             .unwrap();
     }
     assert_eq!(bm.resident_pages(), 20);
-    let wb = bm.take_dirty();
+    let wb = bm.take_dirty().unwrap();
     for i in 50..60 {
         s.set_bit(i * PAGE_BITS); // pages with data, so that reads load them
         bm.get(Cluster(i * PAGE_BITS), &s).unwrap();
@@ -424,7 +507,7 @@ fn dirty_and_writing_pages_are_never_evicted() {
     for i in 0..20 {
         assert!(bm.get(Cluster(i * PAGE_BITS), &s).unwrap(), "page {i}");
     }
-    drop(wb);
+    bm.writeback_failed(wb);
     assert!(bm.resident_pages() >= 20, "dirty again: they stay");
     s.write_back(&bm);
     bm.get(Cluster(55 * PAGE_BITS), &s).unwrap();
@@ -448,51 +531,120 @@ fn a_held_page_stays_until_written_back() {
     bm.get(Cluster(PAGE_BITS * 7), &s).unwrap(); // over the one-page cap
     s.write(3 * PAGE_BYTES, &[0; 8]); // the store loses page 3's bit
     assert!(bm.get(Cluster(PAGE_BITS * 3 + 1), &s).unwrap(), "held");
-    let offsets: Vec<u64> = bm.take_dirty().pages().iter().map(|p| p.offset).collect();
-    assert_eq!(offsets, [3 * PAGE_BYTES]);
+    assert_eq!(dirty(&bm), [3 * PAGE_BYTES]);
 }
 
-/// Race (b) of the protocol: a loader reads a page from the store; meanwhile the page is loaded
-/// by another thread, a bit is set in it, it is written back and, under the cap, evicted; then
-/// the first loader installs its stale copy and the bit is lost. Eviction must wait for the
-/// loader, which then finds the other copy installed.
+/// Calls into the bitmap from inside a store read (loads over a one-page cap, so evictions;
+/// sets; runs; a write-back) must not deadlock: no lock is held across a store call.
+#[test]
+fn a_store_read_that_yields_to_other_calls_does_not_deadlock() {
+    without_deadlock(|| {
+        let s = MemStore::sparse();
+        for page in 0..4 {
+            s.set_bit(page * PAGE_BITS + 1); // pages with data, so that reads load them
+        }
+        let bm = Bitmap::new(PAGE_BITS * 8, 1);
+        let armed = AtomicBool::new(true);
+        let hook = |_| {
+            if armed.swap(false, SeqCst) {
+                assert!(bm.get(Cluster(PAGE_BITS + 1), &s).unwrap());
+                bm.set_range(Cluster(2 * PAGE_BITS)..Cluster(2 * PAGE_BITS + 8), &s)
+                    .unwrap();
+                assert_eq!(
+                    bm.run(Cluster(2 * PAGE_BITS), u64::MAX, &s).unwrap(),
+                    (true, 8)
+                );
+                assert_eq!(s.write_back(&bm), 1);
+                assert!(bm.get(Cluster(3 * PAGE_BITS + 1), &s).unwrap());
+            }
+        };
+        let store = Yielding {
+            store: &s,
+            hook: &hook,
+        };
+        bm.set_range(Cluster(5)..Cluster(6), &store).unwrap();
+        assert!(!armed.load(SeqCst), "the hook ran");
+        assert_eq!(bm.run(Cluster(0), 8, &store).unwrap(), (false, 1));
+        assert_eq!(bm.run(Cluster(1), 8, &store).unwrap(), (true, 1));
+        assert_eq!(bm.run(Cluster(5), 8, &store).unwrap(), (true, 1));
+        assert_eq!(s.write_back(&bm), 1);
+    });
+}
+
+/// Protocol rule 3, deterministically: while loader A waits in its read of page 5 (its bytes
+/// already copied), other calls of its thread load page 5, set a bit in it, write it back and
+/// evict it (loading page 8 under a one-page cap). A's copy is then older than the store: its
+/// install must be refused and the page read again.
+#[test]
+fn a_loader_whose_page_was_evicted_during_its_read_reads_it_again() {
+    without_deadlock(|| {
+        let s = MemStore::sparse();
+        let c = 5 * PAGE_BITS + 9;
+        s.set_bit(c - 1); // pages 5 and 8 have data, so that reads load them
+        s.set_bit(8 * PAGE_BITS);
+        let bm = Bitmap::new(PAGE_BITS * 10, 1);
+        let armed = AtomicBool::new(true);
+        let hook = |offset| {
+            if offset == 5 * PAGE_BYTES && armed.swap(false, SeqCst) {
+                bm.set_range(Cluster(c)..Cluster(c + 1), &s).unwrap();
+                assert_eq!(s.write_back(&bm), 1);
+                bm.get(Cluster(8 * PAGE_BITS), &s).unwrap();
+                let guard = bm.table.guard();
+                assert!(bm.table.get(5, &guard).is_none(), "page 5 was evicted");
+            }
+        };
+        let store = Yielding {
+            store: &s,
+            hook: &hook,
+        };
+        assert!(
+            bm.get(Cluster(c), &store).unwrap(),
+            "A installed a stale copy"
+        );
+        assert!(!armed.load(SeqCst), "the hook ran");
+        assert_eq!(s.reads(), 4, "A, the setter, page 8, A again");
+        assert!(bm.get(Cluster(c - 1), &s).unwrap());
+    });
+}
+
+/// Protocol rule 3 across threads: a loader reads a page from the store; meanwhile another
+/// thread loads the page, sets a bit in it, writes it back and, under the cap, evicts it
+/// (without waiting for the loader); if the loader then installed its stale copy, the bit
+/// would be lost. The eviction changed the page's generation: the loader reads it again.
 #[test]
 fn a_loader_never_installs_a_copy_older_than_a_write_back() {
-    let (entered_tx, entered) = mpsc::sync_channel(1);
-    let (go, go_rx) = mpsc::channel();
-    let s = MemStore {
-        gate: Some(Gate {
-            thread: Mutex::new(None),
-            entered: entered_tx,
-            go: Mutex::new(go_rx),
-        }),
-        ..MemStore::sparse()
-    };
-    let bm = Bitmap::new(PAGE_BITS * 10, 1);
-    let c = 5 * PAGE_BITS + 9;
-    s.set_bit(c - 1); // pages 5 and 8 have data, so that reads load them
-    s.set_bit(8 * PAGE_BITS);
-    std::thread::scope(|scope| {
-        let loader = scope.spawn(|| {
-            let gate = s.gate.as_ref().unwrap();
-            *gate.thread.lock().unwrap() = Some(std::thread::current().id());
-            bm.get(Cluster(c), &s).unwrap()
+    without_deadlock(|| {
+        let (entered_tx, entered) = mpsc::sync_channel(1);
+        let (go, go_rx) = mpsc::channel();
+        let s = MemStore {
+            gate: Some(Gate {
+                thread: Mutex::new(None),
+                entered: entered_tx,
+                go: Mutex::new(go_rx),
+            }),
+            ..MemStore::sparse()
+        };
+        let bm = Bitmap::new(PAGE_BITS * 10, 1);
+        let c = 5 * PAGE_BITS + 9;
+        s.set_bit(c - 1); // pages 5 and 8 have data, so that reads load them
+        s.set_bit(8 * PAGE_BITS);
+        std::thread::scope(|scope| {
+            let loader = scope.spawn(|| {
+                let gate = s.gate.as_ref().unwrap();
+                *gate.thread.lock().unwrap() = Some(std::thread::current().id());
+                bm.get(Cluster(c), &s).unwrap()
+            });
+            entered.recv().unwrap(); // the loader holds page 5 as the store had it
+            bm.set_range(Cluster(c)..Cluster(c + 1), &s).unwrap();
+            s.write_back(&bm);
+            // Loading page 8 goes over the one-page cap and evicts page 5, now clean.
+            bm.get(Cluster(8 * PAGE_BITS), &s).unwrap();
+            assert!(bm.table.get(5, &bm.table.guard()).is_none(), "evicted");
+            go.send(()).unwrap();
+            assert!(loader.join().unwrap(), "the loader installed a stale copy");
         });
-        entered.recv().unwrap(); // the loader holds page 5 as the store had it
-        bm.set_range(Cluster(c)..Cluster(c + 1), &s).unwrap();
-        s.write_back(&bm);
-        // Loading page 8 goes over the one-page cap and evicts page 5, now clean.
-        let evictor = scope.spawn(|| bm.get(Cluster(8 * PAGE_BITS), &s).unwrap());
-        // Room for an eviction that does not wait for the loader; nothing is timed.
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        go.send(()).unwrap();
-        loader.join().unwrap();
-        evictor.join().unwrap();
+        assert!(bm.get(Cluster(c), &s).unwrap());
     });
-    assert!(
-        bm.get(Cluster(c), &s).unwrap(),
-        "the loader installed a stale copy"
-    );
 }
 
 /// Setters, readers, write-backs (one in five failing) and evictions at once under a one-page
@@ -506,14 +658,21 @@ fn concurrent_setters_readers_and_write_backs_lose_no_bit_under_eviction() {
     let s = MemStore::sparse();
     let bm = Bitmap::new(PAGES * PAGE_BITS, 1);
     let rounds = AtomicU64::new(0);
+    // Waits for the write-back in flight, if any, so that every call writes back.
     let write_back = || {
-        let wb = bm.take_dirty();
+        let wb = loop {
+            match bm.take_dirty() {
+                Some(wb) => break wb,
+                None => std::thread::yield_now(),
+            }
+        };
         for page in wb.pages() {
             s.write(page.offset, &page.bytes);
         }
-        if rounds.fetch_add(1, SeqCst) % 5 != 4 {
-            wb.done();
-        } // else: a failed write-back
+        match rounds.fetch_add(1, SeqCst) % 5 {
+            4 => bm.writeback_failed(wb),
+            _ => bm.writeback_done(wb),
+        }
     };
     let done: Vec<Vec<AtomicU64>> = (0..2)
         .map(|_| (0..SETS).map(|_| AtomicU64::new(u64::MAX)).collect())

@@ -283,7 +283,10 @@ impl Image {
     /// then syncs the `.add-cow` file. Pages whose write-back fails stay dirty.
     fn commit(&self, st: &State, sync_data: bool) -> Result<()> {
         let _serial = self.commit.lock().unwrap_or_else(|e| e.into_inner());
-        let pages = st.bitmap.take_dirty();
+        let pages = st
+            .bitmap
+            .take_dirty()
+            .expect("the commit mutex keeps write-backs one at a time");
         let result = (|| {
             if sync_data {
                 self.sync_data()?;
@@ -298,9 +301,10 @@ impl Image {
                 .flush()
                 .map_err(|e| Error::io("flush", &self.meta_name, 0, e))
         })();
-        if result.is_ok() {
-            pages.done();
-        } // else dropping `pages` marks them dirty again
+        match result {
+            Ok(()) => st.bitmap.writeback_done(pages),
+            Err(_) => st.bitmap.writeback_failed(pages),
+        }
         result
     }
 

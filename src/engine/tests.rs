@@ -258,11 +258,10 @@ fn failed_write_back_keeps_pages_dirty() {
     let err = img.flush().unwrap_err();
     assert_eq!(err.errno(), libc::ENOSPC);
     assert!(err.to_string().contains("write bitmap of meta"), "{err}");
-    assert_eq!(
-        img.state().bitmap.take_dirty().pages().len(),
-        1,
-        "page stays dirty"
-    );
+    let st = img.state();
+    let wb = st.bitmap.take_dirty().expect("no write-back in flight");
+    assert_eq!(wb.pages().len(), 1, "page stays dirty");
+    st.bitmap.writeback_failed(wb);
 }
 
 /// Counts reads (clones share the counters) and reports a fixed length without holding bytes.
