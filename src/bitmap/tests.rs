@@ -281,10 +281,12 @@ fn one_write_back_at_a_time_without_waiting() {
 }
 
 /// A write-back is an owned value that a C host keeps in a heap handle and may finish on
-/// another thread.
+/// another thread; the bitmap is shared between threads.
 const _: () = {
     const fn send<T: Send + 'static>() {}
-    send::<WriteBack>()
+    const fn sync<T: Send + Sync>() {}
+    send::<WriteBack>();
+    sync::<Bitmap>();
 };
 
 #[test]
