@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 
 /// The magic at byte 0 of layout 1.
@@ -189,19 +190,19 @@ impl Geometry {
         self.clusters().div_ceil(8)
     }
 
-    /// Index of the cluster holding byte `offset`.
-    pub fn cluster_of(&self, offset: u64) -> u64 {
-        offset >> self.cluster_bits
+    /// The cluster holding byte `offset`.
+    pub fn cluster_of(&self, offset: u64) -> Cluster {
+        Cluster(offset >> self.cluster_bits)
     }
 
     /// Byte offset where cluster `c` starts.
-    pub fn cluster_start(&self, c: u64) -> u64 {
-        c << self.cluster_bits
+    pub fn cluster_start(&self, c: Cluster) -> u64 {
+        c.0 << self.cluster_bits
     }
 
     /// Byte offset where cluster `c` ends, clamped to the image size (the last cluster may be
     /// partial).
-    pub fn cluster_end(&self, c: u64) -> u64 {
+    pub fn cluster_end(&self, c: Cluster) -> u64 {
         self.cluster_start(c + 1).min(self.size)
     }
 }
@@ -305,19 +306,21 @@ mod tests {
         assert_eq!((g.clusters(), g.bitmap_len()), (0, 0));
         let g = Geometry::new(16, 1);
         assert_eq!((g.clusters(), g.bitmap_len()), (1, 1));
-        assert_eq!(g.cluster_end(0), 1);
+        assert_eq!(g.cluster_end(Cluster(0)), 1);
         let g = Geometry::new(16, 65536);
         assert_eq!((g.clusters(), g.bitmap_len()), (1, 1));
         let g = Geometry::new(16, 65537);
         assert_eq!((g.clusters(), g.bitmap_len()), (2, 1));
-        assert_eq!(g.cluster_end(1), 65537);
+        assert_eq!(g.cluster_end(Cluster(1)), 65537);
         let g = Geometry::new(16, 8 * 65536 + 512);
         assert_eq!((g.clusters(), g.bitmap_len()), (9, 2));
         let g = Geometry::new(16, 1 << 40);
         assert_eq!(g.bitmap_len(), 2 << 20, "2 MiB of bitmap per TiB");
         let g = Geometry::new(12, 10_000);
         assert_eq!((g.cluster_size(), g.clusters()), (4096, 3));
-        assert_eq!(g.cluster_of(8191), 1);
-        assert_eq!(g.cluster_start(2), 8192);
+        assert_eq!(g.cluster_of(8191), Cluster(1));
+        assert_eq!(g.cluster_start(Cluster(2)), 8192);
+        assert_eq!(Cluster(2) + 3, Cluster(5));
+        assert_eq!(Cluster(5) - Cluster(2), 3);
     }
 }

@@ -6,7 +6,8 @@
 //! then sets the bit. Once every bit is set the raw file stands alone.
 //!
 //! Layers, bottom up:
-//! - [`storage`]: byte sources (files, memory), how local files are opened and locked;
+//! - [`storage`]: byte sources (files, memory), how local files are opened and locked; and
+//!   [`cluster`], the cluster index both layers above count in;
 //! - beside each other, depending on neither: [`layout`] (the bytes of the `.add-cow` file,
 //!   the geometry) and [`bitmap`] (the COW bitmap in memory, loaded through a `bitmap::Store`);
 //! - [`mapping`]: the mapping core, the format logic without data I/O (layout + bitmap over a
@@ -19,6 +20,7 @@
 
 pub mod bitmap;
 pub mod capi;
+pub mod cluster;
 pub mod engine;
 pub mod error;
 pub mod layout;

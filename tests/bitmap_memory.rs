@@ -3,6 +3,7 @@
 //! test allocates meanwhile.
 
 use addcow::bitmap::{Bitmap, Store, MAX_RUN_PAGES, PAGE_BYTES};
+use addcow::cluster::Cluster;
 use addcow::Result;
 
 /// A bitmap with every bit set, and no holes.
@@ -41,7 +42,7 @@ fn a_scan_of_128_mib_of_bitmap_stays_under_a_4_mib_cap() {
     let (rss_before, _) = memory();
     let mut c = 0;
     while c < PAGES * PAGE_BYTES * 8 {
-        let (state, n) = bm.run(c, u64::MAX, &Dense).unwrap();
+        let (state, n) = bm.run(Cluster(c), u64::MAX, &Dense).unwrap();
         assert!(state);
         assert_eq!(
             n,

@@ -21,33 +21,58 @@
 //! A page is *absent* (the store has its bits), *clean* (resident, the same bits as the store),
 //! *dirty* (resident, bits the store lacks) or *writing* (a copy of it is being written back;
 //! bits may have been set since the copy). The *unsynced set* orders the dirty and writing
-//! pages. The eviction lock is a reader-writer lock whose shared side (`table::Shared`) the
-//! loaders and setters hold and whose exclusive side the evictor holds.
+//! pages. The *eviction lock* is a reader-writer lock: loaders and setters hold its shared side
+//! for *sections* (`table::Shared`), the evictor its exclusive side.
+//!
+//! **No lock is held across a [`Store`] call**: the bitmap's locks and epoch guards are held
+//! only across memory operations, never across I/O, a call out of the bitmap or a return to
+//! the caller. So a store may yield (a coroutine waiting for its I/O) while other coroutines of
+//! the same thread call into the same bitmap, and a [`WriteBack`] may be finished any time
+//! later, on any thread.
 //!
 //! 1. Only clean pages are evicted, so an absent page has all its bits in the store, and a
 //!    page is unsynced only while resident.
 //! 2. Readers of a resident page take no lock. The table's epoch guard keeps an evicted page's
 //!    memory valid while a reader holds it, and an evicted page was clean: its bits are right.
-//! 3. A loader holds the shared side from its lookup that missed, through the store read, to
-//!    the install, which keeps a page installed first. So a page is never cached twice, and no
-//!    stale copy is installed: for the store to change under the loader, another copy would
-//!    have to be loaded, set, written back *and evicted*, and eviction waits for the loader.
-//! 4. A setter holds the shared side from its lookup (or load) through setting its bits to
-//!    marking the page dirty, and adds a page that was clean to the unsynced set before it
-//!    returns. So no bit is set in a page as it is evicted: the evictor checks that a page is
-//!    clean under the exclusive side, and a setter's page is dirty before the setter lets go.
+//!    Guards end before store calls, so that a slow call keeps no evicted page in memory.
+//! 3. Every eviction bumps the *eviction generation* of the page's slot (`table::SLOTS` slots
+//!    shared by index), under the exclusive side. A loader finds the page absent and records
+//!    the generation in one section, reads the store outside any section, then, in a second
+//!    section, takes the resident copy if there is one, installs its own if the generation is
+//!    unchanged, and reads again otherwise. So a page is never cached twice (one section
+//!    installs at most one copy, and only where none is), and no stale copy is installed: the
+//!    store changes only when a write-back of a resident copy reaches it (rule 5), and that
+//!    copy is still resident at the second section (taken instead), or was evicted after the
+//!    first (the generation changed: read again), or before it, and then its write-back
+//!    reached the store before the copy turned clean, so before the read began.
+//! 4. A setter sets its bits and marks the page dirty in one section, the section in which it
+//!    found the page resident or installed it (rule 3: an absent page is read first, without
+//!    any lock), and adds a page that was clean to the unsynced set before the section ends.
+//!    So no bit is set in a page as it is evicted: the evictor checks that a page is clean
+//!    under the exclusive side, and a setter's page is dirty before its section ends.
 //! 5. [`Bitmap::take_dirty`] turns dirty pages writing in one step (never clean in between),
 //!    then copies them; a page turns clean only when its write-back is done
-//!    ([`WriteBack::done`]) and no bit was set in it since. So a page is never clean while the
-//!    store is stale. A failed write-back turns its pages dirty again. One write-back at a time.
+//!    ([`Bitmap::writeback_done`], once every copy is in the store) and no bit was set in it
+//!    since. So a page is never clean while the store is stale. A failed write-back
+//!    ([`Bitmap::writeback_failed`]) turns its pages dirty again. One write-back at a time, so
+//!    that an older copy of a page never lands after a newer one: `take_dirty` returns `None`
+//!    while one is in flight rather than wait for it. A write-back that is never finished
+//!    keeps its pages writing, hence resident, and every later `take_dirty` returns `None`:
+//!    the bitmap then never writes back again. Finish every one.
 //! 6. A reader that misses a page asks the unsynced set for the next unsynced page *first*,
 //!    then the store for the next data; the pages before both are all zero. In that order, a
 //!    bit set before the reader began is seen: it reaches the store only through a write-back,
 //!    and its page leaves the unsynced set only after that write. (Bits only go from 0 to 1
-//!    while readers run: only [`Bitmap::resize`], which takes `&mut self`, clears bits.)
+//!    while readers run: only [`Bitmap::resize`], which no other call overlaps, clears bits.)
 //!
-//! Lock order: the eviction lock, the unsynced set, the table's queue; the write-back mutex
-//! before the unsynced set.
+//! # Resize
+//! [`Bitmap::resize`] takes `&self`, but its caller guarantees that no other call on the bitmap
+//! runs during it and that no write-back is in flight (between [`Bitmap::take_dirty`] and its
+//! finish): it clears bits and drops pages whatever their state. Broken, the contract costs
+//! correct bits, never memory safety: this module has no `unsafe`.
+//!
+//! Lock order: the eviction lock, the unsynced set, the table's queue. The write-back in flight
+//! is an atomic ticket, not a lock.
 
 #![forbid(unsafe_code)]
 
@@ -60,9 +85,12 @@ pub use store::Store;
 pub use table::PAGE_COST;
 pub use writeback::{PageSnapshot, WriteBack};
 
+use crate::cluster::Cluster;
 use crate::error::Result;
 use page::Page;
-use table::{Guard, Shared, Table};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use table::{Shared, Table};
 use writeback::Unsynced;
 
 /// Bitmap bytes per page (32768 clusters, 2 GiB of image at 64 KiB clusters).
@@ -75,20 +103,20 @@ pub const DEFAULT_CACHE_BYTES: u64 = 32 << 20;
 /// 2 Mi clusters (128 GiB at 64 KiB clusters) of scanned pages, more over holes.
 pub const MAX_RUN_PAGES: u32 = 64;
 
-/// The in-memory bitmap of an image with a given number of clusters.
+/// The in-memory bitmap of an image with a given number of clusters. `Send + Sync`.
 pub struct Bitmap {
-    clusters: u64,
+    /// The number of clusters; changed only by [`Bitmap::resize`].
+    clusters: AtomicU64,
     table: Table,
     unsynced: Unsynced,
 }
 
-/// A page as a reader sees it.
-enum View<'g> {
-    Page(&'g Page),
+/// What a reader's visit to a page found.
+enum Visit<R> {
+    /// The page, as the visitor saw it.
+    Page(R),
     /// The page, and those after it up to (not including) `end`, are all zero.
-    Zeros {
-        end: u64,
-    },
+    Zeros { end: u64 },
 }
 
 impl Bitmap {
@@ -101,15 +129,19 @@ impl Bitmap {
             n => n,
         };
         Bitmap {
-            clusters,
+            clusters: AtomicU64::new(clusters),
             table: Table::new(cap),
             unsynced: Unsynced::new(),
         }
     }
 
+    fn clusters(&self) -> u64 {
+        self.clusters.load(Ordering::Acquire)
+    }
+
     /// Bitmap length in bytes.
     pub fn len_bytes(&self) -> u64 {
-        self.clusters.div_ceil(8)
+        self.clusters().div_ceil(8)
     }
 
     fn page_count(&self) -> u64 {
@@ -118,7 +150,9 @@ impl Bitmap {
 
     /// Bytes of page `index` (the last page may be short).
     fn page_bytes(&self, index: u64) -> u64 {
-        (self.len_bytes() - index * PAGE_BYTES).min(PAGE_BYTES)
+        self.len_bytes()
+            .saturating_sub(index * PAGE_BYTES)
+            .min(PAGE_BYTES)
     }
 
     /// Pages in memory.
@@ -127,38 +161,39 @@ impl Bitmap {
     }
 
     /// Whether cluster `c` (< clusters) is allocated.
-    pub fn get(&self, c: u64, store: &dyn Store) -> Result<bool> {
-        let guard = self.table.guard();
-        Ok(match self.view(c / PAGE_BITS, &guard, store)? {
-            View::Page(page) => page.bit(c % PAGE_BITS),
-            View::Zeros { .. } => false,
-        })
+    pub fn get(&self, c: Cluster, store: &dyn Store) -> Result<bool> {
+        let bit = c.0 % PAGE_BITS;
+        Ok(
+            match self.visit(c.0 / PAGE_BITS, store, |page| page.bit(bit))? {
+                Visit::Page(set) => set,
+                Visit::Zeros { .. } => false,
+            },
+        )
     }
 
     /// The state of cluster `first` (< clusters) and the number of clusters, at least 1 and
     /// at most `max`, from `first` on that share it; fewer when [`MAX_RUN_PAGES`] visits did
     /// not reach the end of the run. The state comes from the same load that starts the run,
     /// so a concurrent allocation can never make the run empty.
-    pub fn run(&self, first: u64, max: u64, store: &dyn Store) -> Result<(bool, u64)> {
-        let end = first.saturating_add(max.max(1)).min(self.clusters);
-        let guard = self.table.guard();
+    pub fn run(&self, first: Cluster, max: u64, store: &dyn Store) -> Result<(bool, u64)> {
+        let end = first.0.saturating_add(max.max(1)).min(self.clusters());
         let mut state = None;
-        let mut c = first;
+        let mut c = first.0;
         for _ in 0..MAX_RUN_PAGES {
             if c >= end {
                 break;
             }
             let index = c / PAGE_BITS;
             let base = index * PAGE_BITS;
-            match self.view(index, &guard, store)? {
-                View::Zeros { .. } if state == Some(true) => break,
-                View::Zeros { end: zeros_end } => {
+            let (from, to) = (c - base, (end - base).min(PAGE_BITS));
+            let scan = |page: &Page| page.run_in(from, to, &mut state);
+            match self.visit(index, store, scan)? {
+                Visit::Zeros { .. } if state == Some(true) => break,
+                Visit::Zeros { end: zeros_end } => {
                     state = Some(false);
                     c = (zeros_end * PAGE_BITS).min(end);
                 }
-                View::Page(page) => {
-                    let to = (end - base).min(PAGE_BITS);
-                    let (stop, other_state) = page.run_in(c - base, to, &mut state);
+                Visit::Page((stop, other_state)) => {
                     c = base + stop;
                     if other_state {
                         break;
@@ -166,55 +201,23 @@ impl Bitmap {
                 }
             }
         }
-        Ok((state.unwrap_or(false), c.min(end) - first))
+        Ok((state.unwrap_or(false), c.min(end) - first.0))
     }
 
-    /// Sets the bits of clusters `first..end` (all < clusters) and marks their pages dirty.
+    /// Sets the bits of `clusters` (all < the number of clusters) and marks their pages dirty.
     /// Call only once the clusters' data is in the image file.
-    pub fn set_range(&self, first: u64, end: u64, store: &dyn Store) -> Result<()> {
-        let guard = self.table.guard();
-        let mut c = first;
+    pub fn set_range(&self, clusters: Range<Cluster>, store: &dyn Store) -> Result<()> {
+        let (mut c, end) = (clusters.start.0, clusters.end.0);
         while c < end {
             let index = c / PAGE_BITS;
             let base = index * PAGE_BITS;
             let page_end = end.min(base + PAGE_BITS);
-            {
-                let shared = self.table.shared();
-                let page = self.load_locked(index, &shared, &guard, store)?;
-                page.set_bits(c - base, page_end - base, &shared);
-                self.mark_dirty(index, page, &shared);
-            }
+            self.with_page(index, store, |page, shared| {
+                page.set_bits(c - base, page_end - base, shared);
+                self.mark_dirty(index, page, shared);
+            })?;
             self.table.evict_over_cap();
             c = page_end;
-        }
-        Ok(())
-    }
-
-    /// Keeps the bits of clusters `first..end` in memory whatever happens to the store: each
-    /// page of the range that may hold a set bit (all-zero stretches of the store are skipped)
-    /// is loaded and marked dirty, so it stays until written back. Costs a page of memory per
-    /// such page.
-    pub fn hold_range(&self, first: u64, end: u64, store: &dyn Store) -> Result<()> {
-        if first >= end {
-            return Ok(());
-        }
-        let guard = self.table.guard();
-        let (mut index, last) = (first / PAGE_BITS, (end - 1) / PAGE_BITS);
-        while index <= last {
-            let Some(data) = store.next_data(index * PAGE_BYTES)? else {
-                break;
-            };
-            if data / PAGE_BYTES > index {
-                index = data / PAGE_BYTES;
-                continue;
-            }
-            {
-                let shared = self.table.shared();
-                let page = self.load_locked(index, &shared, &guard, store)?;
-                self.mark_dirty(index, page, &shared);
-            }
-            self.table.evict_over_cap();
-            index += 1;
         }
         Ok(())
     }
@@ -222,33 +225,33 @@ impl Bitmap {
     /// Loads the page holding cluster `c` (< clusters) and marks it dirty, so that it stays in
     /// memory until written back: a [`Bitmap::resize`] whose boundary page it is then does no
     /// I/O and cannot fail.
-    pub fn hold_page_of(&self, c: u64, store: &dyn Store) -> Result<()> {
-        let index = c / PAGE_BITS;
-        let guard = self.table.guard();
-        let shared = self.table.shared();
-        let page = self.load_locked(index, &shared, &guard, store)?;
-        self.mark_dirty(index, page, &shared);
-        Ok(())
+    pub fn hold_page_of(&self, c: Cluster, store: &dyn Store) -> Result<()> {
+        let index = c.0 / PAGE_BITS;
+        self.with_page(index, store, |page, shared| {
+            self.mark_dirty(index, page, shared)
+        })
     }
 
     /// Changes the number of clusters. Bits of clusters past the new end are dropped; new
     /// clusters start unallocated (the store must hold zeros there). The page at the boundary
     /// is rewritten and marked dirty, so that no stale bit past the end survives on disk
     /// either. Costs the pages in memory, not the pages of the image.
-    pub fn resize(&mut self, clusters: u64, store: &dyn Store) -> Result<()> {
-        let keep = self.clusters.min(clusters);
+    ///
+    /// The caller guarantees that no other call on this bitmap runs meanwhile and that no
+    /// write-back is in flight (see "Resize" in the module docs).
+    pub fn resize(&self, clusters: u64, store: &dyn Store) -> Result<()> {
+        let keep = self.clusters().min(clusters);
         if keep % PAGE_BITS != 0 {
             let index = keep / PAGE_BITS;
-            let guard = self.table.guard();
-            let shared = self.table.shared();
-            let page = self.load_locked(index, &shared, &guard, store)?;
-            page.mask_from(keep % PAGE_BITS);
-            self.mark_dirty(index, page, &shared);
+            self.with_page(index, store, |page, shared| {
+                page.mask_from(keep % PAGE_BITS);
+                self.mark_dirty(index, page, shared);
+            })?;
         }
         let pages = keep.div_ceil(PAGE_BITS);
         self.table.retain_below(pages);
         self.unsynced.retain_below(pages);
-        self.clusters = clusters;
+        self.clusters.store(clusters, Ordering::Release);
         Ok(())
     }
 
@@ -258,12 +261,20 @@ impl Bitmap {
         }
     }
 
-    /// Page `index` (< page count) for a reader: resident, or known all-zero (protocol rule 6),
-    /// or loaded.
-    fn view<'g>(&self, index: u64, guard: &'g Guard<'_>, store: &dyn Store) -> Result<View<'g>> {
-        if let Some(page) = self.table.get(index, guard) {
-            page.touch();
-            return Ok(View::Page(page));
+    /// Applies `f` to page `index` (< page count) for a reader: to the resident page without
+    /// a lock, or to the page loaded; or finds it all zero (protocol rule 6).
+    fn visit<R>(
+        &self,
+        index: u64,
+        store: &dyn Store,
+        f: impl FnOnce(&Page) -> R,
+    ) -> Result<Visit<R>> {
+        {
+            let guard = self.table.guard();
+            if let Some(page) = self.table.get(index, &guard) {
+                page.touch();
+                return Ok(Visit::Page(f(page)));
+            }
         }
         let unsynced = self.unsynced.next_from(index).unwrap_or(u64::MAX);
         let data = store
@@ -271,29 +282,42 @@ impl Bitmap {
             .map_or(u64::MAX, |d| d / PAGE_BYTES);
         let end = unsynced.min(data).min(self.page_count());
         if end > index {
-            return Ok(View::Zeros { end });
+            return Ok(Visit::Zeros { end });
         }
-        let page = self.load_locked(index, &self.table.shared(), guard, store)?;
+        let seen = self.with_page(index, store, |page, _| f(page))?;
         self.table.evict_over_cap();
-        Ok(View::Page(page))
+        Ok(Visit::Page(seen))
     }
 
-    /// The resident page `index`, loaded from `store` and installed when absent.
-    fn load_locked<'g>(
+    /// Applies `f` to page `index` in a section (protocol rules 3 and 4): the resident page,
+    /// or the page read from `store` (outside any section) and installed. Never inlined: its
+    /// page buffers would cost every reader of a resident page a stack probe.
+    #[inline(never)]
+    fn with_page<R>(
         &self,
         index: u64,
-        shared: &Shared<'_>,
-        guard: &'g Guard<'_>,
         store: &dyn Store,
-    ) -> Result<&'g Page> {
-        if let Some(page) = self.table.get(index, guard) {
-            return Ok(page);
+        f: impl FnOnce(&Page, &Shared<'_>) -> R,
+    ) -> Result<R> {
+        loop {
+            let generation = {
+                let guard = self.table.guard();
+                let shared = self.table.shared();
+                if let Some(page) = self.table.get(index, &guard) {
+                    return Ok(f(page, &shared));
+                }
+                self.table.generation(index, &shared)
+            };
+            let mut buf = [0u8; PAGE_BYTES as usize];
+            let bytes = &mut buf[..self.page_bytes(index) as usize];
+            store.read(index * PAGE_BYTES, bytes)?;
+            let page = Page::new(bytes, self.clusters().saturating_sub(index * PAGE_BITS));
+            let guard = self.table.guard();
+            let shared = self.table.shared();
+            if let Some(page) = self.table.install(index, page, generation, &shared, &guard) {
+                return Ok(f(page, &shared));
+            }
         }
-        let mut buf = [0u8; PAGE_BYTES as usize];
-        let bytes = &mut buf[..self.page_bytes(index) as usize];
-        store.read(index * PAGE_BYTES, bytes)?;
-        let page = Page::new(bytes, self.clusters - index * PAGE_BITS);
-        Ok(self.table.install(index, page, shared, guard))
     }
 }
 

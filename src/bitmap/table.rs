@@ -7,13 +7,18 @@
 //! held, so a reader may keep using a page that is evicted under it. Memory follows the number
 //! of resident pages, not the size of the image.
 //!
-//! Lock order: the eviction lock (`evict`), then the queue (`clock`).
+//! Evicting a page bumps the *eviction generation* of its slot (pages share [`SLOTS`] slots by
+//! index), so that a loader can tell whether the page it read was evicted meanwhile (protocol
+//! rule 3 in the module above).
+//!
+//! Lock order: the eviction lock (`evict`), then the queue (`clock`). Both are held only for a
+//! few memory operations, never across I/O.
 
 use super::page::Page;
 use super::PAGE_BYTES;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 /// Memory one resident page costs: its 4 KiB plus, with margin, the table's entry header,
@@ -23,8 +28,12 @@ pub const PAGE_COST: u64 = PAGE_BYTES + 256;
 
 pub(super) type Guard<'a> = papaya::LocalGuard<'a>;
 
-/// The shared side of the eviction lock. Loaders hold it from their lookup to their install,
-/// setters from their lookup to their dirty mark: no page is evicted meanwhile.
+/// Eviction generations: pages share this many slots (index modulo `SLOTS`), so that a loader
+/// retries only when a page of its slot was evicted during its read.
+const SLOTS: usize = 1024;
+
+/// The shared side of the eviction lock, held for a *section*: a few memory operations, no I/O.
+/// No page is evicted during a section.
 pub(super) struct Shared<'a> {
     _read: RwLockReadGuard<'a, ()>,
 }
@@ -35,6 +44,9 @@ pub(super) struct Table {
     /// Clean pages are evicted while more than this many pages are resident.
     cap_pages: usize,
     evict: RwLock<()>,
+    /// Per slot, the number of evictions of its pages. Read under [`Shared`], bumped under the
+    /// exclusive side.
+    generations: Box<[AtomicU64]>,
     /// One evictor at a time; the others go on (at most a page each over the cap meanwhile).
     evicting: AtomicBool,
     /// Clean resident pages in the order the clock hand meets them, and dirty ones not yet
@@ -56,6 +68,7 @@ impl Table {
                 .unwrap_or(usize::MAX)
                 .max(1),
             evict: RwLock::new(()),
+            generations: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             evicting: AtomicBool::new(false),
             clock: Mutex::new(VecDeque::new()),
         }
@@ -71,31 +84,48 @@ impl Table {
         self.pages.get(&index, guard)
     }
 
-    /// The shared side of the eviction lock. Never taken twice by one thread, and released
-    /// before [`Table::evict_over_cap`].
+    /// A section: the shared side of the eviction lock. Never taken twice by one thread, never
+    /// held across I/O, and released before [`Table::evict_over_cap`].
     pub(super) fn shared(&self) -> Shared<'_> {
         Shared {
             _read: self.evict.read().unwrap_or_else(|e| e.into_inner()),
         }
     }
 
-    /// Installs a freshly loaded page unless another loader installed `index` first; returns
-    /// the installed page either way, so that a page is never cached twice.
+    fn generation_of(&self, index: u64) -> &AtomicU64 {
+        &self.generations[(index % SLOTS as u64) as usize]
+    }
+
+    /// The eviction generation of page `index`'s slot, for a loader that found the page absent
+    /// in this section, to hand to [`Table::install`] after its read.
+    pub(super) fn generation(&self, index: u64, _: &Shared<'_>) -> u64 {
+        // Relaxed: read under the shared side, bumped under the exclusive side.
+        self.generation_of(index).load(Ordering::Relaxed)
+    }
+
+    /// Installs a page loaded after [`Table::generation`] returned `generation`. Returns the
+    /// resident copy when there is one (so that a page is never cached twice), the new page
+    /// when none is and the generation is unchanged, and `None` when a page of the slot was
+    /// evicted since: the copy may be older than the store, read it again.
     pub(super) fn install<'g>(
         &self,
         index: u64,
         page: Page,
-        _: &Shared<'_>,
+        generation: u64,
+        shared: &Shared<'_>,
         guard: &'g Guard<'_>,
-    ) -> &'g Page {
-        match self.pages.try_insert(index, page, guard) {
+    ) -> Option<&'g Page> {
+        if self.generation(index, shared) != generation {
+            return self.get(index, guard);
+        }
+        Some(match self.pages.try_insert(index, page, guard) {
             Ok(page) => {
                 self.resident.fetch_add(1, Ordering::Relaxed);
                 self.requeue(index, page);
                 page
             }
             Err(occupied) => occupied.current,
-        }
+        })
     }
 
     /// Puts a page the clock hand dropped while it was dirty back in the queue, now that it is
@@ -129,16 +159,17 @@ impl Table {
                 let Some(index) = clock.pop_front() else {
                     break;
                 };
-                let page = self
-                    .pages
-                    .get(&index, &guard)
-                    .expect("queued pages are resident");
+                // Absent only after a resize that overlapped a write-back (a broken contract).
+                let Some(page) = self.pages.get(&index, &guard) else {
+                    continue;
+                };
                 if !page.is_clean() {
                     page.dequeue();
                 } else if page.take_reference() {
                     clock.push_back(index);
                 } else {
                     self.pages.remove(&index, &guard);
+                    self.generation_of(index).fetch_add(1, Ordering::Relaxed);
                     self.resident.fetch_sub(1, Ordering::Relaxed);
                 }
             }
@@ -146,14 +177,20 @@ impl Table {
         self.evicting.store(false, Ordering::Release);
     }
 
-    /// Drops every page from index `pages` on, whatever its state.
-    pub(super) fn retain_below(&mut self, pages: u64) {
-        self.pages.pin().retain(|&index, _| index < pages);
-        *self.resident.get_mut() = self.pages.len();
-        self.clock
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|&i| i < pages);
+    /// Drops every page from index `pages` on, whatever its state, as evictions (bumping their
+    /// generations, so that no loader installs what it read of them before).
+    pub(super) fn retain_below(&self, pages: u64) {
+        let _exclusive = self.evict.write().unwrap_or_else(|e| e.into_inner());
+        let mut clock = lock(&self.clock);
+        self.pages.pin().retain(|&index, _| {
+            let keep = index < pages;
+            if !keep {
+                self.generation_of(index).fetch_add(1, Ordering::Relaxed);
+            }
+            keep
+        });
+        self.resident.store(self.pages.len(), Ordering::Relaxed);
+        clock.retain(|&i| i < pages);
     }
 
     /// Pages in memory.

@@ -1,28 +1,34 @@
 //! Pages whose bits the store lacks (dirty, or being written back), kept in an ordered set,
-//! and the write-back of their copies.
+//! and the write-back of their copies, one at a time.
 //!
-//! Lock order: the write-back mutex (`serial`), then the set, then the table's queue.
+//! Lock order: the set, then the table's queue. The write-back in flight is an atomic ticket:
+//! no lock is held while the caller writes the copies.
 
 use super::{Bitmap, PAGE_BYTES};
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The indices of the pages that are dirty or writing.
+/// Tickets of write-backs, unique in the process, so that a write-back is finished only on
+/// the bitmap that started it. 0 is never issued.
+static TICKETS: AtomicU64 = AtomicU64::new(1);
+
+/// The indices of the pages that are dirty or writing, and the write-back in flight.
 pub(super) struct Unsynced {
     set: Mutex<BTreeSet<u64>>,
-    /// Held by the [`WriteBack`] in flight.
-    serial: Mutex<()>,
+    /// The ticket of the write-back in flight; 0 when none is.
+    in_flight: AtomicU64,
 }
 
 impl Unsynced {
     pub(super) fn new() -> Unsynced {
         Unsynced {
             set: Mutex::new(BTreeSet::new()),
-            serial: Mutex::new(()),
+            in_flight: AtomicU64::new(0),
         }
     }
 
@@ -37,9 +43,8 @@ impl Unsynced {
     }
 
     /// Forgets the pages from index `pages` on.
-    pub(super) fn retain_below(&mut self, pages: u64) {
-        let set = self.set.get_mut().unwrap_or_else(|e| e.into_inner());
-        set.split_off(&pages);
+    pub(super) fn retain_below(&self, pages: u64) {
+        lock(&self.set).split_off(&pages);
     }
 }
 
@@ -53,64 +58,42 @@ pub struct PageSnapshot {
     pub bytes: Vec<u8>,
 }
 
-/// Copies of the dirty pages, being written to the store. Until it ends, those pages are
-/// writing, hence never evicted. [`WriteBack::done`] says the copies reached the store: the
-/// pages turn clean unless bits were set in them since. Dropping it otherwise says the write
-/// failed: the pages are dirty again. One write-back at a time: it holds a mutex, so that an
-/// older copy of a page never lands after a newer one.
-pub struct WriteBack<'a> {
-    bitmap: &'a Bitmap,
+/// Copies of the dirty pages, to be written to the store, then handed back to the bitmap that
+/// made them: [`Bitmap::writeback_done`] once every copy is in the store,
+/// [`Bitmap::writeback_failed`] otherwise. Owned and `Send`: it borrows nothing and holds no
+/// lock, so it may be kept anywhere and finished on any thread. Until it is finished its pages
+/// stay in memory (never evicted) and no other write-back starts; dropping it unfinished
+/// leaves them so for good.
+#[derive(Debug)]
+#[must_use = "finish it with Bitmap::writeback_done or Bitmap::writeback_failed"]
+pub struct WriteBack {
+    ticket: u64,
     pages: Vec<PageSnapshot>,
-    written: bool,
-    _serial: MutexGuard<'a, ()>,
 }
 
-impl WriteBack<'_> {
+impl WriteBack {
     /// The copies to write, in ascending offset order.
     pub fn pages(&self) -> &[PageSnapshot] {
         &self.pages
     }
-
-    /// Every copy reached the store.
-    pub fn done(mut self) {
-        self.written = true;
-    }
-}
-
-impl Drop for WriteBack<'_> {
-    fn drop(&mut self) {
-        let bitmap = self.bitmap;
-        let mut set = lock(&bitmap.unsynced.set);
-        let guard = bitmap.table.guard();
-        for snapshot in &self.pages {
-            let page = bitmap
-                .table
-                .get(snapshot.index, &guard)
-                .expect("writing pages are resident");
-            if !self.written {
-                page.fail_write();
-            } else if page.end_write() {
-                set.remove(&snapshot.index);
-                bitmap.table.requeue(snapshot.index, page);
-            }
-        }
-    }
 }
 
 impl Bitmap {
-    /// Copies every dirty page for write-back, turning it from dirty to writing. Waits for the
-    /// write-back in flight, if any, to end.
-    pub fn take_dirty(&self) -> WriteBack<'_> {
-        let serial = lock(&self.unsynced.serial);
+    /// Copies every dirty page for write-back, turning it from dirty to writing; `None` when a
+    /// write-back is in flight (taken and not finished yet). Never waits.
+    pub fn take_dirty(&self) -> Option<WriteBack> {
+        let ticket = TICKETS.fetch_add(1, Ordering::Relaxed);
+        self.unsynced
+            .in_flight
+            .compare_exchange(0, ticket, Ordering::Acquire, Ordering::Relaxed)
+            .ok()?;
         let set = lock(&self.unsynced.set);
         let guard = self.table.guard();
         let pages = set
             .iter()
             .filter_map(|&index| {
-                let page = self
-                    .table
-                    .get(index, &guard)
-                    .expect("unsynced pages are resident");
+                // Unsynced pages are resident (rule 1); only a resize drops them.
+                let page = self.table.get(index, &guard)?;
                 page.start_write().then(|| PageSnapshot {
                     index,
                     offset: index * PAGE_BYTES,
@@ -118,12 +101,43 @@ impl Bitmap {
                 })
             })
             .collect();
-        drop(set);
-        WriteBack {
-            bitmap: self,
-            pages,
-            written: false,
-            _serial: serial,
+        Some(WriteBack { ticket, pages })
+    }
+
+    /// Ends `wb`, whose copies all reached the store: its pages turn clean unless bits were
+    /// set in them since. Panics if `wb` was not taken from this bitmap.
+    pub fn writeback_done(&self, wb: WriteBack) {
+        self.finish(wb, true);
+    }
+
+    /// Ends `wb`, whose copies did not all reach the store: its pages are dirty again. Panics
+    /// if `wb` was not taken from this bitmap.
+    pub fn writeback_failed(&self, wb: WriteBack) {
+        self.finish(wb, false);
+    }
+
+    fn finish(&self, wb: WriteBack, written: bool) {
+        assert_eq!(
+            self.unsynced.in_flight.load(Ordering::Relaxed),
+            wb.ticket,
+            "a write-back finished on a bitmap that did not take it"
+        );
+        {
+            let mut set = lock(&self.unsynced.set);
+            let guard = self.table.guard();
+            for snapshot in &wb.pages {
+                // Writing pages are resident (rule 5); only a resize drops them.
+                let Some(page) = self.table.get(snapshot.index, &guard) else {
+                    continue;
+                };
+                if !written {
+                    page.fail_write();
+                } else if page.end_write() {
+                    set.remove(&snapshot.index);
+                    self.table.requeue(snapshot.index, page);
+                }
+            }
         }
+        self.unsynced.in_flight.store(0, Ordering::Release);
     }
 }

@@ -20,6 +20,7 @@
 //!   memory and on disk, and the image file keeps its old length.
 
 use super::Image;
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::layout::MAX_SIZE;
 use crate::mapping::Core;
@@ -115,6 +116,7 @@ impl Image {
                 core.grow_allocate(c..c + 1)?;
             }
         }
-        core.grow_allocate(old_size.div_ceil(g.cluster_size())..new.clusters())
+        let first = Cluster(old_size.div_ceil(g.cluster_size()));
+        core.grow_allocate(first..Cluster(new.clusters()))
     }
 }

@@ -82,6 +82,8 @@ pub struct Core {
     /// Changes to the metadata source (bitmap pages written, length changed) since it was last
     /// flushed through [`Core::sync_meta`].
     meta_unsynced: std::sync::atomic::AtomicBool,
+    /// A write-back is between [`Core::writeback_begin`] and [`Core::writeback_end`].
+    writeback_open: std::sync::atomic::AtomicBool,
     writable: bool,
 }
 
@@ -107,6 +109,7 @@ impl Core {
             claims: Claims::default(),
             backing_len: NO_BACKING.into(),
             meta_unsynced: false.into(),
+            writeback_open: false.into(),
             writable: opts.writable,
         }
     }

@@ -3,8 +3,10 @@
 //! `&mut self`: truncate is exclusive.
 
 use super::{Core, MetaStore};
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use std::ops::Range;
+use std::sync::atomic::Ordering;
 
 impl Core {
     /// Shrink, before the host cuts the image file: holds the bitmap page at the new end in
@@ -14,7 +16,7 @@ impl Core {
         let new = self.geometry.with_size(size);
         if let Some(last) = self.geometry.clusters().checked_sub(1) {
             self.bitmap
-                .hold_page_of(new.clusters().min(last), &self.store())?;
+                .hold_page_of(Cluster(new.clusters().min(last)), &self.store())?;
         }
         Ok(())
     }
@@ -50,9 +52,8 @@ impl Core {
 
     /// Grow, over a longer backing file: marks `clusters` (past the old end, or the partial
     /// cluster at it once the host completed it from the backing file) allocated.
-    pub fn grow_allocate(&self, clusters: Range<u64>) -> Result<()> {
-        self.bitmap
-            .set_range(clusters.start, clusters.end, &self.store())
+    pub fn grow_allocate(&self, clusters: Range<Cluster>) -> Result<()> {
+        self.bitmap.set_range(clusters, &self.store())
     }
 
     /// Grow, once every bitmap change is durable and the image file has grown: the new size.
@@ -71,10 +72,17 @@ impl Core {
         resized.and(cut)
     }
 
+    /// A truncate may start: the image is writable, and no write-back is in flight (a copy of
+    /// a page taken before a resize and written after it would put stale bits on disk).
     fn writable_for(&self, what: &'static str) -> Result<()> {
-        match self.writable {
-            true => Ok(()),
-            false => Err(Error::ReadOnly(what)),
+        if !self.writable {
+            return Err(Error::ReadOnly(what));
+        }
+        match self.writeback_open.load(Ordering::Acquire) {
+            false => Ok(()),
+            true => Err(Error::invalid(format!(
+                "{what} while a metadata write-back is in flight: end it first"
+            ))),
         }
     }
 

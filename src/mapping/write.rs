@@ -4,6 +4,7 @@
 use super::claims::Claim;
 use super::Core;
 use crate::bitmap::PAGE_BYTES;
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use std::ops::Range;
 
@@ -114,7 +115,7 @@ impl Core {
             }
             let g = self.geometry;
             let clusters = g.cluster_of(offset)..g.cluster_of(offset + n - 1) + 1;
-            let claim = match self.claims.try_claim(clusters) {
+            let claim = match self.claims.try_claim(clusters.start.0..clusters.end.0) {
                 Ok(claim) => claim,
                 Err(generation) => return Ok(Begin::Busy(generation)),
             };
@@ -136,8 +137,8 @@ impl Core {
     fn txn(&self, claim: Claim, offset: u64, len: u64) -> Txn {
         let g = self.geometry;
         let clusters = claim.clusters();
-        let cluster_start = g.cluster_start(clusters.start);
-        let cluster_end = g.cluster_end(clusters.end - 1);
+        let cluster_start = g.cluster_start(Cluster(clusters.start));
+        let cluster_end = g.cluster_end(Cluster(clusters.end - 1));
         let end = offset + len;
         let backing = self.backing_len().unwrap_or(0);
         let within = |from: u64, to: u64| backing.clamp(from, to) - from;
@@ -157,21 +158,21 @@ impl Core {
     /// bitmap page) every cluster stays unallocated, and they are released all the same.
     pub fn commit(&self, txn: Txn) -> Result<()> {
         let clusters = txn.claim.clusters();
-        let set = self.hold_pages(clusters.clone()).and_then(|()| {
-            self.bitmap
-                .set_range(clusters.start, clusters.end, &self.store())
-        });
+        let clusters = Cluster(clusters.start)..Cluster(clusters.end);
+        let set = self
+            .hold_pages(clusters.clone())
+            .and_then(|()| self.bitmap.set_range(clusters, &self.store()));
         self.claims.release(txn.claim);
         set
     }
 
     /// Loads every bitmap page of `clusters` and keeps it in memory (dirty), so that setting
     /// their bits does no I/O: a commit sets all of its bits or none.
-    fn hold_pages(&self, clusters: Range<u64>) -> Result<()> {
+    fn hold_pages(&self, clusters: Range<Cluster>) -> Result<()> {
         let mut c = clusters.start;
         while c < clusters.end {
             self.bitmap.hold_page_of(c, &self.store())?;
-            c = (c / PAGE_BITS + 1) * PAGE_BITS;
+            c = Cluster((c.0 / PAGE_BITS + 1) * PAGE_BITS);
         }
         Ok(())
     }

@@ -12,12 +12,15 @@ use crate::error::{Error, Result};
 use std::sync::atomic::Ordering;
 
 /// Copies of the dirty bitmap pages, taken by [`Core::writeback_begin`]. Until it ends, those
-/// pages stay in memory and no other write-back starts.
-pub struct WriteBack<'a> {
-    pages: bitmap::WriteBack<'a>,
+/// pages stay in memory and no other write-back starts. Owned and `Send`: a host may keep it in
+/// a handle and end it on another thread; one never ended blocks every later write-back.
+#[derive(Debug)]
+#[must_use = "a write-back must be ended"]
+pub struct WriteBack {
+    pages: bitmap::WriteBack,
 }
 
-impl WriteBack<'_> {
+impl WriteBack {
     /// No page was dirty: nothing to write.
     pub fn is_empty(&self) -> bool {
         self.pages.pages().is_empty()
@@ -28,14 +31,19 @@ impl Core {
     /// Copies the dirty bitmap pages for a write-back. Every bit in the copies had its data
     /// written to the image file before: flush the image file, then
     /// [`Core::writeback_write`].
-    pub fn writeback_begin(&self) -> Result<Begin<WriteBack<'_>>> {
-        Ok(Begin::Ready(WriteBack {
-            pages: self.bitmap.take_dirty(),
-        }))
+    pub fn writeback_begin(&self) -> Result<Begin<WriteBack>> {
+        let generation = self.generation();
+        Ok(match self.bitmap.take_dirty() {
+            Some(pages) => {
+                self.writeback_open.store(true, Ordering::Release);
+                Begin::Ready(WriteBack { pages })
+            }
+            None => Begin::Busy(generation),
+        })
     }
 
     /// Writes the copies to the metadata source (without flushing it).
-    pub fn writeback_write(&self, wb: &WriteBack<'_>) -> Result<()> {
+    pub fn writeback_write(&self, wb: &WriteBack) -> Result<()> {
         self.touch_meta();
         wb.pages.pages().iter().try_for_each(|page| {
             let at = self.header.bitmap_offset() + page.offset;
@@ -48,10 +56,12 @@ impl Core {
     /// Ends a write-back: `durable` when the copies were written and the metadata source
     /// flushed (the pages turn clean, unless bits were set in them since); otherwise the pages
     /// are dirty again, for the next write-back.
-    pub fn writeback_end(&self, wb: WriteBack<'_>, durable: bool) {
-        if durable {
-            wb.pages.done();
-        } // else dropping the pages marks them dirty again
+    pub fn writeback_end(&self, wb: WriteBack, durable: bool) {
+        self.writeback_open.store(false, Ordering::Release);
+        match durable {
+            true => self.bitmap.writeback_done(wb.pages),
+            false => self.bitmap.writeback_failed(wb.pages),
+        }
         self.claims.advance();
     }
 

@@ -10,6 +10,7 @@ use crate::model::{Model, ReqId};
 use crate::stats::Stats;
 use crate::trace::note;
 use crate::world::World;
+use addcow::cluster::Cluster;
 use addcow::layout::Header;
 use addcow::mapping::{Core, CoreOptions, Kind};
 use std::ops::Range;
@@ -251,13 +252,14 @@ impl Host {
             if !allocated {
                 let head = self.backing.read(start, old - start);
                 self.image.current.write(start, &head);
-                core.grow_allocate(c..c + 1).unwrap();
+                core.grow_allocate(Cluster(c)..Cluster(c + 1)).unwrap();
                 let planned = self.model.planned(start, old, old, &[]);
                 self.model.commit(start, &planned);
             }
         }
         let grown = old.div_ceil(CS)..clusters(new);
-        core.grow_allocate(grown.clone()).unwrap();
+        core.grow_allocate(Cluster(grown.start)..Cluster(grown.end))
+            .unwrap();
         self.model.allocate_zeros(grown);
         self.stats.bump("grows over backing");
     }

@@ -109,8 +109,8 @@ enum Phase {
 }
 
 /// The write-back in flight and the allocation when it began.
-struct Wb<'c> {
-    wb: WriteBack<'c>,
+struct Wb {
+    wb: WriteBack,
     bits: BTreeSet<u64>,
     stage: WbDid,
 }
@@ -120,7 +120,7 @@ pub struct World<'h, 'c> {
     pub host: &'h mut Host,
     pub core: &'c Core,
     reqs: BTreeMap<ReqId, Req>,
-    wb: Option<Wb<'c>>,
+    wb: Option<Wb>,
 }
 
 impl<'h, 'c> World<'h, 'c> {
@@ -462,6 +462,11 @@ impl<'h, 'c> World<'h, 'c> {
         let Some(mut wb) = self.wb.take() else {
             return self.wb_begin();
         };
+        // A second write-back while this one is open is told busy, at once.
+        match self.core.writeback_begin().unwrap() {
+            Begin::Busy(g) => assert_eq!(g, self.core.generation(), "busy at a stale generation"),
+            Begin::Ready(_) => panic!("a second write-back began while one was open"),
+        }
         if inject == WbInject::Abandon {
             return self.wb_end(wb, false, "abandoned");
         }
@@ -545,7 +550,7 @@ impl<'h, 'c> World<'h, 'c> {
         }
     }
 
-    fn wb_end(&mut self, wb: Wb<'c>, durable: bool, why: &str) -> WbDid {
+    fn wb_end(&mut self, wb: Wb, durable: bool, why: &str) -> WbDid {
         note(format!("wb: end ({why})"));
         let generation = self.core.generation();
         self.core.writeback_end(wb.wb, durable);
