@@ -123,6 +123,9 @@ impl DirectStorage {
     /// A read through bounce buffers, pass by pass over the covering aligned span.
     fn read_bounced(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<()> {
         let len = iov_len(bufs);
+        if len == 0 {
+            return Ok(());
+        }
         let (_, end) = self.span(offset, len)?;
         let mut bounce = self.pool.take();
         let mut pos = 0;
