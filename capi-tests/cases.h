@@ -106,5 +106,7 @@
     CASE(efbig_truncate) \
     CASE(special_files) \
     CASE(header_read_special_files) \
+    CASE(direct_every_file_of_the_chain) \
+    CASE(direct_unaligned_io) \
 
 #endif

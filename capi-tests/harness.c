@@ -6,6 +6,8 @@
  *   capi-tests --list          print the case names
  *   capi-tests --check-list N… exit 1 unless N… is exactly the set of cases (keeps
  *                              meson.build's list in step with cases.h)
+ *   capi-tests --direct …      as above, the I/O cases opening their images with
+ *                              ADDCOW_OPEN_DIRECT (g_open_flags)
  */
 #include "harness.h"
 
@@ -35,6 +37,12 @@ static const struct tcase cases[] = {
 #define NCASES (sizeof cases / sizeof cases[0])
 
 const char *g_case = "?";
+uint32_t g_open_flags = 0;
+
+int open_img(const char *meta, uint32_t flags, AddCowImage **img)
+{
+    return addcow_open(meta, flags | g_open_flags, img);
+}
 
 void t_fail(const char *file, int line, const char *fmt, ...)
 {
@@ -310,6 +318,12 @@ static double now(void)
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc >= 2 && strcmp(argv[1], "--direct") == 0) {
+        g_open_flags |= ADDCOW_OPEN_DIRECT;
+        argv[1] = argv[0];
+        argv++;
+        argc--;
+    }
     if (argc >= 2 && strcmp(argv[1], "--list") == 0) {
         for (size_t i = 0; i < NCASES; i++)
             printf("%s\n", cases[i].name);

@@ -33,6 +33,13 @@
 /* Name of the running case, for messages. */
 extern const char *g_case;
 
+/* Flags the I/O cases add to every image they open (`capi-tests --direct`: ADDCOW_OPEN_DIRECT,
+ * the cases run again with direct I/O). */
+extern uint32_t g_open_flags;
+
+/* addcow_open with `flags | g_open_flags`. */
+int open_img(const char *meta, uint32_t flags, AddCowImage **img);
+
 void t_fail(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void t_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

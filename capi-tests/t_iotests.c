@@ -1,6 +1,7 @@
 /*
  * Equivalents of qemu-iotests 004, 017, 025, 027, 028, 037, 038, and the open modes
- * (writethrough, no backing, add-cow backing chains).
+ * (writethrough, no backing, add-cow backing chains). Every image is opened through open_img,
+ * so that `capi-tests --direct` runs them all again with ADDCOW_OPEN_DIRECT.
  */
 #include "harness.h"
 
@@ -46,7 +47,7 @@ static int reopen(AddCowImage **img, const char *meta, uint32_t flags)
 {
     CHECK_OK(addcow_close(*img));
     *img = NULL;
-    CHECK_OK(addcow_open(meta, flags, img));
+    CHECK_OK(open_img(meta, flags, img));
     return T_PASS;
 }
 
@@ -59,7 +60,7 @@ int case_iotest_004_bounds(const char *dir)
     TRY(setup(dir, 4 * CL, size, meta, raw)); /* the backing file is longer */
     uint8_t *model = base_model(4 * CL, size);
     AddCowImage *img = NULL;
-    CHECK_OK(addcow_open(meta, ADDCOW_OPEN_RDWR, &img));
+    CHECK_OK(open_img(meta, ADDCOW_OPEN_RDWR, &img));
     CHECK_RC(addcow_get_length(img), size);
     /* The last sector, exactly up to the end. */
     TRY(pwrite_model(img, model, size - SEC, SEC, 2));
@@ -112,7 +113,7 @@ int case_iotest_017_mixed_reads(const char *dir)
     TRY(setup(dir, size, size, meta, raw));
     uint8_t *model = base_model(size, size);
     AddCowImage *img = NULL;
-    CHECK_OK(addcow_open(meta, ADDCOW_OPEN_RDWR, &img));
+    CHECK_OK(open_img(meta, ADDCOW_OPEN_RDWR, &img));
     TRY(pwrite_model(img, model, CL, CL, 2));                 /* cluster 1 whole */
     TRY(pwrite_model(img, model, 3 * CL + 1024, 2048, 3));    /* inside cluster 3 */
     TRY(pwrite_model(img, model, 4 * CL + CL - 7, 7, 4));     /* the last 7 bytes */
@@ -163,7 +164,7 @@ int case_iotest_025_resize(const char *dir)
     TRY(setup(dir, 0, 3 * CL, meta, raw));
     uint8_t *model = xcalloc(max);
     AddCowImage *img = NULL;
-    CHECK_OK(addcow_open(meta, ADDCOW_OPEN_RDWR, &img));
+    CHECK_OK(open_img(meta, ADDCOW_OPEN_RDWR, &img));
     TRY(pwrite_model(img, model, 0, 3 * CL, 2));
     /* Shrink to an odd size: the rest is gone. */
     CHECK_OK(addcow_truncate(img, CL + 1000));
@@ -195,7 +196,7 @@ int case_iotest_025_resize(const char *dir)
     TRY(read_expect(img, 0, model, max, "after reopening"));
     /* The same size: nothing happens. */
     CHECK_OK(addcow_close(img));
-    CHECK_OK(addcow_open(meta, ADDCOW_OPEN_RDWR, &img));
+    CHECK_OK(open_img(meta, ADDCOW_OPEN_RDWR, &img));
     CHECK_OK(addcow_truncate(img, max));
     CHECK_OK(addcow_truncate(img, 0));
     CHECK_RC(addcow_get_length(img), 0);
@@ -217,7 +218,7 @@ int case_iotest_025_resize_longer_backing(const char *dir)
     uint8_t *model = base_model(blen, s1);
     memset(model + s0, 0, s1 - s0); /* what the grown area must read */
     AddCowImage *img = NULL;
-    CHECK_OK(addcow_open(meta, ADDCOW_OPEN_RDWR, &img));
+    CHECK_OK(open_img(meta, ADDCOW_OPEN_RDWR, &img));
     TRY(pwrite_model(img, model, CL, SEC, 2)); /* cluster 1 allocated; 0 and 2 not */
     CHECK_OK(addcow_truncate(img, s1));
     CHECK_RC(addcow_get_length(img), s1);
@@ -247,7 +248,7 @@ int case_iotest_025_resize_shorter_backing(const char *dir)
     TRY(setup(dir, blen, s0, meta, raw));
     uint8_t *model = base_model(blen, s1);
     AddCowImage *img = NULL;
-    CHECK_OK(addcow_open(meta, ADDCOW_OPEN_RDWR, &img));
+    CHECK_OK(open_img(meta, ADDCOW_OPEN_RDWR, &img));
     CHECK_OK(addcow_truncate(img, s1));
     TRY(read_expect(img, 0, model, s1, "grown over a shorter backing file"));
     TRY(pwrite_model(img, model, 3 * CL + 10, 10, 2));
@@ -269,7 +270,7 @@ int case_iotest_027_subcluster_cow(const char *dir)
     TRY(setup(dir, size, size, meta, raw));
     uint8_t *model = base_model(size, size);
     AddCowImage *img = NULL;
-    CHECK_OK(addcow_open(meta, ADDCOW_OPEN_RDWR, &img));
+    CHECK_OK(open_img(meta, ADDCOW_OPEN_RDWR, &img));
     TRY(pwrite_model(img, model, CL + 4096, SEC, 2));
     TRY(pwrite_model(img, model, 2 * CL + 1, 3, 3));
     uint64_t pnum = 0;
@@ -303,7 +304,7 @@ int case_iotest_028_short_backing(const char *dir)
     TRY(setup(dir, blen, size, meta, raw));
     uint8_t *model = base_model(blen, size);
     AddCowImage *img = NULL;
-    CHECK_OK(addcow_open(meta, ADDCOW_OPEN_RDWR, &img));
+    CHECK_OK(open_img(meta, ADDCOW_OPEN_RDWR, &img));
     TRY(read_expect(img, 0, model, size, "image longer than its backing file"));
     TRY(read_expect(img, blen - 100, model + blen - 100, 200, "across the backing end"));
     TRY(read_expect(img, blen, model + blen, size - blen, "past the backing end"));
@@ -318,7 +319,7 @@ int case_iotest_028_short_backing(const char *dir)
     uint8_t *got = xmalloc(size);
     TRY(pread_file(raw, CL, got, size - CL));
     TRY(cmp_bytes(got, model + CL, size - CL, CL, "raw image clusters 1..3"));
-    CHECK_OK(addcow_open(meta, 0, &img));
+    CHECK_OK(open_img(meta, 0, &img));
     TRY(read_expect(img, 0, model, size, "after reopening"));
     CHECK_OK(addcow_close(img));
     free(got);
@@ -390,7 +391,7 @@ int case_iotest_037_cow_patterns(const char *dir)
     for (uint64_t s = 0; s < nsec; s++)
         src[s] = 1;
     AddCowImage *img = NULL;
-    CHECK_OK(addcow_open(meta, ADDCOW_OPEN_RDWR, &img));
+    CHECK_OK(open_img(meta, ADDCOW_OPEN_RDWR, &img));
     TRY(check_sectors(img, src, nsec, "base"));
     static const struct {
         uint64_t s0, n;
@@ -593,7 +594,7 @@ int case_iotest_038_concurrent_cow(const char *dir)
             CHECK_OK(create_img(meta, "img.raw", "base.raw", 0));
         AddCowImage *img = NULL;
         uint32_t flags = ADDCOW_OPEN_RDWR | (round % 3 == 2 ? ADDCOW_OPEN_WRITETHROUGH : 0);
-        CHECK_OK(addcow_open(meta, flags, &img));
+        CHECK_OK(open_img(meta, flags, &img));
         int nthreads = round < 3 ? 16 : round < 6 ? 7 : 32;
         TRY(cow038_round(img, base, size, round % 3, nthreads, expect));
         TRY(reopen(&img, meta, 0));
@@ -618,7 +619,7 @@ int case_open_writethrough(const char *dir)
     TRY(setup(dir, size, size, meta, raw));
     uint8_t *model = base_model(size, size);
     AddCowImage *img = NULL;
-    CHECK_OK(addcow_open(meta, ADDCOW_OPEN_RDWR | ADDCOW_OPEN_WRITETHROUGH, &img));
+    CHECK_OK(open_img(meta, ADDCOW_OPEN_RDWR | ADDCOW_OPEN_WRITETHROUGH, &img));
     TRY(pwrite_model(img, model, CL + 300, 1000, 2)); /* allocating */
     /* No flush, no close: the data and the bit are already in the files ... */
     uint8_t *got = xmalloc(CL);
@@ -630,7 +631,7 @@ int case_open_writethrough(const char *dir)
     /* ... so a second, independent handle sees the write (force share: it peeks while the
      * writer holds its locks). */
     AddCowImage *other = NULL;
-    CHECK_OK(addcow_open(meta, ADDCOW_OPEN_FORCE_SHARE, &other));
+    CHECK_OK(open_img(meta, ADDCOW_OPEN_FORCE_SHARE, &other));
     TRY(read_expect(other, 0, model, size, "a second handle"));
     CHECK_OK(addcow_close(other));
     /* In place, and across into a new cluster. */
@@ -639,20 +640,20 @@ int case_open_writethrough(const char *dir)
     TRY(cmp_bytes(got, model + CL, CL, CL, "image file after an in-place write"));
     TRY(pread_file(meta, HDR, &bm, 1));
     CHECKF(bm == 0x06, "bitmap byte %#x, want 0x06", bm);
-    CHECK_OK(addcow_open(meta, ADDCOW_OPEN_FORCE_SHARE, &other));
+    CHECK_OK(open_img(meta, ADDCOW_OPEN_FORCE_SHARE, &other));
     TRY(read_expect(other, 0, model, size, "a second handle after more writes"));
     CHECK_OK(addcow_close(other));
     /* A truncate is visible to another handle at once. */
     CHECK_OK(addcow_truncate(img, 6 * CL));
     CHECK_RC(file_len(raw), 6 * CL);
     CHECK_RC(file_len(meta), HDR + 1);
-    CHECK_OK(addcow_open(meta, ADDCOW_OPEN_FORCE_SHARE, &other));
+    CHECK_OK(open_img(meta, ADDCOW_OPEN_FORCE_SHARE, &other));
     CHECK_RC(addcow_get_length(other), 6 * CL);
     uint8_t *zeros = xcalloc(2 * CL);
     TRY(read_expect(other, 4 * CL, zeros, 2 * CL, "grown area, second handle"));
     CHECK_OK(addcow_close(other));
     CHECK_OK(addcow_close(img));
-    CHECK_OK(addcow_open(meta, 0, &img));
+    CHECK_OK(open_img(meta, 0, &img));
     TRY(read_expect(img, 0, model, size, "after reopening"));
     CHECK_OK(addcow_close(img));
     free(zeros);
@@ -668,13 +669,13 @@ int case_open_no_backing(const char *dir)
     TRY(setup(dir, size, size, meta, raw));
     uint8_t *model = base_model(size, size);
     AddCowImage *img = NULL;
-    CHECK_OK(addcow_open(meta, ADDCOW_OPEN_RDWR, &img));
+    CHECK_OK(open_img(meta, ADDCOW_OPEN_RDWR, &img));
     TRY(pwrite_model(img, model, 2 * CL + 100, 200, 2));
     CHECK_OK(addcow_close(img));
     /* Unallocated clusters read zeros; cluster 2 reads what the image file holds. */
     uint8_t *want = xcalloc(size);
     memcpy(want + 2 * CL, model + 2 * CL, CL);
-    CHECK_OK(addcow_open(meta, ADDCOW_OPEN_NO_BACKING, &img));
+    CHECK_OK(open_img(meta, ADDCOW_OPEN_NO_BACKING, &img));
     TRY(read_expect(img, 0, want, size, "opened without its backing file"));
     uint64_t pnum;
     CHECK_RC(addcow_is_allocated(img, 0, size, &pnum), 0);
@@ -684,7 +685,7 @@ int case_open_no_backing(const char *dir)
     /* Also when the backing file is gone. */
     pj(base, dir, "base.raw");
     CHECK(unlink(base) == 0);
-    CHECK_OK(addcow_open(meta, ADDCOW_OPEN_NO_BACKING, &img));
+    CHECK_OK(open_img(meta, ADDCOW_OPEN_NO_BACKING, &img));
     TRY(read_expect(img, 0, want, size, "backing file deleted"));
     CHECK_OK(addcow_close(img));
     free(want);
@@ -705,7 +706,7 @@ int case_open_backing_addcow_chain(const char *dir)
     CHECK_OK(create_img(mid, "mid.raw", "base.raw", 0));
     uint8_t *model = base_model(size, size);
     AddCowImage *img = NULL;
-    CHECK_OK(addcow_open(mid, ADDCOW_OPEN_RDWR, &img));
+    CHECK_OK(open_img(mid, ADDCOW_OPEN_RDWR, &img));
     TRY(pwrite_model(img, model, CL + 1000, 3000, 2));     /* mid cluster 1 */
     TRY(pwrite_model(img, model, 3 * CL, CL, 3));           /* mid cluster 3 whole */
     CHECK_OK(addcow_close(img));
@@ -715,7 +716,7 @@ int case_open_backing_addcow_chain(const char *dir)
     AddCowCreateOptions o = create_opts("top.raw", "mid.add-cow", 0);
     o.backing_fmt = "add-cow";
     CHECK_OK(addcow_create(top, &o));
-    CHECK_OK(addcow_open(top, ADDCOW_OPEN_RDWR | ADDCOW_OPEN_BACKING_ADDCOW, &img));
+    CHECK_OK(open_img(top, ADDCOW_OPEN_RDWR | ADDCOW_OPEN_BACKING_ADDCOW, &img));
     CHECK_RC(addcow_get_length(img), size);
     TRY(read_expect(img, 0, model, size, "top over mid over base"));
     uint64_t pnum;
@@ -726,7 +727,7 @@ int case_open_backing_addcow_chain(const char *dir)
     TRY(pwrite_model(img, model, 4 * CL - 1, 2, 6));        /* clusters 3 (mid) and 4 (base) */
     TRY(read_expect(img, 0, model, size, "after writes to top"));
     CHECK_OK(addcow_close(img));
-    CHECK_OK(addcow_open(top, ADDCOW_OPEN_BACKING_ADDCOW, &img));
+    CHECK_OK(open_img(top, ADDCOW_OPEN_BACKING_ADDCOW, &img));
     TRY(read_expect(img, 0, model, size, "top reopened"));
     CHECK_RC(addcow_is_allocated(img, 0, size, &pnum), 0);
     CHECK_RC(pnum, CL);
@@ -734,11 +735,11 @@ int case_open_backing_addcow_chain(const char *dir)
     CHECK_RC(pnum, 4 * CL);
     CHECK_OK(addcow_close(img));
     /* mid was only read. */
-    CHECK_OK(addcow_open(mid, 0, &img));
+    CHECK_OK(open_img(mid, 0, &img));
     TRY(read_expect(img, 0, mid_model, size, "mid unchanged"));
     CHECK_OK(addcow_close(img));
     /* NO_BACKING wins over the chain. */
-    CHECK_OK(addcow_open(top, ADDCOW_OPEN_BACKING_ADDCOW | ADDCOW_OPEN_NO_BACKING, &img));
+    CHECK_OK(open_img(top, ADDCOW_OPEN_BACKING_ADDCOW | ADDCOW_OPEN_NO_BACKING, &img));
     uint8_t b[4] = {1, 1, 1, 1};
     CHECK_OK(addcow_pread(img, 0, b, 4));
     CHECK(all_zero(b, 4));

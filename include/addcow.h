@@ -82,6 +82,19 @@
 #define ADDCOW_OPEN_CONFINE (1 << 5)
 
 /**
+ * Direct I/O, QEMU's `cache=none`: every file of the chain (the `.add-cow` file, the image
+ * file, the backing files) is opened with `O_DIRECT`, so that reads and writes bypass the page
+ * cache (`addcow_flush` still makes them durable). Requests of any offset, length and buffer
+ * alignment work: the library takes the file system's alignment (`statx` `STATX_DIOALIGN`, or
+ * 4096) and moves unaligned requests through aligned bounce buffers; requests aligned to it in
+ * offset, length and memory (4 KiB-aligned buffers are, on common file systems) go to the
+ * kernel without a copy. The file system must support direct I/O: one that does not gives
+ * -EINVAL at open (tmpfs before Linux 6.6, procfs, some FUSE file systems). Not for
+ * `addcow_open_io` (-EINVAL: the host does its own I/O).
+ */
+#define ADDCOW_OPEN_DIRECT (1 << 6)
+
+/**
  * A parsed `.add-cow` header. Opaque: read it with `addcow_header_read` or
  * `addcow_header_read_io`, free it with `addcow_header_free`.
  */
@@ -410,7 +423,8 @@ void addcow_header_free(struct AddCowHeader *h);
  * another open handle) whose lock conflicts, -EINVAL a malformed header, a file that is not a
  * regular file or block device, or a chain naming one file twice, -ENOTSUP an unknown version,
  * -EFBIG an image larger than `ADDCOW_MAX_SIZE`, -EACCES a name refused by
- * `ADDCOW_OPEN_CONFINE`. Opening reads only the header: it costs the same at any size.
+ * `ADDCOW_OPEN_CONFINE`, -EINVAL with `ADDCOW_OPEN_DIRECT` a file on a file system without
+ * direct I/O. Opening reads only the header: it costs the same at any size.
  *
  * # Safety
  * `path` is NULL or a NUL-terminated string; `out` is NULL or writable.
@@ -431,11 +445,11 @@ int addcow_open_ext(const char *path,
 /**
  * Opens an image whose files the host supplies: `meta` is the `.add-cow` file, `image` the raw
  * image file, `backing` the raw backing file or NULL for none. `flags` as for `addcow_open`
- * (`ADDCOW_OPEN_BACKING_ADDCOW` and `ADDCOW_OPEN_CONFINE` are refused: a host backing is raw,
- * and the host resolves names). The host owns its files: nothing is locked (so
- * `ADDCOW_OPEN_FORCE_SHARE` changes nothing, and is refused with `ADDCOW_OPEN_RDWR` as
- * everywhere); lock them the host's way. The tables are copied;
- * the host keeps each `opaque` valid, and its callbacks callable from any thread, until
+ * (`ADDCOW_OPEN_BACKING_ADDCOW`, `ADDCOW_OPEN_CONFINE` and `ADDCOW_OPEN_DIRECT` give -EINVAL:
+ * a host backing is raw, and the host resolves names and does its own I/O). The host owns its
+ * files: nothing is locked (so `ADDCOW_OPEN_FORCE_SHARE` changes nothing, and is refused with
+ * `ADDCOW_OPEN_RDWR` as everywhere); lock them the host's way. The tables are copied; the host
+ * keeps each `opaque` valid, and its callbacks callable from any thread, until
  * `addcow_close` returns. Use `addcow_header_read_io` first to learn which files to supply.
  * -EFBIG when the image file is larger than `ADDCOW_MAX_SIZE`.
  *

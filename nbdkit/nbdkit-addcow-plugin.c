@@ -2,6 +2,7 @@
  *
  *   nbdkit ./nbdkit-addcow-plugin.so file=vm.add-cow [backing_fmt=raw|add-cow]
  *          [writethrough=true|false] [readonly=true|false] [confine=true|false]
+ *          [direct=true|false]
  *
  * The image is opened, and locked as QEMU locks its images, once, in .get_ready: before
  * nbdkit serves anything (and before it forks into the background, so that the error reaches
@@ -120,6 +121,8 @@ plugin_config (const char *key, const char *value)
     return config_flag (value, ADDCOW_OPEN_WRITETHROUGH);
   if (strcmp (key, "confine") == 0)
     return config_flag (value, ADDCOW_OPEN_CONFINE);
+  if (strcmp (key, "direct") == 0)
+    return config_flag (value, ADDCOW_OPEN_DIRECT);
   if (strcmp (key, "readonly") == 0) {
     int b = nbdkit_parse_bool (value);
     if (b == -1)
@@ -151,7 +154,10 @@ plugin_config_complete (void)
   "                              at startup, before nbdkit tells it about -r).\n" \
   "confine=true|false            Refuse header names that leave the directory of the\n" \
   "                              .add-cow file naming them (absolute, .., symlinks out):\n" \
-  "                              for images you did not make (default false)."
+  "                              for images you did not make (default false).\n" \
+  "direct=true|false             Direct I/O (O_DIRECT, QEMU's cache=none): bypass the\n" \
+  "                              host's page cache; the file system must support it\n" \
+  "                              (default false)."
 
 /* Opens and locks the image before serving: a conflict fails the server at startup. */
 static int

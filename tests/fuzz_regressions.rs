@@ -211,6 +211,33 @@ fn truncate_to_2_pow_64_minus_1_does_not_abort() {
     }
 }
 
+/// Found by fuzz/capi (fuzz/regressions/capi/truncate-read-only-past-max-size-is-eperm): a
+/// truncate of a read-only image is `EPERM` whatever the size; past `ADDCOW_MAX_SIZE` it gave
+/// `EFBIG` (the size was checked first).
+#[test]
+fn truncate_of_a_read_only_image_is_eperm_at_any_size() {
+    let header = Header::new(b"img", None).unwrap().to_bytes();
+    let mut meta = header.to_vec();
+    meta.push(0);
+    let parts = Parts {
+        meta: (Box::new(MemStorage::from_bytes(meta)), "meta".into()),
+        image: (
+            Box::new(MemStorage::from_bytes(vec![0; 4096])),
+            "image".into(),
+        ),
+        backing: None,
+    };
+    let img = Image::open_parts(parts, &OpenOptions::default()).unwrap();
+    for size in [0, 4096, 1 << 20, addcow::layout::MAX_SIZE + 1, u64::MAX] {
+        assert_eq!(
+            img.truncate(size).unwrap_err().errno(),
+            libc::EPERM,
+            "{size}"
+        );
+    }
+    assert_eq!(img.size(), 4096);
+}
+
 /// The same path at 1 PiB (2^19 bitmap pages), which the old bitmap could hold: opening costs
 /// no I/O, queries far into the image work, and it grows.
 #[test]

@@ -8,7 +8,8 @@
 //!
 //! Two backends: in-memory storage (`Image::open_parts` over `MemStorage`; reopen = `open_parts`
 //! again over clones of the same storages) and real files in a temporary directory (`create` +
-//! `Image::open`).
+//! `Image::open`), read and written through the page cache or with direct I/O (`O_DIRECT`: the
+//! temporary directory must be on a file system that has it).
 
 use addcow::layout::Header;
 use addcow::storage::MemStorage;
@@ -438,10 +439,11 @@ struct Files {
     _dir: tempfile::TempDir,
     meta: PathBuf,
     image: PathBuf,
+    direct: bool,
 }
 
 impl Files {
-    fn new(case: &Case) -> Files {
+    fn new(case: &Case, direct: bool) -> Files {
         let dir = tempfile::tempdir().unwrap();
         let meta = dir.path().join("disk.add-cow");
         let image = dir.path().join("disk.raw");
@@ -467,13 +469,19 @@ impl Files {
             _dir: dir,
             meta,
             image,
+            direct,
         }
     }
 }
 
 impl Backend for Files {
     fn open(&self, opts: &OpenOptions) -> Image {
-        Image::open(&self.meta, opts).unwrap()
+        let opts = OpenOptions {
+            direct: self.direct,
+            ..opts.clone()
+        };
+        Image::open(&self.meta, &opts)
+            .unwrap_or_else(|e| panic!("open (direct: {}): {e}", self.direct))
     }
 
     fn image_file(&self) -> Vec<u8> {
@@ -717,7 +725,16 @@ proptest! {
 
     #[test]
     fn model_over_files(case in case(), ops in prop::collection::vec(op(), 1..60)) {
-        run(&case, &ops, &Files::new(&case));
+        run(&case, &ops, &Files::new(&case, false));
+    }
+}
+
+proptest! {
+    #![proptest_config(config(64))]
+
+    #[test]
+    fn model_over_direct_files(case in case(), ops in prop::collection::vec(op(), 1..60)) {
+        run(&case, &ops, &Files::new(&case, true));
     }
 }
 

@@ -622,7 +622,8 @@ const KNOWN_FLAGS: u32 = ADDCOW_OPEN_RDWR
     | ADDCOW_OPEN_NO_BACKING
     | ADDCOW_OPEN_BACKING_ADDCOW
     | ADDCOW_OPEN_FORCE_SHARE
-    | ADDCOW_OPEN_CONFINE;
+    | ADDCOW_OPEN_CONFINE
+    | ADDCOW_OPEN_DIRECT;
 
 impl Harness {
     fn hosts_honest(&self) -> bool {
@@ -666,9 +667,10 @@ impl Harness {
             })
         };
         let backing_used = t[2].is_some() && flags & ADDCOW_OPEN_NO_BACKING == 0;
-        // A host backing is raw and names nothing to confine; FORCE_SHARE is for read-only.
+        // A host backing is raw, names nothing to confine and takes no O_DIRECT; FORCE_SHARE is
+        // for read-only.
         let bad_flags = flags & !KNOWN_FLAGS != 0
-            || flags & (ADDCOW_OPEN_BACKING_ADDCOW | ADDCOW_OPEN_CONFINE) != 0
+            || flags & (ADDCOW_OPEN_BACKING_ADDCOW | ADDCOW_OPEN_CONFINE | ADDCOW_OPEN_DIRECT) != 0
             || flags & (ADDCOW_OPEN_FORCE_SHARE | ADDCOW_OPEN_RDWR)
                 == ADDCOW_OPEN_FORCE_SHARE | ADDCOW_OPEN_RDWR;
         if null_out || bad_flags {

@@ -124,8 +124,10 @@ def test_info_and_compare(tmp_path: Path) -> None:
     assert serve(meta, 'qemu-img compare -f raw -F raw "$uri" other.raw').returncode != 0
 
 
-def test_qemu_io_patterns_sector_and_byte(tmp_path: Path) -> None:
-    """qemu-iotests 017/027/028/037 style writes through NBD, verified with the library."""
+@pytest.mark.parametrize("config", [(), ("direct=true",)])
+def test_qemu_io_patterns_sector_and_byte(tmp_path: Path, config: tuple[str, ...]) -> None:
+    """qemu-iotests 017/027/028/037 style writes through NBD, verified with the library; also
+    with direct I/O."""
     size = 8 * CS
     meta, base = make_image(tmp_path, size, 5 * CS + 333)
     model = Model(size, base)
@@ -141,7 +143,8 @@ def test_qemu_io_patterns_sector_and_byte(tmp_path: Path) -> None:
     for byte, off, n in writes:
         model.write(off, bytes([byte]) * n)
         reads.append(f"read -P {byte:#x} {off} {n}")
-    qemu_io(meta, [f"write -P {b:#x} {o} {n}" for b, o, n in writes] + reads + [f"read -P 0 {7 * CS + 4} 4"])
+    qemu_io(meta, [f"write -P {b:#x} {o} {n}" for b, o, n in writes] + reads + [f"read -P 0 {7 * CS + 4} 4"],
+            *config)
     check_library(meta, model)
 
 
@@ -192,10 +195,11 @@ def qcow2_allocation(ref: Path) -> list[tuple[int, int]]:
     return [(e["start"], e["length"]) for e in json.loads(out) if e["depth"] == 0 and e["present"]]
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_differential_against_qcow2(tmp_path: Path, seed: int) -> None:
+@pytest.mark.parametrize("seed, config", [(1, ()), (2, ()), (3, ()), (4, ("direct=true",))])
+def test_differential_against_qcow2(tmp_path: Path, seed: int, config: tuple[str, ...]) -> None:
     """The same random qemu-io workload through the plugin and on a qcow2 overlay with a data
-    file over the same backing file: identical guest content and allocation per cluster."""
+    file over the same backing file: identical guest content and allocation per cluster (also
+    with the plugin's direct I/O)."""
     rng = random.Random(seed)
     size = 12 * CS + 4096
     meta, _ = make_image(tmp_path, size, rng.choice([7 * CS + 777, 20 * CS, CS + 1]))
@@ -209,7 +213,7 @@ def test_differential_against_qcow2(tmp_path: Path, seed: int) -> None:
             n = 512 * rng.randint(1, 8)
         cmds.append(f"write -P {(i % 250) + 1:#x} {off} {n}")
     cmds.append(f"write -z {3 * CS} {CS + 512}")
-    qemu_io(meta, cmds)
+    qemu_io(meta, cmds, *config)
     args = " ".join(f"-c '{c}'" for c in cmds)
     ok(subprocess.run(f"qemu-io -f qcow2 {args} ref.qcow2", shell=True, capture_output=True,
                       text=True, cwd=tmp_path))
@@ -384,7 +388,28 @@ def test_confine_refuses_a_hostile_header(tmp_path: Path) -> None:
     assert r.returncode != 0 and "maybe" in r.stderr
 
 
+# The --run command's shell is nbdkit's child: it lists nbdkit's open files with their flags.
+LIST_FDS = 'for f in /proc/$PPID/fd/*; do echo "$(readlink "$f") $(grep ^flags: /proc/$PPID/fdinfo/${f##*/})"; done'
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_direct_opens_every_file_with_o_direct(tmp_path: Path, direct: bool) -> None:
+    meta, _ = make_image(tmp_path, 2 * CS, 2 * CS)
+    out = ok(serve(meta, LIST_FDS, f"direct={str(direct).lower()}"))
+    flags = {}
+    for line in out.splitlines():
+        path, _, value = line.rpartition(" flags:\t")
+        if Path(path).parent == tmp_path.resolve():
+            flags[Path(path).name] = int(value, 8)
+    assert sorted(flags) == ["base.raw", "vm.add-cow", "vm.raw"], out
+    for name, f in flags.items():
+        assert bool(f & os.O_DIRECT) == direct, (name, oct(f))
+    r = subprocess.run(["nbdkit", "-U", "-", PLUGIN, f"file={meta}", "direct=maybe", "--run", "true"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "maybe" in r.stderr
+
+
 def test_help_documents_the_keys() -> None:
     out = subprocess.run(["nbdkit", PLUGIN, "--help"], capture_output=True, text=True, timeout=60).stdout
-    for key in ("file=", "backing_fmt=", "writethrough=", "readonly=", "confine="):
+    for key in ("file=", "backing_fmt=", "writethrough=", "readonly=", "confine=", "direct="):
         assert key in out, out

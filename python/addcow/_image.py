@@ -159,6 +159,7 @@ def open(  # noqa: A001 - mirrors io.open / gzip.open
     force_share: bool = False,
     confine: bool = False,
     bitmap_cache_size: Optional[int] = None,
+    direct: bool = False,
 ) -> "Image":
     """Opens the ``.add-cow`` file at ``path`` and the files its header names, and locks them
     as QEMU locks its images.
@@ -182,6 +183,12 @@ def open(  # noqa: A001 - mirrors io.open / gzip.open
 
     ``bitmap_cache_size``: the most bytes of bitmap kept in memory (``None`` or 0: the
     library's default). Images larger than :data:`addcow.MAX_SIZE` raise ``OSError(EFBIG)``.
+
+    ``direct=True``: direct I/O, QEMU's ``cache=none`` (``ADDCOW_OPEN_DIRECT``): every file of
+    the chain is opened with ``O_DIRECT`` and bypasses the page cache. Any offset, length and
+    buffer works (unaligned requests are copied through aligned buffers inside the library;
+    page-aligned buffers such as an ``mmap`` of whole blocks at block-aligned offsets are not
+    copied). A file system without direct I/O raises ``OSError(EINVAL)``.
     """
     try:
         writable = _MODES[mode]
@@ -201,6 +208,8 @@ def open(  # noqa: A001 - mirrors io.open / gzip.open
         flags |= _lib.OPEN_FORCE_SHARE
     if confine:
         flags |= _lib.OPEN_CONFINE
+    if direct:
+        flags |= _lib.OPEN_DIRECT
     opts = _lib.AddCowOpenOptions()
     opts.struct_size = ctypes.sizeof(_lib.AddCowOpenOptions)
     opts.flags = flags

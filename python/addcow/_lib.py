@@ -54,6 +54,7 @@ __all__ = [
     "OPEN_BACKING_ADDCOW",
     "OPEN_FORCE_SHARE",
     "OPEN_CONFINE",
+    "OPEN_DIRECT",
     "CREATE_CONFINE",
     "MAX_SIZE",
     "IOV_MAX",
@@ -78,6 +79,7 @@ OPEN_NO_BACKING = 1 << 2
 OPEN_BACKING_ADDCOW = 1 << 3
 OPEN_FORCE_SHARE = 1 << 4
 OPEN_CONFINE = 1 << 5
+OPEN_DIRECT = 1 << 6
 
 # Create flags (ADDCOW_CREATE_*).
 CREATE_CONFINE = 1 << 0

@@ -8,6 +8,7 @@ import errno
 import io
 import math
 import mmap
+import os
 import re
 import sys
 from pathlib import Path
@@ -70,7 +71,7 @@ def _header_text() -> str:
 def test_constants_match_the_header() -> None:
     """Every ``#define ADDCOW_X value`` of addcow.h is ``addcow._lib.X`` with that value."""
     defines = re.findall(r"^#define (ADDCOW_[A-Z_]+) (.+)$", _header_text(), re.M)
-    assert len(defines) >= 8, defines  # MAX_SIZE, CREATE_CONFINE, six OPEN_* flags
+    assert len(defines) >= 9, defines  # MAX_SIZE, CREATE_CONFINE, seven OPEN_* flags
     for name, value in defines:
         assert re.fullmatch(r"[0-9()<< ]+", value), (name, value)
         py_name = name[len("ADDCOW_") :]
@@ -423,6 +424,55 @@ def test_truncate_grow_over_shorter_backing_stays_unallocated(big_overlay: Path,
         assert list(img.map()) == [(0, 20 * CLUSTER, False)]
         assert img.read(0, len(data)) == data
     assert big_overlay.stat().st_size == HEADER_SIZE + math.ceil(20 / 8)
+
+
+def _direct_fds(directory: Path) -> Tuple[int, int]:
+    """How many of this process's descriptors name files in ``directory``, and how many of
+    them are ``O_DIRECT`` (from /proc/self/fdinfo)."""
+    files = direct = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = Path(os.readlink(fd))
+        except OSError:
+            continue
+        if target.parent != directory.resolve():
+            continue
+        flags = re.search(r"^flags:\s+([0-7]+)$", Path(f"/proc/self/fdinfo/{fd.name}").read_text(), re.M)
+        assert flags, fd
+        files += 1
+        direct += bool(int(flags.group(1), 8) & os.O_DIRECT)
+    return files, direct
+
+
+def test_direct_io(tmp_path: Path, overlay: Path, base: Base) -> None:
+    """``direct=True`` opens every file with O_DIRECT (the temporary directory must be on a
+    file system with direct I/O); requests of any alignment read and write the same bytes as
+    without it."""
+    _, data = base
+    model = bytearray(data[: 5 * CLUSTER + 1000])
+    with addcow.open(overlay, "r+", direct=True) as img:
+        assert _direct_fds(tmp_path) == (3, 3)  # disk.add-cow, disk.raw, base.raw
+        for off, payload in [
+            (7, b"unaligned"),
+            (CLUSTER - 3, bytes(range(256)) * 20),
+            (2 * CLUSTER, b"\x11" * 4096),
+            (5 * CLUSTER + 999, b"!"),
+        ]:
+            img.write(off, payload)
+            model[off : off + len(payload)] = payload
+        img.writev(3 * CLUSTER + 1, [b"a" * 511, bytearray(b"b" * 1000)])
+        model[3 * CLUSTER + 1 : 3 * CLUSTER + 1512] = b"a" * 511 + b"b" * 1000
+        with mmap.mmap(-1, 2 * 4096) as m:  # page-aligned: no copy inside the library
+            assert img.readinto(2 * CLUSTER, m) == 2 * 4096
+            assert m[:] == model[2 * CLUSTER : 2 * CLUSTER + 2 * 4096]
+            m[:] = b"\x22" * len(m)
+            img.write(CLUSTER, m)
+            model[CLUSTER : CLUSTER + len(m)] = m[:]
+        assert img.read(0, len(model)) == model
+    assert (tmp_path / "disk.raw").stat().st_size == len(model)
+    with addcow.open(overlay) as img:
+        assert _direct_fds(tmp_path) == (3, 0)
+        assert img.read(0, len(model)) == model
 
 
 def test_flush_writes_bitmap_writethrough_needs_no_flush(overlay: Path, base: Base) -> None:

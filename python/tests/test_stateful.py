@@ -12,6 +12,7 @@ from typing import List, Optional, Set, Tuple
 
 import pytest
 from conftest import CLUSTER, HEADER_SIZE, SECTOR, bitmap_bits, rand_bytes
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -95,6 +96,9 @@ def _split(data: st.DataObject, payload: bytes) -> List[bytes]:
 
 
 class AddCowMachine(RuleBasedStateMachine):
+    #: Open with direct I/O (O_DIRECT).
+    DIRECT = False
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="addcow-hyp-"))
@@ -128,7 +132,7 @@ class AddCowMachine(RuleBasedStateMachine):
             (self.dir / "disk.raw").write_bytes(b"")
         addcow.create(meta, "disk.raw", backing_file="base.raw" if has_backing else None, size=size or None)
         self.model = Model(backing, size)
-        self.img = addcow.open(meta, "r+")
+        self.img = addcow.open(meta, "r+", direct=self.DIRECT)
 
     # --- rules -----------------------------------------------------------------------------
 
@@ -199,7 +203,7 @@ class AddCowMachine(RuleBasedStateMachine):
     def reopen(self, writethrough: bool) -> None:
         assert self.img
         self.img.close()
-        self.img = addcow.open(self.dir / "disk.add-cow", "r+", writethrough=writethrough)
+        self.img = addcow.open(self.dir / "disk.add-cow", "r+", writethrough=writethrough, direct=self.DIRECT)
 
     @rule(data=st.data())
     def out_of_range(self, data: st.DataObject) -> None:
@@ -234,3 +238,13 @@ class AddCowMachine(RuleBasedStateMachine):
 
 
 TestAddCowStateMachine = AddCowMachine.TestCase
+
+
+class DirectAddCowMachine(AddCowMachine):
+    """The same machine with ``direct=True`` (the temporary directory must have direct I/O)."""
+
+    DIRECT = True
+
+
+TestDirectAddCowStateMachine = DirectAddCowMachine.TestCase
+TestDirectAddCowStateMachine.settings = settings(settings.default, max_examples=40)

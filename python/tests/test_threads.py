@@ -43,8 +43,8 @@ def _pattern(tid: int, cluster: int) -> bytes:
     return bytes([tid + 1, cluster]) * (SECTOR // 2)
 
 
-@pytest.mark.parametrize("writethrough", [False, True])
-def test_concurrent_writers_and_readers(tmp_path: Path, writethrough: bool) -> None:
+@pytest.mark.parametrize("writethrough, direct", [(False, False), (True, False), (False, True)])
+def test_concurrent_writers_and_readers(tmp_path: Path, writethrough: bool, direct: bool) -> None:
     backing = rand_bytes(CLUSTERS * CLUSTER, 7)
     (tmp_path / "base.raw").write_bytes(backing)
     path = tmp_path / "t.add-cow"
@@ -64,7 +64,7 @@ def test_concurrent_writers_and_readers(tmp_path: Path, writethrough: bool) -> N
     stop = threading.Event()
     bad: List[str] = []
 
-    with addcow.open(path, "r+", writethrough=writethrough) as img:
+    with addcow.open(path, "r+", writethrough=writethrough, direct=direct) as img:
 
         def writer(tid: int) -> Callable[[], None]:
             def run() -> None:
@@ -123,8 +123,8 @@ def test_concurrent_writers_and_readers(tmp_path: Path, writethrough: bool) -> N
             assert data[off : off + SECTOR] == want, f"cluster {c} sector {s}"
 
 
-@pytest.mark.parametrize("writethrough", [False, True])
-def test_same_sector_writers_never_see_backing_copied_over(tmp_path: Path, writethrough: bool) -> None:
+@pytest.mark.parametrize("writethrough, direct", [(False, False), (True, False), (False, True)])
+def test_same_sector_writers_never_see_backing_copied_over(tmp_path: Path, writethrough: bool, direct: bool) -> None:
     """Many threads hit the same sector of unallocated clusters: the cluster ends up holding
     one writer's whole sector and the backing data around it."""
     backing = rand_bytes(8 * CLUSTER, 9)
@@ -132,7 +132,7 @@ def test_same_sector_writers_never_see_backing_copied_over(tmp_path: Path, write
     path = tmp_path / "s.add-cow"
     addcow.create(path, "s.raw", backing_file="base.raw")
     patterns = [bytes([0x80 + t]) * SECTOR for t in range(THREADS)]
-    with addcow.open(path, "r+", writethrough=writethrough) as img:
+    with addcow.open(path, "r+", writethrough=writethrough, direct=direct) as img:
 
         def writer(tid: int) -> Callable[[], None]:
             def run() -> None:

@@ -27,7 +27,7 @@ pub use header::{
 
 pub use open::{
     addcow_open, addcow_open_ext, addcow_open_io, addcow_open_io_ext, AddCowOpenOptions,
-    ADDCOW_OPEN_BACKING_ADDCOW, ADDCOW_OPEN_CONFINE, ADDCOW_OPEN_FORCE_SHARE,
+    ADDCOW_OPEN_BACKING_ADDCOW, ADDCOW_OPEN_CONFINE, ADDCOW_OPEN_DIRECT, ADDCOW_OPEN_FORCE_SHARE,
     ADDCOW_OPEN_NO_BACKING, ADDCOW_OPEN_RDWR, ADDCOW_OPEN_WRITETHROUGH,
 };
 

@@ -148,8 +148,14 @@ fn lock_target(path: &Path, chain: &mut Chain) -> Result<Option<FileStorage>> {
         Err(e) if e.errno() == libc::ENOENT => return Ok(None),
         Err(e) => return Err(e),
     };
-    let how = Use::top(true, false, false);
-    admit(FileStorage::new(file), how, Role::AddCow, &what, chain).map(Some)
+    admit(
+        &file,
+        Use::top(true, false, false),
+        Role::AddCow,
+        &what,
+        chain,
+    )?;
+    Ok(Some(FileStorage::new(file)))
 }
 
 /// Opens the image file, creating it when missing (and a size or a backing length says how
@@ -180,8 +186,14 @@ fn open_image(
         Err(e) => return Err(e),
     };
     let how = Use::top(true, false, opts.confine);
-    match admit(FileStorage::new(file), how, Role::Image, &what, chain) {
-        Ok(storage) => Ok((ImageFile { storage, what }, created)),
+    match admit(&file, how, Role::Image, &what, chain) {
+        Ok(()) => Ok((
+            ImageFile {
+                storage: FileStorage::new(file),
+                what,
+            },
+            created,
+        )),
         Err(e) => {
             if created {
                 let _ = dir.remove(name);
@@ -198,6 +210,7 @@ fn write_temp(dir: &Dir, file_name: &OsStr, header: &Header, g: Geometry) -> Res
         writable: true,
         create: Create::New,
         confine: false,
+        direct: false,
     };
     let mut attempt = 0;
     let (temp, file) = loop {

@@ -10,7 +10,7 @@
 //!   `EBUSY` naming the file when another user conflicts.
 
 use crate::error::{Error, Result};
-use crate::storage::{self, Access, Dir, FileStorage, Lock};
+use crate::storage::{self, Access, Dir, DirectStorage, FileStorage, Lock, Storage};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -73,6 +73,8 @@ pub(super) struct Use {
     pub writable: bool,
     pub lock: Lock,
     pub confine: bool,
+    /// `O_DIRECT`, read and written as a [`DirectStorage`].
+    pub direct: bool,
 }
 
 impl Use {
@@ -87,12 +89,65 @@ impl Use {
             writable,
             lock,
             confine,
+            direct: false,
         }
     }
 
     /// Every file below the top: read-only.
     pub(super) fn backing(force_share: bool, confine: bool) -> Use {
         Use::top(false, force_share, confine)
+    }
+
+    /// With direct I/O or without.
+    pub(super) fn direct(self, direct: bool) -> Use {
+        Use { direct, ..self }
+    }
+
+    /// How to open a file named in a header.
+    pub(super) fn access(self) -> Access {
+        Access {
+            direct: self.direct,
+            ..Access::write(self.writable, self.confine)
+        }
+    }
+}
+
+/// A local file of an image, read and written through the page cache or around it.
+pub(super) enum LocalFile {
+    Buffered(FileStorage),
+    Direct(DirectStorage),
+}
+
+impl LocalFile {
+    /// `file`, opened as `how` says (with `O_DIRECT` when `how.direct`).
+    pub(super) fn new(file: File, how: Use, what: &str) -> Result<LocalFile> {
+        Ok(match how.direct {
+            false => LocalFile::Buffered(FileStorage::new(file)),
+            true => LocalFile::Direct(
+                DirectStorage::new(file).map_err(|e| Error::io("get length of", what, 0, e))?,
+            ),
+        })
+    }
+
+    pub(super) fn file(&self) -> &File {
+        match self {
+            LocalFile::Buffered(s) => s.file(),
+            LocalFile::Direct(s) => s.file(),
+        }
+    }
+
+    pub(super) fn storage(&self) -> &dyn Storage {
+        match self {
+            LocalFile::Buffered(s) => s,
+            LocalFile::Direct(s) => s,
+        }
+    }
+
+    pub(super) fn into_storage(self) -> Box<dyn Storage> {
+        match self {
+            LocalFile::Buffered(s) => Box::new(s),
+            LocalFile::Direct(s) => Box::new(s),
+        }
     }
 }
 
@@ -134,26 +189,23 @@ pub(super) fn open_named(
     how: Use,
     role: Role,
     chain: &mut Chain,
-) -> Result<(FileStorage, String)> {
+) -> Result<(Box<dyn Storage>, String)> {
     let what = role.describe(&dir.join(name));
-    let file = dir.open(name, Access::write(how.writable, how.confine), &what)?;
-    Ok((
-        admit(FileStorage::new(file), how, role, &what, chain)?,
-        what,
-    ))
+    let local = LocalFile::new(dir.open(name, how.access(), &what)?, how, &what)?;
+    admit(local.file(), how, role, &what, chain)?;
+    Ok((local.into_storage(), what))
 }
 
 /// Checks an open file against the chain, then locks it.
 pub(super) fn admit(
-    storage: FileStorage,
+    file: &File,
     how: Use,
     role: Role,
     what: &str,
     chain: &mut Chain,
-) -> Result<FileStorage> {
-    chain.add(storage.file(), role, what)?;
-    take_lock(storage.file(), how.lock, what)?;
-    Ok(storage)
+) -> Result<()> {
+    chain.add(file, role, what)?;
+    take_lock(file, how.lock, what)
 }
 
 /// Whether two paths name the same file, for files that may not exist yet: the same inode when

@@ -2,12 +2,12 @@
 //! then open the files it names, level by level down the backing chain, through the rules of
 //! [`super::files`] (file types, identity, locks, confinement).
 
-use super::files::{admit, open_named, Chain, Role, Use};
+use super::files::{admit, open_named, Chain, LocalFile, Role, Use};
 use super::{Backing, Image};
 use crate::error::{Error, Result};
 use crate::layout::{self, Header, HEADER_SIZE, MAX_SIZE};
 use crate::mapping::{Core, CoreOptions};
-use crate::storage::{open_path, Access, Dir, FileStorage, Storage};
+use crate::storage::{open_path, Access, Dir, Storage};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -48,6 +48,12 @@ pub struct OpenOptions {
     /// (dirty ones stay until written back). 0 = the default, 32 MiB; less than a page means
     /// one page.
     pub bitmap_cache_bytes: u64,
+    /// Direct I/O (QEMU's `cache=none`): every file of the chain is opened with `O_DIRECT`, so
+    /// that reads and writes bypass the page cache (`flush` still makes them durable). Requests
+    /// of any alignment work: unaligned ones go through aligned bounce buffers
+    /// ([`crate::storage::DirectStorage`]). A file system without direct I/O refuses the open
+    /// (`EINVAL`).
+    pub direct: bool,
 }
 
 impl OpenOptions {
@@ -95,12 +101,17 @@ impl Image {
     pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Image> {
         let path = path.as_ref();
         opts.check()?;
-        let how = Use::top(opts.writable, opts.force_share, opts.confine);
+        let how = Use::top(opts.writable, opts.force_share, opts.confine).direct(opts.direct);
         let what = Role::AddCow.describe(path);
-        let file = open_path(path, Access::write(opts.writable, false), &what)?;
+        let access = Access {
+            confine: false,
+            ..how.access()
+        };
+        let meta = LocalFile::new(open_path(path, access, &what)?, how, &what)?;
         let mut chain = Chain::default();
-        let meta = admit(FileStorage::new(file), how, Role::AddCow, &what, &mut chain)?;
-        open_level(&Dir::of(path)?, (meta, what), 1, how, opts, &mut chain)
+        admit(meta.file(), how, Role::AddCow, &what, &mut chain)?;
+        let meta = (meta.into_storage(), what);
+        open_level(&Dir::of(path)?, meta, 1, how, opts, &mut chain)
     }
 
     /// Builds an image from byte sources the caller opened. Nothing is locked: the caller owns
@@ -147,13 +158,13 @@ fn name(bytes: &[u8]) -> &Path {
 /// checked and locked.
 fn open_level(
     dir: &Dir,
-    (meta, meta_name): (FileStorage, String),
+    (meta, meta_name): (Box<dyn Storage>, String),
     level: usize,
     how: Use,
     opts: &OpenOptions,
     chain: &mut Chain,
 ) -> Result<Image> {
-    let header = read_header(&meta, &meta_name)?;
+    let header = read_header(meta.as_ref(), &meta_name)?;
     let (data, data_name) = open_named(dir, name(&header.image_file), how, Role::Image, chain)?;
     let backing = match (&header.backing_file, opts.no_backing) {
         (Some(backing), false) => Some(open_backing(dir, name(backing), opts, level, chain)?),
@@ -161,8 +172,8 @@ fn open_level(
     };
     Image::open_parts(
         Parts {
-            meta: (Box::new(meta), meta_name),
-            image: (Box::new(data), data_name),
+            meta: (meta, meta_name),
+            image: (data, data_name),
             backing,
         },
         opts,
@@ -181,17 +192,17 @@ pub(super) fn open_backing(
     parent: usize,
     chain: &mut Chain,
 ) -> Result<Backing> {
-    let how = Use::backing(opts.force_share, opts.confine);
+    let how = Use::backing(opts.force_share, opts.confine).direct(opts.direct);
     let path = dir.join(name);
     let what = Role::Backing.describe(&path);
-    let storage = FileStorage::new(dir.open(name, Access::read(opts.confine), &what)?);
+    let local = LocalFile::new(dir.open(name, how.access(), &what)?, how, &what)?;
     let add_cow = match opts.backing_format {
         BackingFormat::Raw => false,
-        BackingFormat::AddCow => parent == 1 || has_magic(&storage, &what)?,
+        BackingFormat::AddCow => parent == 1 || has_magic(local.storage(), &what)?,
     };
     if !add_cow {
-        let storage = admit(storage, how, Role::Backing, &what, chain)?;
-        return Ok(Backing::raw(Box::new(storage), what));
+        admit(local.file(), how, Role::Backing, &what, chain)?;
+        return Ok(Backing::raw(local.into_storage(), what));
     }
     let what = Role::AddCow.describe(&path);
     if parent >= MAX_CHAIN_DEPTH {
@@ -199,7 +210,7 @@ pub(super) fn open_backing(
             "backing chain deeper than {MAX_CHAIN_DEPTH} images at {what}"
         )));
     }
-    let meta = admit(storage, how, Role::AddCow, &what, chain)?;
+    admit(local.file(), how, Role::AddCow, &what, chain)?;
     let lower = OpenOptions {
         writable: false,
         writethrough: false,
@@ -207,11 +218,12 @@ pub(super) fn open_backing(
         ..opts.clone()
     };
     let dir = dir.of_name(name, opts.confine)?;
-    let image = open_level(&dir, (meta, what), parent + 1, how, &lower, chain)?;
+    let meta = (local.into_storage(), what);
+    let image = open_level(&dir, meta, parent + 1, how, &lower, chain)?;
     Ok(Backing::AddCow(Box::new(image)))
 }
 
-fn has_magic(storage: &FileStorage, name: &str) -> Result<bool> {
+fn has_magic(storage: &dyn Storage, name: &str) -> Result<bool> {
     let mut head = [0u8; 12];
     storage
         .read_at(&mut head, 0)

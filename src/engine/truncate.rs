@@ -31,15 +31,16 @@ impl Image {
     /// requests that start meanwhile wait for it. `EPERM` on a read-only image, `EFBIG` beyond
     /// [`MAX_SIZE`].
     pub fn truncate(&self, size: u64) -> Result<()> {
+        let mut core = self.core_mut();
+        // Read-only first: EPERM whatever the size (the C ABI's contract).
+        if !core.is_writable() {
+            return Err(Error::ReadOnly("truncate"));
+        }
         if size > MAX_SIZE {
             return Err(Error::TooLarge(format!(
                 "truncate to {size} bytes: larger than the largest image supported \
                  ({MAX_SIZE} bytes, 64 PiB)"
             )));
-        }
-        let mut core = self.core_mut();
-        if !core.is_writable() {
-            return Err(Error::ReadOnly("truncate"));
         }
         let old = core.size();
         if size < old {

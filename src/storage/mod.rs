@@ -1,5 +1,7 @@
 //! Byte sources: the files (or host callbacks, or memory) an image is made of, and how local
 //! files are opened (`open.rs`: types, confinement) and locked (`lock.rs`: QEMU's lock bytes).
+//! Local files are read and written through the page cache ([`FileStorage`]) or, opened with
+//! `O_DIRECT`, around it ([`DirectStorage`], with `align.rs`, `bounce.rs` and `range_lock.rs`).
 //!
 //! Contract of every [`Storage`]:
 //! - positional and vectored: no shared file offset, so any number of threads may call at once;
@@ -9,12 +11,17 @@
 //! - `resize` grows with zeros or shrinks;
 //! - `next_data` never skips a nonzero byte (it may report data where there are zeros).
 
+mod align;
+mod bounce;
+mod direct;
 mod file;
 mod host;
 mod lock;
 mod mem;
 mod open;
+mod range_lock;
 
+pub use direct::DirectStorage;
 pub use file::FileStorage;
 pub use host::{AddCowIo, HostStorage};
 pub use lock::{lock, Conflict, Lock};

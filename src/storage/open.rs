@@ -35,6 +35,9 @@ pub struct Access {
     pub create: Create,
     /// Resolve beneath the directory (names from untrusted headers).
     pub confine: bool,
+    /// `O_DIRECT`: I/O bypasses the page cache (read and write it with a
+    /// [`super::DirectStorage`]). A file system without direct I/O refuses the open (`EINVAL`).
+    pub direct: bool,
 }
 
 impl Access {
@@ -43,6 +46,7 @@ impl Access {
             writable: false,
             create: Create::No,
             confine,
+            direct: false,
         }
     }
 
@@ -63,7 +67,11 @@ impl Access {
             Create::IfMissing => libc::O_CREAT,
             Create::New => libc::O_CREAT | libc::O_EXCL,
         };
-        mode | create | libc::O_NONBLOCK | libc::O_CLOEXEC
+        let direct = match self.direct {
+            true => libc::O_DIRECT,
+            false => 0,
+        };
+        mode | create | direct | libc::O_NONBLOCK | libc::O_CLOEXEC
     }
 }
 
@@ -146,7 +154,9 @@ impl Dir {
     /// Opens `name` resolved here (confined when `access.confine`): a regular file or a block
     /// device, or `EINVAL` naming what it is. `what` names the file in messages.
     pub fn open(&self, name: &Path, access: Access, what: &str) -> Result<File> {
-        let fd = self.resolve(name, access.flags(), 0o666, access.confine, what)?;
+        let fd = self
+            .resolve(name, access.flags(), 0o666, access.confine, what)
+            .map_err(|e| direct_refused(e, access))?;
         checked_file(fd, what)
     }
 
@@ -190,8 +200,25 @@ impl Dir {
 /// Opens a path the caller gave (not a name from a header): a regular file or a block device.
 pub fn open_path(path: &Path, access: Access, what: &str) -> Result<File> {
     let fd = openat(libc::AT_FDCWD, path, access.flags(), 0o666, None)
-        .map_err(|e| open_error(e, what))?;
+        .map_err(|e| direct_refused(open_error(e, what), access))?;
     checked_file(fd, what)
+}
+
+/// `EINVAL` from an open with `O_DIRECT` says which flag the file system refused.
+fn direct_refused(e: Error, access: Access) -> Error {
+    match e {
+        Error::Io { file, source, .. }
+            if access.direct && source.raw_os_error() == Some(libc::EINVAL) =>
+        {
+            Error::Io {
+                op: "open with O_DIRECT (does the file system support direct I/O?)",
+                file,
+                offset: 0,
+                source,
+            }
+        }
+        other => other,
+    }
 }
 
 /// An `open` failure; `EISDIR` (a directory opened for writing) is the same refusal as a
@@ -373,6 +400,20 @@ mod tests {
         }
         let e = open_path(Path::new("/dev/null"), Access::read(false), "null").unwrap_err();
         assert!(e.to_string().contains("a character device"), "{e}");
+    }
+
+    /// procfs has no direct I/O: the open fails with `EINVAL`, and the message says why.
+    #[test]
+    fn o_direct_refused_says_so() {
+        let direct = Access {
+            direct: true,
+            ..Access::read(false)
+        };
+        let path = Path::new("/proc/self/status");
+        open_path(path, Access::read(false), "status").unwrap();
+        let e = open_path(path, direct, "status").unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL);
+        assert!(e.to_string().contains("O_DIRECT"), "{e}");
     }
 
     #[test]
