@@ -759,3 +759,58 @@ fn queries_racing_the_allocation_of_their_cluster() {
     });
     assert!(queries.load(Ordering::Relaxed) > 0, "no query ran");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reads and allocation queries take no lock: they run beside a truncate.
+
+/// Readers and queriers run while a truncater shrinks and grows the image over and over (down
+/// to two clusters, up to 40 000 clusters: past a bitmap page, so that whole pages come and go).
+/// The two first clusters, allocated before and never cut, must always read their data and
+/// answer allocated; a read or query elsewhere may see the old or the new size, but never
+/// panics, hangs or returns more than it was asked.
+#[test]
+fn reads_and_queries_racing_truncate() {
+    // Files: the image file stays sparse at 40 000 clusters.
+    let f = Fixture::files(4 * CS, CS, false);
+    let img = f.open(true);
+    img.write_at(0, &vec![0x5a; (2 * CS) as usize]).unwrap();
+    let done = AtomicBool::new(false);
+    let reads = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        let stop = Stop(&done);
+        for t in 0..3u64 {
+            let (img, done, reads) = (&img, &done, &reads);
+            s.spawn(move || {
+                let mut rng = Rng::new(0x7a7e + t);
+                while !done.load(Ordering::Acquire) {
+                    // Anywhere in the image as it is now (it may shrink meanwhile).
+                    let offset = match rng.chance(50) {
+                        true => rng.below(3 * CS),
+                        false => rng.below(img.size()),
+                    };
+                    let len = rng.range(1, 3 * CS);
+                    let mut buf = vec![0xEEu8; len as usize];
+                    if img.read_at(offset, &mut buf).is_ok() {
+                        let stable = (2 * CS).saturating_sub(offset).min(len) as usize;
+                        assert!(buf[..stable].iter().all(|&b| b == 0x5a), "cluster 0-1 data");
+                    }
+                    let (allocated, n) = img.is_allocated(rng.below(2 * CS), u64::MAX).unwrap();
+                    assert!(allocated && n >= 1, "clusters 0-1 are allocated");
+                    // Far out, where whole bitmap pages come and go with the truncates.
+                    img.is_allocated(rng.below(img.size()), u64::MAX).unwrap();
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let mut rng = Rng::new(0x7a7e);
+        for _ in 0..100 {
+            let size = match rng.chance(30) {
+                true => rng.range(2 * CS, 40_000 * CS),
+                false => rng.range(2 * CS, 8 * CS),
+            };
+            img.truncate(size).unwrap();
+        }
+        drop(stop);
+    });
+    assert!(reads.load(Ordering::Relaxed) > 0, "no reader ran");
+}

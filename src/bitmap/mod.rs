@@ -63,13 +63,16 @@
 //!    then the store for the next data; the pages before both are all zero. In that order, a
 //!    bit set before the reader began is seen: it reaches the store only through a write-back,
 //!    and its page leaves the unsynced set only after that write. (Bits only go from 0 to 1
-//!    while readers run: only [`Bitmap::resize`], which no other call overlaps, clears bits.)
+//!    while readers run: only [`Bitmap::resize`] clears bits, and only past its new end.)
 //!
 //! # Resize
-//! [`Bitmap::resize`] takes `&self`, but its caller guarantees that no other call on the bitmap
-//! runs during it and that no write-back is in flight (between [`Bitmap::take_dirty`] and its
-//! finish): it clears bits and drops pages whatever their state. Broken, the contract costs
-//! correct bits, never memory safety: this module has no `unsafe`.
+//! [`Bitmap::resize`] takes `&self`, but its caller guarantees that no call other than the
+//! readers ([`Bitmap::get`], [`Bitmap::run`]) runs during it and that no write-back is in flight
+//! (between [`Bitmap::take_dirty`] and its finish): it clears bits and drops pages whatever their
+//! state. Readers beside it see the old or the new number of clusters; the bits below both do
+//! not change, and a page past the new end that a reader loads meanwhile is never dirty and is
+//! dropped by the next resize. Broken, the contract costs correct bits, never memory safety:
+//! this module has no `unsafe`.
 //!
 //! Lock order: the eviction lock, the unsynced set, the table's queue. The write-back in flight
 //! is an atomic ticket, not a lock.
@@ -261,8 +264,9 @@ impl Bitmap {
         }
     }
 
-    /// Applies `f` to page `index` (< page count) for a reader: to the resident page without
-    /// a lock, or to the page loaded; or finds it all zero (protocol rule 6).
+    /// Applies `f` to page `index` for a reader: to the resident page without a lock, or to the
+    /// page loaded; or finds it all zero (protocol rule 6, and past the end: a reader may run
+    /// beside a resize, and then sees the old or the new number of clusters).
     fn visit<R>(
         &self,
         index: u64,
@@ -275,6 +279,11 @@ impl Bitmap {
                 page.touch();
                 return Ok(Visit::Page(f(page)));
             }
+        }
+        if index >= self.page_count() {
+            // A resize shrank the bitmap under this reader (lookups may run beside one): past
+            // the end, nothing is allocated.
+            return Ok(Visit::Zeros { end: u64::MAX });
         }
         let unsynced = self.unsynced.next_from(index).unwrap_or(u64::MAX);
         let data = store

@@ -4,8 +4,10 @@
 //! where the core says "busy".
 //!
 //! # Locks
-//! 1. `core` ([`ShardedLock`]): shared by every request, exclusive only for `truncate` (the
-//!    core's resize steps take `&mut`). Shared, it costs a per-thread shard, not a global lock.
+//! 1. `gate` ([`ShardedLock`]): shared by writes and flushes, exclusive only for `truncate`
+//!    (the core's resize steps run exclusively of them). Shared, it costs a per-thread shard,
+//!    not a global lock. Reads and allocation queries take no lock at all: the core lets them
+//!    run beside a truncate (they see the old or the new size).
 //! 2. `released` (a mutex with a condition variable): a request told "busy" by the core sleeps
 //!    on it until the core's generation moves; every commit, abort and finished write-back of
 //!    this loop signals it. Never held across I/O.
@@ -28,17 +30,20 @@ use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteG
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io::{IoSlice, IoSliceMut};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 
 /// An open add-cow image. `Send + Sync`: share it between threads by reference or `Arc`.
 pub struct Image {
-    core: ShardedLock<Core>,
+    core: Core,
+    gate: ShardedLock<()>,
     data: Box<dyn Storage>,
     data_name: String,
     backing: Option<Backing>,
     pub(super) writethrough: bool,
     released: (Mutex<()>, Condvar),
+    /// Requests sleeping in [`Image::wait`].
+    waiting: AtomicUsize,
     /// Image-file writes (and resizes) since the last flush synced it.
     unsynced_data: AtomicBool,
     closed: bool,
@@ -66,23 +71,31 @@ impl Image {
     ) -> Result<Image> {
         core.set_backing_len(backing.as_ref().map(Backing::size).transpose()?);
         Ok(Image {
-            core: ShardedLock::new(core),
+            core,
+            gate: ShardedLock::new(()),
             data,
             data_name,
             backing,
             writethrough,
             released: (Mutex::new(()), Condvar::new()),
+            waiting: AtomicUsize::new(0),
             unsynced_data: AtomicBool::new(false),
             closed: false,
         })
     }
 
-    fn core(&self) -> ShardedLockReadGuard<'_, Core> {
-        self.core.read().unwrap_or_else(|e| e.into_inner())
+    pub(super) fn core(&self) -> &Core {
+        &self.core
     }
 
-    pub(super) fn core_mut(&self) -> ShardedLockWriteGuard<'_, Core> {
-        self.core.write().unwrap_or_else(|e| e.into_inner())
+    /// The shared side of the gate: no truncate runs until it is dropped.
+    fn shared(&self) -> ShardedLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The exclusive side of the gate, for truncate: waits for the writes and flushes in flight.
+    pub(super) fn exclusive(&self) -> ShardedLockWriteGuard<'_, ()> {
+        self.gate.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Virtual size in bytes (the image file's length).
@@ -115,13 +128,18 @@ impl Image {
     /// backing file (zeros past its end, or without one). `EINVAL` past the end of the image.
     pub fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> Result<()> {
         let len = iov::total(bufs)?;
-        let core = self.core();
+        let core = &self.core;
         core.check(offset, len)?;
         let mut pos = 0;
         while pos < len {
             let e = core.map(offset + pos, len - pos)?;
             if e.len == len {
                 return self.read_extent(e.kind, offset, bufs);
+            }
+            if e.len == 0 {
+                // A truncate shrank the image under this read: past the new end, zeros.
+                zero_fill(&mut iov::slice_mut(bufs, pos, len - pos));
+                return Ok(());
             }
             let mut seg = iov::slice_mut(bufs, pos, e.len);
             self.read_extent(e.kind, offset + pos, &mut seg)?;
@@ -159,7 +177,8 @@ impl Image {
     /// `EPERM` on a read-only image, `EINVAL` past the end.
     pub fn write(&self, offset: u64, bufs: &[IoSlice<'_>]) -> Result<()> {
         let len = iov::total(bufs)?;
-        let core = self.core();
+        let _gate = self.shared();
+        let core = &self.core;
         if !core.is_writable() {
             return Err(Error::ReadOnly("write"));
         }
@@ -170,7 +189,7 @@ impl Image {
             let step = match core.begin_write(offset + pos, len - pos)? {
                 Begin::Ready(step) => step,
                 Begin::Busy(generation) => {
-                    self.wait(&core, generation);
+                    self.wait(core, generation);
                     continue;
                 }
             };
@@ -187,7 +206,7 @@ impl Image {
                     self.write_data(&seg, offset + pos)?;
                     in_place = true;
                 }
-                Step::Allocate(txn) => self.allocate(&core, txn, &seg)?,
+                Step::Allocate(txn) => self.allocate(core, txn, &seg)?,
             }
             pos += n;
         }
@@ -224,18 +243,21 @@ impl Image {
     fn write_cluster(&self, txn: &Txn, data: &[IoSlice<'_>]) -> Result<()> {
         let (head, tail) = (txn.head_backing(), txn.tail_backing());
         let fill = |scratch: &mut Vec<u8>| -> Result<()> {
-            scratch.resize((head + tail) as usize, 0);
-            let (h, t) = scratch.split_at_mut(head as usize);
-            let mut parts = [IoSliceMut::new(h)];
-            if head > 0 {
-                self.read_backing(&mut parts, txn.cluster_start())?;
+            // Grown (zero-filled) only the first time it is too short: every byte used below is
+            // read from the backing file first.
+            let need = (head + tail) as usize;
+            if scratch.len() < need {
+                scratch.resize(need, 0);
             }
-            let mut parts = [IoSliceMut::new(t)];
+            let (h, t) = scratch[..need].split_at_mut(head as usize);
+            if head > 0 {
+                self.read_backing(&mut [IoSliceMut::new(h)], txn.cluster_start())?;
+            }
             if tail > 0 {
-                self.read_backing(&mut parts, txn.offset() + txn.len())?;
+                self.read_backing(&mut [IoSliceMut::new(t)], txn.offset() + txn.len())?;
             }
             let mut iov = Vec::with_capacity(data.len() + 4);
-            let (h, t) = scratch.split_at(head as usize);
+            let (h, t) = scratch[..need].split_at(head as usize);
             push(&mut iov, h);
             push(&mut iov, zeros(txn.head_len() - head));
             iov.extend(
@@ -289,13 +311,24 @@ impl Image {
     fn wait(&self, core: &Core, generation: u64) {
         let (lock, cv) = &self.released;
         let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        // Paired with the fence in `signal`: either this load sees the new generation, or the
+        // signaller sees `waiting` and wakes us (it takes the lock, which we hold until we
+        // sleep).
+        fence(Ordering::SeqCst);
         while core.generation() == generation {
             guard = cv.wait(guard).unwrap_or_else(|e| e.into_inner());
         }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Wakes the requests sleeping in [`Image::wait`] (the core's generation just moved).
+    /// Wakes the requests sleeping in [`Image::wait`] (the core's generation just moved); costs
+    /// one atomic load when nobody sleeps.
     fn signal(&self) {
+        fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         let (lock, cv) = &self.released;
         drop(lock.lock().unwrap_or_else(|e| e.into_inner()));
         cv.notify_all();
@@ -315,11 +348,11 @@ impl Image {
     /// when nothing was written since the last flush (closing an untouched image costs no
     /// sync).
     pub fn flush(&self) -> Result<()> {
-        let core = self.core();
-        if !core.is_writable() {
+        if !self.core.is_writable() {
             return Ok(());
         }
-        self.write_back(&core, true)
+        let _gate = self.shared();
+        self.write_back(&self.core, true)
     }
 
     /// A metadata write-back: copy the dirty pages, sync the image file (when `sync_data`, or

@@ -27,11 +27,12 @@ use crate::mapping::Core;
 use std::io::{IoSlice, IoSliceMut};
 
 impl Image {
-    /// Shrinks or grows the image to `size` bytes. Waits for the requests in flight, and the
-    /// requests that start meanwhile wait for it. `EPERM` on a read-only image, `EFBIG` beyond
-    /// [`MAX_SIZE`].
+    /// Shrinks or grows the image to `size` bytes. Waits for the writes and flushes in flight,
+    /// and those that start meanwhile wait for it; reads running beside it see the old or the
+    /// new size. `EPERM` on a read-only image, `EFBIG` beyond [`MAX_SIZE`].
     pub fn truncate(&self, size: u64) -> Result<()> {
-        let mut core = self.core_mut();
+        let _gate = self.exclusive();
+        let core = self.core();
         // Read-only first: EPERM whatever the size (the C ABI's contract).
         if !core.is_writable() {
             return Err(Error::ReadOnly("truncate"));
@@ -44,17 +45,17 @@ impl Image {
         }
         let old = core.size();
         if size < old {
-            self.shrink(&mut core, size)?;
+            self.shrink(core, size)?;
             if self.writethrough {
-                self.write_back(&core, true)?;
+                self.write_back(core, true)?;
             }
         } else if size > old {
-            self.grow(&mut core, size)?;
+            self.grow(core, size)?;
         }
         Ok(())
     }
 
-    fn shrink(&self, core: &mut Core, size: u64) -> Result<()> {
+    fn shrink(&self, core: &Core, size: u64) -> Result<()> {
         core.shrink_begin(size)?;
         self.resize_data(size)?;
         // The image file has its new length: from here on, so has the image.
@@ -63,7 +64,7 @@ impl Image {
         core.shrink_finish()
     }
 
-    fn grow(&self, core: &mut Core, size: u64) -> Result<()> {
+    fn grow(&self, core: &Core, size: u64) -> Result<()> {
         let old = core.size();
         core.grow_begin(size)?;
         let grown = (|| {

@@ -74,7 +74,8 @@ pub struct Core {
     meta: Box<dyn Storage>,
     meta_name: String,
     header: Header,
-    geometry: Geometry,
+    /// The virtual size; changed only by the truncate steps.
+    size: std::sync::atomic::AtomicU64,
     bitmap: Bitmap,
     claims: Claims,
     /// The backing data's length as the host last set it; `u64::MAX` for none.
@@ -101,11 +102,11 @@ impl Core {
     ) -> Core {
         let geometry = Geometry::new(header.cluster_bits(), size);
         Core {
+            size: size.into(),
             meta,
             meta_name,
             bitmap: Bitmap::new(geometry.clusters(), opts.bitmap_cache_bytes),
             header,
-            geometry,
             claims: Claims::default(),
             backing_len: NO_BACKING.into(),
             meta_unsynced: false.into(),
@@ -116,11 +117,11 @@ impl Core {
 
     /// Virtual size in bytes.
     pub fn size(&self) -> u64 {
-        self.geometry.size()
+        self.size.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn geometry(&self) -> Geometry {
-        self.geometry
+        Geometry::new(self.header.cluster_bits(), self.size())
     }
 
     pub fn header(&self) -> &Header {
@@ -199,7 +200,7 @@ impl Core {
     /// The state of the byte at `offset` (inside the image) and the run of bytes from it, at
     /// most `max` (≥ 1, inside the image), in that state.
     fn run(&self, offset: u64, max: u64) -> Result<(bool, u64)> {
-        let g = self.geometry;
+        let g = self.geometry();
         let first = g.cluster_of(offset);
         let last = g.cluster_of(offset + max - 1);
         let (allocated, n) = self.bitmap.run(first, last - first + 1, &self.store())?;

@@ -1,8 +1,9 @@
 //! The metadata side of truncate, in the steps the host interleaves with its own changes to the
-//! image file (see `engine::truncate` for the order and why it is crash-safe). Every step takes
-//! `&mut self`: truncate is exclusive.
+//! image file (see `engine::truncate` for the order and why it is crash-safe). The host runs
+//! these steps exclusively of every other call on the core except the lookups ([`Core::map`],
+//! [`Core::is_allocated`]), and with no write-back in flight (checked).
 
-use super::{Core, MetaStore};
+use super::Core;
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use std::ops::Range;
@@ -11,10 +12,10 @@ use std::sync::atomic::Ordering;
 impl Core {
     /// Shrink, before the host cuts the image file: holds the bitmap page at the new end in
     /// memory, so that [`Core::shrink_commit`] does no I/O and cannot fail.
-    pub fn shrink_begin(&mut self, size: u64) -> Result<()> {
+    pub fn shrink_begin(&self, size: u64) -> Result<()> {
         self.writable_for("truncate")?;
-        let new = self.geometry.with_size(size);
-        if let Some(last) = self.geometry.clusters().checked_sub(1) {
+        let new = self.geometry().with_size(size);
+        if let Some(last) = self.geometry().clusters().checked_sub(1) {
             self.bitmap
                 .hold_page_of(Cluster(new.clusters().min(last)), &self.store())?;
         }
@@ -22,29 +23,27 @@ impl Core {
     }
 
     /// Shrink, once the image file is cut: the image has its new size.
-    pub fn shrink_commit(&mut self, size: u64) -> Result<()> {
-        let new = self.geometry.with_size(size);
-        let store = MetaStore::of(&*self.meta, &self.meta_name, &self.header);
-        self.bitmap.resize(new.clusters(), &store)?;
-        self.geometry = new;
+    pub fn shrink_commit(&self, size: u64) -> Result<()> {
+        let new = self.geometry().with_size(size);
+        self.bitmap.resize(new.clusters(), &self.store())?;
+        self.size.store(size, Ordering::Release);
         Ok(())
     }
 
     /// Shrink, once the cut of the image file is durable: cuts the bitmap in the metadata
     /// source (bits past the end, should it stay longer, are masked at load).
     pub fn shrink_finish(&self) -> Result<()> {
-        self.resize_meta(self.geometry.bitmap_len())
+        self.resize_meta(self.geometry().bitmap_len())
     }
 
     /// Grow, first step: the bitmap grows (zeros) in the metadata source and in memory; the size
     /// stays the old one until [`Core::grow_commit`]. On failure nothing changed.
-    pub fn grow_begin(&mut self, size: u64) -> Result<()> {
+    pub fn grow_begin(&self, size: u64) -> Result<()> {
         self.writable_for("truncate")?;
-        let old = self.geometry;
+        let old = self.geometry();
         let new = old.with_size(size);
         let grown = self.grow_meta(old.bitmap_len(), new.bitmap_len());
-        let store = MetaStore::of(&*self.meta, &self.meta_name, &self.header);
-        let grown = grown.and_then(|()| self.bitmap.resize(new.clusters(), &store));
+        let grown = grown.and_then(|()| self.bitmap.resize(new.clusters(), &self.store()));
         grown.inspect_err(|_| {
             let _ = self.resize_meta(old.bitmap_len());
         })
@@ -57,17 +56,16 @@ impl Core {
     }
 
     /// Grow, once every bitmap change is durable and the image file has grown: the new size.
-    pub fn grow_commit(&mut self, size: u64) {
-        self.geometry = self.geometry.with_size(size);
+    pub fn grow_commit(&self, size: u64) {
+        self.size.store(size, Ordering::Release);
     }
 
     /// Grow failed after [`Core::grow_begin`]: the bitmap gets its old length back, in memory
     /// (no I/O: the page at the old end is resident since `grow_begin`) and in the metadata
     /// source.
-    pub fn grow_abort(&mut self) -> Result<()> {
-        let old = self.geometry;
-        let store = MetaStore::of(&*self.meta, &self.meta_name, &self.header);
-        let resized = self.bitmap.resize(old.clusters(), &store);
+    pub fn grow_abort(&self) -> Result<()> {
+        let old = self.geometry();
+        let resized = self.bitmap.resize(old.clusters(), &self.store());
         let cut = self.resize_meta(old.bitmap_len());
         resized.and(cut)
     }

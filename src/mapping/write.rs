@@ -113,7 +113,7 @@ impl Core {
             if allocated {
                 return Ok(Begin::Ready(Step::InPlace(n)));
             }
-            let g = self.geometry;
+            let g = self.geometry();
             let clusters = g.cluster_of(offset)..g.cluster_of(offset + n - 1) + 1;
             let claim = match self.claims.try_claim(clusters.start.0..clusters.end.0) {
                 Ok(claim) => claim,
@@ -135,7 +135,7 @@ impl Core {
     }
 
     fn txn(&self, claim: Claim, offset: u64, len: u64) -> Txn {
-        let g = self.geometry;
+        let g = self.geometry();
         let clusters = claim.clusters();
         let cluster_start = g.cluster_start(Cluster(clusters.start));
         let cluster_end = g.cluster_end(Cluster(clusters.end - 1));
