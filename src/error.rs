@@ -13,14 +13,64 @@
 
 use std::io;
 
-/// Every failure of the library.
+/// What was being done when a call on a file (or a host byte source) failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Op {
+    Open,
+    /// An open with `O_DIRECT` that the file system refused.
+    OpenDirect,
+    OpenDir,
+    Stat,
+    Lock,
+    Fcntl,
+    Read,
+    Write,
+    Flush,
+    GetLength,
+    Resize,
+    ReadHeader,
+    ReadBitmap,
+    WriteBitmap,
+    FindData,
+    Rename,
+    Truncate,
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Op::Open => "open",
+            Op::OpenDirect => "open with O_DIRECT (does the file system support direct I/O?)",
+            Op::OpenDir => "open directory",
+            Op::Stat => "stat",
+            Op::Lock => "lock",
+            Op::Fcntl => "fcntl",
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Flush => "flush",
+            Op::GetLength => "get length of",
+            Op::Resize => "resize",
+            Op::ReadHeader => "read header of",
+            Op::ReadBitmap => "read bitmap of",
+            Op::WriteBitmap => "write bitmap of",
+            Op::FindData => "find data in",
+            Op::Rename => "rename into place",
+            Op::Truncate => "truncate",
+        })
+    }
+}
+
+/// Every failure of the library. More kinds may come: match with a wildcard, or on
+/// [`Error::errno`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A call on one of the files (or host byte sources) failed.
     #[error("{op} {file} at offset {offset}: {source}")]
     Io {
-        /// What was being done: "read", "write", "flush", "open", …
-        op: &'static str,
+        /// What was being done.
+        op: Op,
         /// Which file, with its role: `image file 'disk.raw'`.
         file: String,
         /// Byte offset of the request in that file (0 where none applies).
@@ -40,7 +90,7 @@ pub enum Error {
     Unsupported(String),
     /// A write or truncate on an image opened read-only.
     #[error("{0} on an image opened read-only")]
-    ReadOnly(&'static str),
+    ReadOnly(Op),
     /// A file is in use: another process (or another open of it) holds a conflicting lock.
     #[error("{0}")]
     Busy(String),
@@ -70,7 +120,7 @@ impl Error {
     }
 
     /// Wraps an OS error with what failed and where.
-    pub(crate) fn io(op: &'static str, file: &str, offset: u64, source: io::Error) -> Error {
+    pub(crate) fn io(op: Op, file: &str, offset: u64, source: io::Error) -> Error {
         Error::Io {
             op,
             file: file.to_owned(),
@@ -91,18 +141,18 @@ mod tests {
     #[test]
     fn errno_mapping() {
         let e = Error::io(
-            "read",
+            Op::Read,
             "image file 'x'",
             7,
             io::Error::from_raw_os_error(libc::ENOSPC),
         );
         assert_eq!(e.errno(), libc::ENOSPC);
         assert!(e.to_string().contains("image file 'x' at offset 7"));
-        let custom = Error::io("read", "x", 0, io::Error::other("host said no"));
+        let custom = Error::io(Op::Read, "x", 0, io::Error::other("host said no"));
         assert_eq!(custom.errno(), libc::EIO);
         assert_eq!(Error::invalid("bad").errno(), libc::EINVAL);
         assert_eq!(Error::Unsupported("v2".into()).errno(), libc::ENOTSUP);
-        assert_eq!(Error::ReadOnly("write").errno(), libc::EPERM);
+        assert_eq!(Error::ReadOnly(Op::Write).errno(), libc::EPERM);
         assert_eq!(Error::Busy("x".into()).errno(), libc::EBUSY);
         assert_eq!(Error::Confined("x".into()).errno(), libc::EACCES);
         assert_eq!(Error::TooLarge("x".into()).errno(), libc::EFBIG);

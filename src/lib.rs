@@ -30,5 +30,5 @@ pub mod storage;
 pub use engine::{
     create, read_header, Backing, BackingFormat, CreateOptions, Image, OpenOptions, Parts,
 };
-pub use error::{Error, Result};
+pub use error::{Error, Op, Result};
 pub use layout::probe;

@@ -177,7 +177,8 @@ impl Bitmap {
     /// The state of cluster `first` (< clusters) and the number of clusters, at least 1 and
     /// at most `max`, from `first` on that share it; fewer when [`MAX_RUN_PAGES`] visits did
     /// not reach the end of the run. The state comes from the same load that starts the run,
-    /// so a concurrent allocation can never make the run empty.
+    /// so a concurrent allocation can never make the run empty; only a resize that shrinks the
+    /// bitmap below `first` meanwhile does (`(false, 0)`).
     pub fn run(&self, first: Cluster, max: u64, store: &dyn Store) -> Result<(bool, u64)> {
         let end = first.0.saturating_add(max.max(1)).min(self.clusters());
         let mut state = None;
@@ -194,7 +195,7 @@ impl Bitmap {
                 Visit::Zeros { .. } if state == Some(true) => break,
                 Visit::Zeros { end: zeros_end } => {
                     state = Some(false);
-                    c = (zeros_end * PAGE_BITS).min(end);
+                    c = zeros_end.saturating_mul(PAGE_BITS).min(end);
                 }
                 Visit::Page((stop, other_state)) => {
                     c = base + stop;
@@ -204,7 +205,7 @@ impl Bitmap {
                 }
             }
         }
-        Ok((state.unwrap_or(false), c.min(end) - first.0))
+        Ok((state.unwrap_or(false), c.min(end).saturating_sub(first.0)))
     }
 
     /// Sets the bits of `clusters` (all < the number of clusters) and marks their pages dirty.

@@ -110,6 +110,7 @@ pub(super) unsafe fn opt_c_str<'a>(p: *const c_char) -> Option<&'a CStr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Op;
 
     #[test]
     fn panics_become_eio_with_a_message() {
@@ -121,7 +122,7 @@ mod tests {
             .unwrap()
             .to_owned();
         assert_eq!(msg, "addcow_test: internal error (panic): boom");
-        let r: i64 = ffi("addcow_len", || Err(Error::ReadOnly("write")));
+        let r: i64 = ffi("addcow_len", || Err(Error::ReadOnly(Op::Write)));
         assert_eq!(r, -i64::from(libc::EPERM));
     }
 }

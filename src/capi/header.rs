@@ -3,7 +3,7 @@
 
 use super::boundary::{bad_arg, c_str, ffi};
 use crate::engine::read_header;
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::storage::{open_path, Access, AddCowIo, FileStorage, HostStorage};
 use std::ffi::{c_char, c_int, CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
@@ -83,7 +83,7 @@ pub unsafe extern "C" fn addcow_header_read_io(
             let table = unsafe { meta.as_ref() }.ok_or_else(|| bad_arg("meta is NULL"))?;
             let storage = HostStorage::reader(*table).map_err(|e| match e.raw_os_error() {
                 Some(libc::EINVAL) => bad_arg("meta: preadv and get_length are required"),
-                _ => Error::io("get length of", "add-cow file (host I/O)", 0, e),
+                _ => Error::io(Op::GetLength, "add-cow file (host I/O)", 0, e),
             })?;
             read_header(&storage, "add-cow file (host I/O)")
         };

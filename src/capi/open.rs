@@ -5,7 +5,7 @@ use super::boundary::{bad_arg, c_str, ffi};
 use super::versioned::{self, Versioned};
 use super::AddCowImage;
 use crate::engine::{Backing, BackingFormat, Image, OpenOptions, Parts};
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::storage::{AddCowIo, HostStorage};
 use std::ffi::{c_char, c_int, OsStr};
 use std::mem::{offset_of, size_of};
@@ -201,7 +201,7 @@ unsafe fn host(io: *const AddCowIo, what: &str) -> Result<HostStorage> {
         Some(libc::EINVAL) => bad_arg(&format!(
             "{what}: preadv, pwritev, flush and get_length are required"
         )),
-        _ => Error::io("get length of", what, 0, e),
+        _ => Error::io(Op::GetLength, what, 0, e),
     })
 }
 

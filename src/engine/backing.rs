@@ -1,7 +1,7 @@
 //! The backing file: raw bytes or another add-cow image, read with zeros past its end.
 
 use super::{iov, Image};
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::storage::{iov_len, zero_fill, Storage};
 use std::io::IoSliceMut;
 
@@ -30,7 +30,7 @@ impl Backing {
         match self {
             Backing::Raw { storage, name } => storage
                 .len()
-                .map_err(|e| Error::io("get length of", name, 0, e)),
+                .map_err(|e| Error::io(Op::GetLength, name, 0, e)),
             Backing::AddCow(image) => Ok(image.size()),
         }
     }
@@ -40,7 +40,7 @@ impl Backing {
         match self {
             Backing::Raw { storage, name } => storage
                 .read_vectored_at(bufs, offset)
-                .map_err(|e| Error::io("read", name, offset, e)),
+                .map_err(|e| Error::io(Op::Read, name, offset, e)),
             Backing::AddCow(image) => {
                 let len = iov_len(bufs);
                 let inside = image.size().saturating_sub(offset).min(len);

@@ -14,7 +14,7 @@
 use super::files::{admit, same_file, Chain, Role, Use};
 use super::open::{check_size, open_backing};
 use super::{BackingFormat, OpenOptions};
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::layout::{Geometry, Header};
 use crate::storage::{open_path, Access, Create, Dir, FileStorage, Storage};
 use std::ffi::{OsStr, OsString};
@@ -80,7 +80,7 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<()> {
             (0, false) => image
                 .storage
                 .len()
-                .map_err(|e| Error::io("get length of", &image.what, 0, e))?,
+                .map_err(|e| Error::io(Op::GetLength, &image.what, 0, e))?,
             (0, true) => backing_len.unwrap_or(0),
             (size, _) => size,
         };
@@ -90,7 +90,7 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<()> {
         let placed = size_image(&image, size).and_then(|()| {
             dir.rename(&temp, Path::new(file_name))
                 .and_then(|()| dir.sync())
-                .map_err(|e| Error::io("rename into place", &Role::AddCow.describe(path), 0, e))
+                .map_err(|e| Error::io(Op::Rename, &Role::AddCow.describe(path), 0, e))
         });
         if placed.is_err() {
             let _ = dir.remove(&temp);
@@ -173,8 +173,8 @@ fn open_image(
         Ok(file) => (file, false),
         Err(e) if e.errno() == libc::ENOENT && opts.size == 0 && !has_backing => {
             return Err(Error::io(
-                "open (no size or backing file was given to create it)",
-                &what,
+                Op::Open,
+                &format!("{what} (no size or backing file was given to create it)"),
                 0,
                 std::io::Error::from_raw_os_error(libc::ENOENT),
             ))
@@ -233,7 +233,7 @@ fn write_temp(dir: &Dir, file_name: &OsStr, header: &Header, g: Geometry) -> Res
     if let Err(e) = written {
         let _ = dir.remove(&temp);
         return Err(Error::io(
-            "write",
+            Op::Write,
             &Role::AddCow.describe(&dir.join(&temp)),
             0,
             e,
@@ -247,12 +247,14 @@ fn size_image(image: &ImageFile, size: u64) -> Result<()> {
     let ImageFile { storage, what } = image;
     if storage
         .len()
-        .map_err(|e| Error::io("get length of", what, 0, e))?
+        .map_err(|e| Error::io(Op::GetLength, what, 0, e))?
         != size
     {
         storage
             .resize(size)
-            .map_err(|e| Error::io("resize", what, size, e))?;
+            .map_err(|e| Error::io(Op::Resize, what, size, e))?;
     }
-    storage.flush().map_err(|e| Error::io("flush", what, 0, e))
+    storage
+        .flush()
+        .map_err(|e| Error::io(Op::Flush, what, 0, e))
 }

@@ -9,7 +9,7 @@
 //!   that a chain naming one file twice gets the identity error, not a lock conflict with itself:
 //!   `EBUSY` naming the file when another user conflicts.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::storage::{self, Access, Dir, DirectStorage, FileStorage, Lock, Storage};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -51,7 +51,9 @@ pub(super) struct Chain {
 impl Chain {
     /// Records `file`, `what` (its role and name); `EINVAL` when the chain already holds it.
     pub(super) fn add(&mut self, file: &File, role: Role, what: &str) -> Result<()> {
-        let meta = file.metadata().map_err(|e| Error::io("stat", what, 0, e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(Op::Stat, what, 0, e))?;
         let id = (meta.dev(), meta.ino());
         if let Some((_, other_role, other)) = self.files.iter().find(|(known, ..)| *known == id) {
             let why = match (role, *other_role) {
@@ -124,7 +126,7 @@ impl LocalFile {
         Ok(match how.direct {
             false => LocalFile::Buffered(FileStorage::new(file)),
             true => LocalFile::Direct(
-                DirectStorage::new(file).map_err(|e| Error::io("get length of", what, 0, e))?,
+                DirectStorage::new(file).map_err(|e| Error::io(Op::GetLength, what, 0, e))?,
             ),
         })
     }
@@ -166,7 +168,7 @@ fn take_lock(file: &File, mode: Lock, role: &str) -> Result<()> {
     let mut pause = LOCK_PAUSE;
     let mut attempt = 1;
     loop {
-        match storage::lock(file, mode).map_err(|e| Error::io("lock", role, 0, e))? {
+        match storage::lock(file, mode).map_err(|e| Error::io(Op::Lock, role, 0, e))? {
             Ok(()) => return Ok(()),
             Err(_) if attempt < LOCK_ATTEMPTS => std::thread::sleep(pause),
             Err(conflict) => {

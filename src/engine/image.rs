@@ -23,7 +23,7 @@
 
 use super::iov;
 use super::Backing;
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::mapping::{Begin, Core, Kind, Step, Txn};
 use crate::storage::{zero_fill, Storage};
 use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
@@ -153,7 +153,7 @@ impl Image {
             Kind::Data => self
                 .data
                 .read_vectored_at(bufs, offset)
-                .map_err(|e| Error::io("read", &self.data_name, offset, e)),
+                .map_err(|e| Error::io(Op::Read, &self.data_name, offset, e)),
             Kind::Backing => self.read_backing(bufs, offset),
             Kind::Zero => {
                 zero_fill(bufs);
@@ -180,7 +180,7 @@ impl Image {
         let _gate = self.shared();
         let core = &self.core;
         if !core.is_writable() {
-            return Err(Error::ReadOnly("write"));
+            return Err(Error::ReadOnly(Op::Write));
         }
         core.check(offset, len)?;
         let mut pos = 0;
@@ -289,21 +289,21 @@ impl Image {
         self.unsynced_data.store(true, Ordering::Release);
         self.data
             .resize(len)
-            .map_err(|e| Error::io("resize", &self.data_name, len, e))
+            .map_err(|e| Error::io(Op::Resize, &self.data_name, len, e))
     }
 
     pub(super) fn write_data(&self, bufs: &[IoSlice<'_>], offset: u64) -> Result<()> {
         self.unsynced_data.store(true, Ordering::Release);
         self.data
             .write_vectored_at(bufs, offset)
-            .map_err(|e| Error::io("write", &self.data_name, offset, e))
+            .map_err(|e| Error::io(Op::Write, &self.data_name, offset, e))
     }
 
     pub(super) fn sync_data(&self) -> Result<()> {
         self.unsynced_data.store(false, Ordering::Release);
         self.data.flush().map_err(|e| {
             self.unsynced_data.store(true, Ordering::Release);
-            Error::io("flush", &self.data_name, 0, e)
+            Error::io(Op::Flush, &self.data_name, 0, e)
         })
     }
 

@@ -4,7 +4,7 @@
 
 use super::files::{admit, open_named, Chain, LocalFile, Role, Use};
 use super::{Backing, Image};
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::layout::{self, Header, HEADER_SIZE, MAX_SIZE};
 use crate::mapping::{Core, CoreOptions};
 use crate::storage::{open_path, Access, Dir, Storage};
@@ -83,10 +83,10 @@ pub struct Parts {
 pub fn read_header(meta: &dyn Storage, name: &str) -> Result<Header> {
     let len = meta
         .len()
-        .map_err(|e| Error::io("get length of", name, 0, e))?;
+        .map_err(|e| Error::io(Op::GetLength, name, 0, e))?;
     let mut buf = vec![0u8; (len.min(HEADER_SIZE as u64)) as usize];
     meta.read_at(&mut buf, 0)
-        .map_err(|e| Error::io("read header of", name, 0, e))?;
+        .map_err(|e| Error::io(Op::ReadHeader, name, 0, e))?;
     Header::parse(&buf).map_err(|e| match e {
         Error::Invalid(msg) => Error::Invalid(format!("{name}: {msg}")),
         Error::Unsupported(msg) => Error::Unsupported(format!("{name}: {msg}")),
@@ -126,7 +126,7 @@ impl Image {
         let header = read_header(meta.as_ref(), &meta_name)?;
         let size = data
             .len()
-            .map_err(|e| Error::io("get length of", &data_name, 0, e))?;
+            .map_err(|e| Error::io(Op::GetLength, &data_name, 0, e))?;
         check_size(size, &data_name)?;
         let core_opts = CoreOptions {
             writable: opts.writable,
@@ -227,6 +227,6 @@ fn has_magic(storage: &dyn Storage, name: &str) -> Result<bool> {
     let mut head = [0u8; 12];
     storage
         .read_at(&mut head, 0)
-        .map_err(|e| Error::io("read", name, 0, e))?;
+        .map_err(|e| Error::io(Op::Read, name, 0, e))?;
     Ok(layout::probe(&head) == 100)
 }

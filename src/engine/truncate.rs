@@ -21,7 +21,7 @@
 
 use super::Image;
 use crate::cluster::Cluster;
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::layout::MAX_SIZE;
 use crate::mapping::Core;
 use std::io::{IoSlice, IoSliceMut};
@@ -35,7 +35,7 @@ impl Image {
         let core = self.core();
         // Read-only first: EPERM whatever the size (the C ABI's contract).
         if !core.is_writable() {
-            return Err(Error::ReadOnly("truncate"));
+            return Err(Error::ReadOnly(Op::Truncate));
         }
         if size > MAX_SIZE {
             return Err(Error::TooLarge(format!(
@@ -95,7 +95,7 @@ impl Image {
         let len = self
             .data()
             .len()
-            .map_err(|e| Error::io("get length of", self.data_name(), 0, e))?;
+            .map_err(|e| Error::io(Op::GetLength, self.data_name(), 0, e))?;
         if len != old {
             self.resize_data(old)?;
         }

@@ -37,7 +37,7 @@ pub use write::{Begin, Step, Txn};
 pub use writeback::WriteBack;
 
 use crate::bitmap::{self, Bitmap};
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::layout::{Geometry, Header};
 use crate::storage::Storage;
 use claims::Claims;
@@ -198,12 +198,17 @@ impl Core {
     }
 
     /// The state of the byte at `offset` (inside the image) and the run of bytes from it, at
-    /// most `max` (≥ 1, inside the image), in that state.
+    /// most `max` (≥ 1, inside the image), in that state; `(false, 0)` when a truncate running
+    /// beside it shrank the image below `offset`.
     fn run(&self, offset: u64, max: u64) -> Result<(bool, u64)> {
         let g = self.geometry();
         let first = g.cluster_of(offset);
         let last = g.cluster_of(offset + max - 1);
         let (allocated, n) = self.bitmap.run(first, last - first + 1, &self.store())?;
+        if n == 0 {
+            // A truncate shrank the image below `offset` meanwhile.
+            return Ok((false, 0));
+        }
         Ok((allocated, (g.cluster_start(first + n) - offset).min(max)))
     }
 
@@ -238,7 +243,7 @@ impl bitmap::Store for MetaStore<'_> {
         let at = self.base + offset;
         self.meta
             .read_at(buf, at)
-            .map_err(|e| Error::io("read bitmap of", self.name, at, e))
+            .map_err(|e| Error::io(Op::ReadBitmap, self.name, at, e))
     }
 
     /// The file's next data, mapped back to bitmap coordinates. The bitmap does not start on
@@ -248,7 +253,7 @@ impl bitmap::Store for MetaStore<'_> {
         let data = self
             .meta
             .next_data(at)
-            .map_err(|e| Error::io("find data in", self.name, at, e))?;
+            .map_err(|e| Error::io(Op::FindData, self.name, at, e))?;
         Ok(data.map(|d| d.max(at) - self.base))
     }
 }

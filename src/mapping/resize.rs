@@ -5,7 +5,7 @@
 
 use super::Core;
 use crate::cluster::Cluster;
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
@@ -13,7 +13,7 @@ impl Core {
     /// Shrink, before the host cuts the image file: holds the bitmap page at the new end in
     /// memory, so that [`Core::shrink_commit`] does no I/O and cannot fail.
     pub fn shrink_begin(&self, size: u64) -> Result<()> {
-        self.writable_for("truncate")?;
+        self.writable_for(Op::Truncate)?;
         let new = self.geometry().with_size(size);
         if let Some(last) = self.geometry().clusters().checked_sub(1) {
             self.bitmap
@@ -39,7 +39,7 @@ impl Core {
     /// Grow, first step: the bitmap grows (zeros) in the metadata source and in memory; the size
     /// stays the old one until [`Core::grow_commit`]. On failure nothing changed.
     pub fn grow_begin(&self, size: u64) -> Result<()> {
-        self.writable_for("truncate")?;
+        self.writable_for(Op::Truncate)?;
         let old = self.geometry();
         let new = old.with_size(size);
         let grown = self.grow_meta(old.bitmap_len(), new.bitmap_len());
@@ -72,7 +72,7 @@ impl Core {
 
     /// A truncate may start: the image is writable, and no write-back is in flight (a copy of
     /// a page taken before a resize and written after it would put stale bits on disk).
-    fn writable_for(&self, what: &'static str) -> Result<()> {
+    fn writable_for(&self, what: Op) -> Result<()> {
         if !self.writable {
             return Err(Error::ReadOnly(what));
         }
@@ -90,7 +90,7 @@ impl Core {
         let at = self.header.bitmap_offset() + len;
         self.meta
             .resize(at)
-            .map_err(|e| Error::io("resize", &self.meta_name, at, e))
+            .map_err(|e| Error::io(Op::Resize, &self.meta_name, at, e))
     }
 
     /// Grows the bitmap in the metadata source with zeros: whatever lies past the old bitmap is
@@ -99,7 +99,7 @@ impl Core {
         let meta_len = self
             .meta
             .len()
-            .map_err(|e| Error::io("get length of", &self.meta_name, 0, e))?;
+            .map_err(|e| Error::io(Op::GetLength, &self.meta_name, 0, e))?;
         if meta_len > self.header.bitmap_offset() + old_len {
             self.resize_meta(old_len)?;
         }

@@ -5,7 +5,7 @@ use super::claims::Claim;
 use super::Core;
 use crate::bitmap::PAGE_BYTES;
 use crate::cluster::Cluster;
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use std::ops::Range;
 
 /// Clusters per bitmap page.
@@ -102,7 +102,7 @@ impl Core {
     /// of the clusters. Never waits. `EPERM` on a read-only image, `EINVAL` past the end.
     pub fn begin_write(&self, offset: u64, bytes: u64) -> Result<Begin<Step>> {
         if !self.writable {
-            return Err(Error::ReadOnly("write"));
+            return Err(Error::ReadOnly(Op::Write));
         }
         self.check(offset, bytes)?;
         if bytes == 0 {

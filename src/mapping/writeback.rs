@@ -8,7 +8,7 @@
 use super::write::Begin;
 use super::Core;
 use crate::bitmap;
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use std::sync::atomic::Ordering;
 
 /// Copies of the dirty bitmap pages, taken by [`Core::writeback_begin`]. Until it ends, those
@@ -49,7 +49,7 @@ impl Core {
             let at = self.header.bitmap_offset() + page.offset;
             self.meta
                 .write_at(&page.bytes, at)
-                .map_err(|e| Error::io("write bitmap of", &self.meta_name, at, e))
+                .map_err(|e| Error::io(Op::WriteBitmap, &self.meta_name, at, e))
         })
     }
 
@@ -72,7 +72,7 @@ impl Core {
         }
         self.meta.flush().map_err(|e| {
             self.touch_meta();
-            Error::io("flush", &self.meta_name, 0, e)
+            Error::io(Op::Flush, &self.meta_name, 0, e)
         })
     }
 

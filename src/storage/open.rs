@@ -8,7 +8,7 @@
 //!   leave it, and `/proc` magic links. Where the kernel lacks `openat2`, a component-by-component
 //!   walk is stricter still: no `..` and no symlink at all.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
@@ -91,7 +91,7 @@ impl Dir {
             _ => PathBuf::from("."),
         };
         let fd = openat(libc::AT_FDCWD, &path, dir_flags(), 0, None)
-            .map_err(|e| Error::io("open directory", &path.display().to_string(), 0, e))?;
+            .map_err(|e| Error::io(Op::OpenDir, &path.display().to_string(), 0, e))?;
         Ok(Dir { fd, path })
     }
 
@@ -108,7 +108,7 @@ impl Dir {
             let fd = self
                 .fd
                 .try_clone()
-                .map_err(|e| Error::io("open directory", &self.describe(), 0, e))?;
+                .map_err(|e| Error::io(Op::OpenDir, &self.describe(), 0, e))?;
             return Ok(Dir {
                 fd,
                 path: self.path.clone(),
@@ -211,7 +211,7 @@ fn direct_refused(e: Error, access: Access) -> Error {
             if access.direct && source.raw_os_error() == Some(libc::EINVAL) =>
         {
             Error::Io {
-                op: "open with O_DIRECT (does the file system support direct I/O?)",
+                op: Op::OpenDirect,
                 file,
                 offset: 0,
                 source,
@@ -226,7 +226,7 @@ fn direct_refused(e: Error, access: Access) -> Error {
 fn open_error(e: io::Error, what: &str) -> Error {
     match e.raw_os_error() {
         Some(libc::EISDIR) => refused(what, "a directory"),
-        _ => Error::io("open", what, 0, e),
+        _ => Error::io(Op::Open, what, 0, e),
     }
 }
 
@@ -245,7 +245,7 @@ fn checked_file(fd: OwnedFd, what: &str) -> Result<File> {
     let file = File::from(fd);
     let kind = file
         .metadata()
-        .map_err(|e| Error::io("stat", what, 0, e))?
+        .map_err(|e| Error::io(Op::Stat, what, 0, e))?
         .file_type();
     let kind_refused = match () {
         _ if kind.is_file() || kind.is_block_device() => None,
@@ -258,7 +258,7 @@ fn checked_file(fd: OwnedFd, what: &str) -> Result<File> {
     if let Some(kind) = kind_refused {
         return Err(refused(what, kind));
     }
-    clear_nonblock(&file).map_err(|e| Error::io("fcntl", what, 0, e))?;
+    clear_nonblock(&file).map_err(|e| Error::io(Op::Fcntl, what, 0, e))?;
     Ok(file)
 }
 
