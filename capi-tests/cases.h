@@ -108,5 +108,15 @@
     CASE(header_read_special_files) \
     CASE(direct_every_file_of_the_chain) \
     CASE(direct_unaligned_io) \
+    CASE(core_map) \
+    CASE(core_allocate_head_tail) \
+    CASE(core_busy_overlap) \
+    CASE(core_abort) \
+    CASE(core_commit_fails) \
+    CASE(core_writeback) \
+    CASE(core_readonly) \
+    CASE(core_args) \
+    CASE(core_reentrant) \
+    CASE(core_threads) \
 
 #endif

@@ -7,6 +7,7 @@
  */
 #include <addcow.h>
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -42,6 +43,24 @@ ADDCOW_CHECK(sizeof(AddCowOpenOptions) == 16, open_options_size);
 ADDCOW_CHECK(offsetof(AddCowIo, opaque) == 0, io_opaque_first);
 ADDCOW_CHECK(sizeof(AddCowIo) == 6 * sizeof(void *), io_size);
 
+/* The mapping core's constants and its versioned out struct. */
+ADDCOW_CHECK(ADDCOW_MAP_DATA == 1 && ADDCOW_MAP_BACKING == 2 && ADDCOW_MAP_ZERO == 3, map_kinds);
+ADDCOW_CHECK(ADDCOW_STEP_IN_PLACE == 1 && ADDCOW_STEP_ALLOCATE == 2 && ADDCOW_STEP_BUSY == 3,
+             step_kinds);
+ADDCOW_CHECK(ADDCOW_BUSY == 1, busy);
+ADDCOW_CHECK(offsetof(AddCowWriteStep, struct_size) == 0, step_struct_size_first);
+ADDCOW_CHECK(offsetof(AddCowWriteStep, kind) == 4, step_kind);
+ADDCOW_CHECK(offsetof(AddCowWriteStep, len) == 8, step_len);
+ADDCOW_CHECK(offsetof(AddCowWriteStep, generation) == 16, step_generation);
+ADDCOW_CHECK(offsetof(AddCowWriteStep, cluster_start) == 24, step_cluster_start);
+ADDCOW_CHECK(offsetof(AddCowWriteStep, cluster_end) == 32, step_cluster_end);
+ADDCOW_CHECK(offsetof(AddCowWriteStep, head_backing) == 40, step_head_backing);
+ADDCOW_CHECK(offsetof(AddCowWriteStep, head_zero) == 48, step_head_zero);
+ADDCOW_CHECK(offsetof(AddCowWriteStep, tail_backing) == 56, step_tail_backing);
+ADDCOW_CHECK(offsetof(AddCowWriteStep, tail_zero) == 64, step_tail_zero);
+ADDCOW_CHECK(offsetof(AddCowWriteStep, txn) == 72, step_txn);
+ADDCOW_CHECK(sizeof(void *) != 8 || sizeof(AddCowWriteStep) == 80, step_size_lp64);
+
 /* Each prototype, spelled out independently of the header. */
 struct addcow_prototypes {
     int (*probe)(const uint8_t *, size_t, const char *);
@@ -71,6 +90,20 @@ struct addcow_prototypes {
     const char *(*header_image_file)(const AddCowHeader *);
     const char *(*header_backing_file)(const AddCowHeader *);
     void (*header_free)(AddCowHeader *);
+    int (*core_open)(const AddCowIo *, uint64_t, const AddCowOpenOptions *, AddCowCore **);
+    int (*core_close)(AddCowCore *);
+    int64_t (*core_get_length)(AddCowCore *);
+    int64_t (*core_get_cluster_size)(AddCowCore *);
+    int (*core_set_backing_length)(AddCowCore *, int64_t);
+    int (*core_map)(AddCowCore *, uint64_t, uint64_t, uint64_t *);
+    int (*core_begin_write)(AddCowCore *, uint64_t, uint64_t, AddCowWriteStep *);
+    int (*core_commit)(AddCowCore *, AddCowTxn *);
+    int (*core_abort)(AddCowCore *, AddCowTxn *);
+    uint64_t (*core_generation)(AddCowCore *);
+    int (*core_writeback_begin)(AddCowCore *, AddCowWriteBack **, uint64_t *);
+    int64_t (*writeback_pages)(const AddCowWriteBack *);
+    int (*core_writeback_write)(AddCowCore *, AddCowWriteBack *);
+    int (*core_writeback_end)(AddCowCore *, AddCowWriteBack *, int);
 };
 
 int main(void)
@@ -106,6 +139,20 @@ int main(void)
     p.header_image_file = addcow_header_image_file;
     p.header_backing_file = addcow_header_backing_file;
     p.header_free = addcow_header_free;
+    p.core_open = addcow_core_open;
+    p.core_close = addcow_core_close;
+    p.core_get_length = addcow_core_get_length;
+    p.core_get_cluster_size = addcow_core_get_cluster_size;
+    p.core_set_backing_length = addcow_core_set_backing_length;
+    p.core_map = addcow_core_map;
+    p.core_begin_write = addcow_core_begin_write;
+    p.core_commit = addcow_core_commit;
+    p.core_abort = addcow_core_abort;
+    p.core_generation = addcow_core_generation;
+    p.core_writeback_begin = addcow_core_writeback_begin;
+    p.writeback_pages = addcow_writeback_pages;
+    p.core_writeback_write = addcow_core_writeback_write;
+    p.core_writeback_end = addcow_core_writeback_end;
 
     v = p.version();
     if (!v || !*v) {
@@ -125,6 +172,14 @@ int main(void)
         return 1;
     }
     p.header_free(NULL);
+    {
+        AddCowCore *core = NULL;
+        if (p.core_open(NULL, 0, NULL, &core) != -EINVAL || core != NULL ||
+            p.core_close(NULL) != 0) {
+            fprintf(stderr, "addcow_core_open(NULL) or addcow_core_close(NULL) is wrong\n");
+            return 1;
+        }
+    }
     printf("addcow.h OK with libaddcow %s\n", v);
     return 0;
 }

@@ -22,6 +22,10 @@
  * addcow_close (no other call on the image may run during or after it). addcow_truncate waits
  * for the calls in flight on the image, and calls made meanwhile wait for it.
  *
+ * The mapping core (addcow_core_*: the format logic without data I/O, for block layers that do
+ * their own from an event loop) has its own contract, at AddCowCore: concurrency, "busy", and
+ * the order of data writes, commits and flushes.
+ *
  * Durability: writeback by default (addcow_flush or addcow_close make writes durable);
  * ADDCOW_OPEN_WRITETHROUGH makes each write durable before it returns. Image data always
  * becomes durable before the bitmap bit that points at it.
@@ -45,6 +49,47 @@
  * directory, as `ADDCOW_OPEN_CONFINE` checks them at open (-EACCES otherwise).
  */
 #define ADDCOW_CREATE_CONFINE (1 << 0)
+
+/**
+ * `addcow_core_map`: the run is allocated: read the image file at the same offset.
+ */
+#define ADDCOW_MAP_DATA 1
+
+/**
+ * `addcow_core_map`: the run is unallocated, inside the backing data: read the backing file at
+ * the same offset.
+ */
+#define ADDCOW_MAP_BACKING 2
+
+/**
+ * `addcow_core_map`: the run is unallocated, past the backing data's end (or there is no
+ * backing file): it reads as zeros.
+ */
+#define ADDCOW_MAP_ZERO 3
+
+/**
+ * `AddCowWriteStep.kind`: the first `len` bytes hit allocated clusters: write them to the
+ * image file at the same offset.
+ */
+#define ADDCOW_STEP_IN_PLACE 1
+
+/**
+ * `AddCowWriteStep.kind`: the first `len` bytes hit unallocated clusters, now claimed by
+ * `txn`: write `cluster_start..cluster_end` of the image file, then commit.
+ */
+#define ADDCOW_STEP_ALLOCATE 2
+
+/**
+ * `AddCowWriteStep.kind`: another transaction holds one of the clusters: retry once
+ * `addcow_core_generation` differs from `generation`.
+ */
+#define ADDCOW_STEP_BUSY 3
+
+/**
+ * `addcow_core_writeback_begin`: another write-back is open: retry once
+ * `addcow_core_generation` differs from `*generation`.
+ */
+#define ADDCOW_BUSY 1
 
 /**
  * Open for reading and writing (default: read-only).
@@ -95,6 +140,50 @@
 #define ADDCOW_OPEN_DIRECT (1 << 6)
 
 /**
+ * The mapping core of one image, for a host that does the data I/O itself (a QEMU block
+ * driver, an SPDK bdev, an io_uring server): it says where guest bytes live and hands out
+ * allocation transactions; the host reads and writes the image file and the backing file, and
+ * flushes them and the `.add-cow` file. Opaque: `addcow_core_open`, `addcow_core_close`.
+ * `examples/core-host.c` is a host: a single-threaded event loop with many requests in flight.
+ *
+ * The contract:
+ * - **Concurrency**: every `addcow_core_*` and `addcow_writeback_*` call may run concurrently
+ *   with every other on one core, from any thread or coroutine, except `addcow_core_close`
+ *   (nothing else on the core during or after it). None blocks waiting for another request:
+ *   where it would have to, it answers "busy".
+ * - **I/O**: the only I/O is through the `meta` callbacks (bitmap pages read on first touch by
+ *   map, begin_write and commit; written by `addcow_core_writeback_write`). No library lock is
+ *   held across a callback, so a callback may yield (a coroutine switching to others that use
+ *   the same core) and may call into the core itself. Each callback completes before the call
+ *   that made it returns: a host without coroutines serves them synchronously.
+ * - **Busy**: `ADDCOW_STEP_BUSY` (another transaction holds one of the clusters) and
+ *   `ADDCOW_BUSY` (another write-back is open) come with a generation: retry once
+ *   `addcow_core_generation` differs from it. The generation moves at every commit, abort and
+ *   write-back end, so a host that makes those calls itself knows when to wake its waiters
+ *   (QEMU: restart a CoQueue) and never polls.
+ * - **Handles**: an `AddCowTxn` or `AddCowWriteBack` is used by one caller at a time (any
+ *   thread) and ended exactly once, on the core that made it (commit or abort;
+ *   writeback_end). Until then a transaction keeps its clusters claimed (writes to them are
+ *   busy) and a write-back keeps every other write-back busy.
+ * - **Reads**: per `addcow_core_map` run: DATA from the image file, BACKING from the backing
+ *   file (both at the same offset), ZERO as zeros.
+ * - **Writes**, per `addcow_core_begin_write` step: IN_PLACE: write the image file at the same
+ *   offset (writethrough: then flush it). ALLOCATE: write the image file from `cluster_start`
+ *   to `cluster_end` (the head from the backing file and zeros, the guest data, the tail from
+ *   the backing file and zeros; in one write or several, all completed) → [writethrough: flush
+ *   the image file] → `addcow_core_commit` (if anything failed: `addcow_core_abort`) →
+ *   [writethrough: the flush sequence] → complete the guest request. A bit is set only after
+ *   its cluster was written.
+ * - **Flush** (a guest flush, and before close): `addcow_core_writeback_begin` → flush the
+ *   image file → `addcow_core_writeback_write` → flush the `.add-cow` file →
+ *   `addcow_core_writeback_end` with `durable` = all of it succeeded. The image data is
+ *   durable before any bit that points at it; pages not durable are written again next time.
+ * - **Size**: the size given at open, for the core's life. To resize, close the core, resize
+ *   with `addcow_open_io` and `addcow_truncate`, and open a new core.
+ */
+typedef struct AddCowCore AddCowCore;
+
+/**
  * A parsed `.add-cow` header. Opaque: read it with `addcow_header_read` or
  * `addcow_header_read_io`, free it with `addcow_header_free`.
  */
@@ -105,6 +194,18 @@ typedef struct AddCowHeader AddCowHeader;
  * with `addcow_close`.
  */
 typedef struct AddCowImage AddCowImage;
+
+/**
+ * An allocation in flight: clusters claimed by one `addcow_core_begin_write` step. Opaque:
+ * end it with `addcow_core_commit` or `addcow_core_abort` on the core that made it.
+ */
+typedef struct AddCowTxn AddCowTxn;
+
+/**
+ * Copies of the dirty bitmap pages, from `addcow_core_writeback_begin`. Opaque: write them
+ * with `addcow_core_writeback_write`, end it with `addcow_core_writeback_end`.
+ */
+typedef struct AddCowWriteBack AddCowWriteBack;
 
 /**
  * What `addcow_create` makes. Set `struct_size` to `sizeof(AddCowCreateOptions)` as compiled
@@ -206,6 +307,64 @@ typedef struct AddCowOpenOptions {
    */
   uint64_t bitmap_cache_size;
 } AddCowOpenOptions;
+
+/**
+ * The next step of a write, from `addcow_core_begin_write`. Set `struct_size` to
+ * `sizeof(AddCowWriteStep)` as compiled by the caller: the library fills the fields that size
+ * holds (and zeros the bytes of a newer, larger struct past its own). Fields that do not apply
+ * to `kind` are 0 (`txn` NULL). For `ADDCOW_STEP_ALLOCATE`, with `offset` the write's: the
+ * head `cluster_start..offset` is `head_backing` bytes read from the backing file at
+ * `cluster_start`, then `head_zero` zeros; the guest's `len` bytes follow; the tail
+ * `offset + len..cluster_end` is `tail_backing` bytes read from the backing file at
+ * `offset + len`, then `tail_zero` zeros. Empty parts are 0: read nothing for them.
+ */
+typedef struct AddCowWriteStep {
+  /**
+   * sizeof(AddCowWriteStep) as the caller compiled it.
+   */
+  uint32_t struct_size;
+  /**
+   * `ADDCOW_STEP_IN_PLACE`, `ADDCOW_STEP_ALLOCATE` or `ADDCOW_STEP_BUSY`.
+   */
+  uint32_t kind;
+  /**
+   * In place and allocate: how many bytes from `offset` this step covers (at least 1; the
+   * rest of the write is the next step's).
+   */
+  uint64_t len;
+  /**
+   * Busy: the generation to wait past.
+   */
+  uint64_t generation;
+  /**
+   * Allocate: the first byte of the image file to write (a cluster start).
+   */
+  uint64_t cluster_start;
+  /**
+   * Allocate: the end of that range (a cluster end, or the image end).
+   */
+  uint64_t cluster_end;
+  /**
+   * Allocate: bytes of the head read from the backing file.
+   */
+  uint64_t head_backing;
+  /**
+   * Allocate: zeros after them, up to `offset`.
+   */
+  uint64_t head_zero;
+  /**
+   * Allocate: bytes of the tail read from the backing file.
+   */
+  uint64_t tail_backing;
+  /**
+   * Allocate: zeros after them, up to `cluster_end`.
+   */
+  uint64_t tail_zero;
+  /**
+   * Allocate: the transaction; commit or abort it.
+   */
+  struct AddCowTxn *txn;
+} AddCowWriteStep;
 
 #ifdef __cplusplus
 extern "C" {
@@ -412,6 +571,181 @@ const char *addcow_header_backing_file(const struct AddCowHeader *h);
  * `h` is NULL or a live header, not used afterwards.
  */
 void addcow_header_free(struct AddCowHeader *h);
+
+/**
+ * Opens the mapping core of an image whose files the host owns: reads and validates the
+ * header through `meta` (the `.add-cow` file; `preadv` and `get_length` are required,
+ * `pwritev` too for `ADDCOW_OPEN_RDWR`; `flush` and `truncate` are never called: the host
+ * flushes the `.add-cow` file itself). `size` is the image file's length (the virtual size).
+ * `opts` NULL means read-only; only `ADDCOW_OPEN_RDWR` and `bitmap_cache_size` apply, and the
+ * other flags give -EINVAL (the host does what they do). No backing data until
+ * `addcow_core_set_backing_length`: unallocated clusters map as zeros. The table is copied;
+ * the host keeps `opaque` valid, and the callbacks callable from any thread, until
+ * `addcow_core_close` returns. Reads only the header: the bitmap is read page by page on
+ * demand. 0 with a new core in `*out`, or -errno with NULL in `*out`: -EINVAL (NULL `meta` or
+ * `out`, a missing callback, bad options, a malformed header), -ENOTSUP (an unknown version),
+ * -EFBIG (`size` beyond `ADDCOW_MAX_SIZE`), or the host's -errno.
+ *
+ * # Safety
+ * `meta` is NULL or a valid table; `opts` is NULL or points at `opts->struct_size` readable
+ * bytes; `out` is NULL or writable.
+ */
+int addcow_core_open(const struct AddCowIo *meta,
+                     uint64_t size,
+                     const struct AddCowOpenOptions *opts,
+                     struct AddCowCore **out);
+
+/**
+ * Frees the core. It writes nothing back (it cannot order that against the host's flush of
+ * the image file): run the flush sequence first. -EBUSY, freeing nothing, while a transaction
+ * or write-back of the core is open: end them, then close again. NULL is a no-op returning 0.
+ * No other call on the core may run during or after this one.
+ *
+ * # Safety
+ * `core` is NULL or a live core, not used again once this returns 0.
+ */
+int addcow_core_close(struct AddCowCore *core);
+
+/**
+ * The virtual size in bytes (the `size` given at open), or -EINVAL for NULL.
+ *
+ * # Safety
+ * `core` is NULL or a live core.
+ */
+int64_t addcow_core_get_length(struct AddCowCore *core);
+
+/**
+ * The cluster size in bytes (65536 for layout 1), or -EINVAL for NULL.
+ *
+ * # Safety
+ * `core` is NULL or a live core.
+ */
+int64_t addcow_core_get_cluster_size(struct AddCowCore *core);
+
+/**
+ * Sets the length of the backing data: unallocated bytes before it map as BACKING, the others
+ * as ZERO; -1 means no backing file (all ZERO, the state after open). Call it after open and
+ * whenever the host attaches, replaces or detaches the backing file. 0, or -EINVAL (NULL, or
+ * `len` below -1).
+ *
+ * # Safety
+ * `core` is NULL or a live core.
+ */
+int addcow_core_set_backing_length(struct AddCowCore *core, int64_t len);
+
+/**
+ * What the bytes from `offset` read from: returns `ADDCOW_MAP_DATA`, `ADDCOW_MAP_BACKING` or
+ * `ADDCOW_MAP_ZERO` for the first run and stores its length (at least 1, at most `bytes`, never
+ * past the end) in `*pnum`; the run may be shorter than the state's (bounded work): loop. 0
+ * with `*pnum` = 0 when `offset` is at or past the end or `bytes` is 0. -EINVAL for NULL
+ * `core` or `pnum`, or the host's -errno (reading a bitmap page).
+ *
+ * # Safety
+ * `core` is NULL or a live core; `pnum` is NULL or writable.
+ */
+int addcow_core_map(struct AddCowCore *core, uint64_t offset, uint64_t bytes, uint64_t *pnum);
+
+/**
+ * The next step of a guest write of `bytes` bytes at `offset`, in `*step` (see
+ * `AddCowWriteStep`): IN_PLACE (write `len` bytes to the image file), ALLOCATE (run the
+ * transaction `txn` over `len` bytes: see `AddCowCore` for the order), or BUSY (retry once
+ * `addcow_core_generation` differs from `generation`). A write is done when the steps have
+ * covered all of it: call again from `offset + len` with the rest. Never waits. 0 (the step
+ * is in `*step`), or -errno with `*step` zeroed (except `struct_size`): -EPERM (read-only
+ * core), -EINVAL (NULL `core` or `step`, a `struct_size` too small, `bytes` 0, or past the
+ * end; `*step` is left alone for the first three), or the host's -errno (reading a bitmap
+ * page).
+ *
+ * # Safety
+ * `core` is NULL or a live core; `step` is NULL or points at `step->struct_size` writable
+ * bytes.
+ */
+int addcow_core_begin_write(struct AddCowCore *core,
+                            uint64_t offset,
+                            uint64_t bytes,
+                            struct AddCowWriteStep *step);
+
+/**
+ * Marks the transaction's clusters allocated and releases them: call it once the image file
+ * holds `cluster_start..cluster_end` (written, and in writethrough flushed). Consumes `txn`,
+ * also on failure: then every cluster of it stays unallocated (run the write again). 0,
+ * -EINVAL (NULL `core` or `txn`, or a `txn` of another core: then nothing happens and `txn`
+ * stays open), or the host's -errno (reading a bitmap page that had to be loaded again).
+ *
+ * # Safety
+ * `core` is NULL or a live core; `txn` is NULL or an open transaction, not used again unless
+ * this returned -EINVAL.
+ */
+int addcow_core_commit(struct AddCowCore *core, struct AddCowTxn *txn);
+
+/**
+ * Releases the transaction's clusters, unallocated: the image-file write failed (or is not
+ * wanted). Consumes `txn`. 0, or -EINVAL (NULL `core` or `txn`, or a `txn` of another core:
+ * then nothing happens and `txn` stays open).
+ *
+ * # Safety
+ * `core` is NULL or a live core; `txn` is NULL or an open transaction, not used again unless
+ * this returned -EINVAL.
+ */
+int addcow_core_abort(struct AddCowCore *core, struct AddCowTxn *txn);
+
+/**
+ * The core's generation: it moves at every commit, abort and write-back end. A caller told
+ * "busy" at generation `g` retries once this is no longer `g`. 0 for NULL.
+ *
+ * # Safety
+ * `core` is NULL or a live core.
+ */
+uint64_t addcow_core_generation(struct AddCowCore *core);
+
+/**
+ * Starts a write-back of the bitmap: copies the dirty pages (every bit in them had its data
+ * written to the image file before) and stores a new write-back in `*wb`, which may hold no
+ * page (`addcow_writeback_pages`); returns 0. Then: flush the image file,
+ * `addcow_core_writeback_write`, flush the `.add-cow` file, `addcow_core_writeback_end`. One
+ * write-back at a time: while another is open, returns `ADDCOW_BUSY` with NULL in `*wb` and
+ * the generation to wait past in `*generation`. -EINVAL for a NULL argument.
+ *
+ * # Safety
+ * `core` is NULL or a live core; `wb` and `generation` are NULL or writable.
+ */
+int addcow_core_writeback_begin(struct AddCowCore *core,
+                                struct AddCowWriteBack **wb,
+                                uint64_t *generation);
+
+/**
+ * How many bitmap pages the write-back copied (0: nothing to write; the host may then skip
+ * `addcow_core_writeback_write` and, if it wrote nothing else there, the flush of the
+ * `.add-cow` file), or -EINVAL for NULL.
+ *
+ * # Safety
+ * `wb` is NULL or an open write-back.
+ */
+int64_t addcow_writeback_pages(const struct AddCowWriteBack *wb);
+
+/**
+ * Writes the write-back's copies to the `.add-cow` file through the `meta` callbacks
+ * (`pwritev`; no flush). Call it after the image file was flushed; flush the `.add-cow` file
+ * after it. 0, -EINVAL (NULL, or a `wb` of another core), or the host's -errno (then end the
+ * write-back with `durable` = 0).
+ *
+ * # Safety
+ * `core` is NULL or a live core; `wb` is NULL or an open write-back.
+ */
+int addcow_core_writeback_write(struct AddCowCore *core, struct AddCowWriteBack *wb);
+
+/**
+ * Ends a write-back and consumes `wb`. `durable` nonzero: the copies were written and the
+ * `.add-cow` file flushed afterwards, so the pages turn clean (unless bits were set in them
+ * since); 0: something failed or was skipped, and the pages are written again by the next
+ * write-back. 0, or -EINVAL (NULL, or a `wb` of another core: then nothing happens and `wb`
+ * stays open).
+ *
+ * # Safety
+ * `core` is NULL or a live core; `wb` is NULL or an open write-back, not used again unless
+ * this returned -EINVAL.
+ */
+int addcow_core_writeback_end(struct AddCowCore *core, struct AddCowWriteBack *wb, int durable);
 
 /**
  * Opens the `.add-cow` file at `path` and the files its header names (relative names resolve

@@ -84,6 +84,16 @@ OPEN_DIRECT = 1 << 6
 # Create flags (ADDCOW_CREATE_*).
 CREATE_CONFINE = 1 << 0
 
+# The mapping core's answers (ADDCOW_MAP_*, ADDCOW_STEP_*, ADDCOW_BUSY). The core is for block
+# layers doing their own I/O; this package does not use it, but declares its functions.
+MAP_DATA = 1
+MAP_BACKING = 2
+MAP_ZERO = 3
+STEP_IN_PLACE = 1
+STEP_ALLOCATE = 2
+STEP_BUSY = 3
+BUSY = 1
+
 #: The largest virtual size the library supports (ADDCOW_MAX_SIZE, 2^56 bytes): larger sizes
 #: give EFBIG at open, create and truncate.
 MAX_SIZE = 1 << 56
@@ -222,6 +232,26 @@ _DECLARATIONS: List[Tuple[str, object, List[object], bool]] = [
     ("addcow_header_image_file", c_char_p, [HeaderPtr], True),
     ("addcow_header_backing_file", c_char_p, [HeaderPtr], True),
     ("addcow_header_free", None, [HeaderPtr], True),
+    # The mapping core (opaque handles as void pointers): optional, unused by this package.
+    (
+        "addcow_core_open",
+        c_int,
+        [POINTER(AddCowIo), c_uint64, POINTER(AddCowOpenOptions), POINTER(c_void_p)],
+        False,
+    ),
+    ("addcow_core_close", c_int, [c_void_p], False),
+    ("addcow_core_get_length", c_int64, [c_void_p], False),
+    ("addcow_core_get_cluster_size", c_int64, [c_void_p], False),
+    ("addcow_core_set_backing_length", c_int, [c_void_p, c_int64], False),
+    ("addcow_core_map", c_int, [c_void_p, c_uint64, c_uint64, POINTER(c_uint64)], False),
+    ("addcow_core_begin_write", c_int, [c_void_p, c_uint64, c_uint64, c_void_p], False),
+    ("addcow_core_commit", c_int, [c_void_p, c_void_p], False),
+    ("addcow_core_abort", c_int, [c_void_p, c_void_p], False),
+    ("addcow_core_generation", c_uint64, [c_void_p], False),
+    ("addcow_core_writeback_begin", c_int, [c_void_p, POINTER(c_void_p), POINTER(c_uint64)], False),
+    ("addcow_writeback_pages", c_int64, [c_void_p], False),
+    ("addcow_core_writeback_write", c_int, [c_void_p, c_void_p], False),
+    ("addcow_core_writeback_end", c_int, [c_void_p, c_void_p, c_int], False),
 ]
 
 

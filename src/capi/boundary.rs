@@ -38,6 +38,13 @@ impl FfiReturn for u32 {
     }
 }
 
+/// Counters that answer 0 for "none" (`addcow_core_generation`).
+impl FfiReturn for u64 {
+    fn from_errno(_: i32) -> u64 {
+        0
+    }
+}
+
 /// Getters of strings: NULL for "none".
 impl FfiReturn for *const c_char {
     fn from_errno(_: i32) -> *const c_char {

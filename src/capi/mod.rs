@@ -10,11 +10,15 @@
 //! Threads: every function may be called from many threads at once on one image, except
 //! `addcow_close` (the caller makes sure no other call on the image is running or follows).
 //! `addcow_truncate` waits for the calls in flight, and calls made meanwhile wait for it.
+//!
+//! The mapping core (`addcow_core_*`, `mapping.rs`) is the format logic without data I/O, for
+//! hosts that do their own: its contract is on `AddCowCore`.
 
 mod boundary;
 mod create;
 mod header;
 mod iov;
+mod mapping;
 mod open;
 mod versioned;
 
@@ -25,6 +29,14 @@ pub use header::{
     AddCowHeader,
 };
 
+pub use mapping::{
+    addcow_core_abort, addcow_core_begin_write, addcow_core_close, addcow_core_commit,
+    addcow_core_generation, addcow_core_get_cluster_size, addcow_core_get_length, addcow_core_map,
+    addcow_core_open, addcow_core_set_backing_length, addcow_core_writeback_begin,
+    addcow_core_writeback_end, addcow_core_writeback_write, addcow_writeback_pages, AddCowCore,
+    AddCowTxn, AddCowWriteBack, AddCowWriteStep, ADDCOW_BUSY, ADDCOW_MAP_BACKING, ADDCOW_MAP_DATA,
+    ADDCOW_MAP_ZERO, ADDCOW_STEP_ALLOCATE, ADDCOW_STEP_BUSY, ADDCOW_STEP_IN_PLACE,
+};
 pub use open::{
     addcow_open, addcow_open_ext, addcow_open_io, addcow_open_io_ext, AddCowOpenOptions,
     ADDCOW_OPEN_BACKING_ADDCOW, ADDCOW_OPEN_CONFINE, ADDCOW_OPEN_DIRECT, ADDCOW_OPEN_FORCE_SHARE,

@@ -25,6 +25,11 @@ impl WriteBack {
     pub fn is_empty(&self) -> bool {
         self.pages.pages().is_empty()
     }
+
+    /// How many bitmap pages it copied (0: nothing to write).
+    pub fn pages(&self) -> usize {
+        self.pages.pages().len()
+    }
 }
 
 impl Core {
