@@ -256,6 +256,8 @@ typedef struct AddCowCreateOptions {
  * zero bytes. `iovcnt` may exceed `IOV_MAX` by two (a guest's 1024 buffers with the head and
  * tail of a cluster copied around them): a host that forwards to `preadv(2)`/`pwritev(2)`
  * splits. The callbacks may be called from several threads at once, with the same `opaque`.
+ * Which callbacks may be NULL is said by each function taking a table; the library checks
+ * them when it takes the table (-EINVAL naming the missing one) and calls no NULL one.
  */
 typedef struct AddCowIo {
   /**

@@ -18,7 +18,6 @@
 
 use addcow::capi::*;
 use addcow::layout::Header;
-use addcow::storage::AddCowIo;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use std::ffi::{c_int, c_void, CStr, CString};

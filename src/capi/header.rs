@@ -2,9 +2,10 @@
 //! which image and backing files to open.
 
 use super::boundary::{bad_arg, c_str, ffi};
+use super::host::{AddCowIo, HostStorage, Needs, META};
 use crate::engine::read_header;
-use crate::error::{Error, Op, Result};
-use crate::storage::{open_path, Access, AddCowIo, FileStorage, HostStorage};
+use crate::error::{Error, Result};
+use crate::storage::{open_path, Access, FileStorage};
 use std::ffi::{c_char, c_int, CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -79,13 +80,9 @@ pub unsafe extern "C" fn addcow_header_read_io(
 ) -> c_int {
     ffi("addcow_header_read_io", || {
         let read = || {
-            // SAFETY: the caller's guarantee; NULL is refused.
-            let table = unsafe { meta.as_ref() }.ok_or_else(|| bad_arg("meta is NULL"))?;
-            let storage = HostStorage::reader(*table).map_err(|e| match e.raw_os_error() {
-                Some(libc::EINVAL) => bad_arg("meta: preadv and get_length are required"),
-                _ => Error::io(Op::GetLength, "add-cow file (host I/O)", 0, e),
-            })?;
-            read_header(&storage, "add-cow file (host I/O)")
+            // SAFETY: the caller's guarantee on the table.
+            let storage = unsafe { HostStorage::new(meta, ("meta", META), Needs::Read)? };
+            read_header(&storage, META)
         };
         // SAFETY: the caller's guarantee on `out`, forwarded.
         unsafe { store(out, read) }

@@ -8,6 +8,7 @@
 //! handle ended on the wrong core is refused and a core is not freed under an open handle.
 
 use super::boundary::{bad_arg, ffi};
+use super::host::{AddCowIo, HostStorage, Needs, META};
 use super::open::{
     AddCowOpenOptions, ADDCOW_OPEN_BACKING_ADDCOW, ADDCOW_OPEN_CONFINE, ADDCOW_OPEN_FORCE_SHARE,
     ADDCOW_OPEN_NO_BACKING, ADDCOW_OPEN_RDWR, ADDCOW_OPEN_WRITETHROUGH,
@@ -15,9 +16,8 @@ use super::open::{
 use super::versioned::{self, Versioned};
 use super::ADDCOW_MAX_SIZE;
 use crate::engine::read_header;
-use crate::error::{Error, Op, Result};
+use crate::error::{Error, Result};
 use crate::mapping::{Begin, Core, CoreOptions, Kind, Step, Txn, WriteBack};
-use crate::storage::{AddCowIo, HostStorage};
 use std::ffi::c_int;
 use std::mem::size_of;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,9 +44,6 @@ pub const ADDCOW_STEP_BUSY: u32 = 3;
 /// `addcow_core_writeback_begin`: another write-back is open: retry once
 /// `addcow_core_generation` differs from `*generation`.
 pub const ADDCOW_BUSY: c_int = 1;
-
-/// The name of the metadata source in messages.
-const META: &str = "add-cow file (host I/O)";
 
 /// The mapping core of one image, for a host that does the data I/O itself (a QEMU block
 /// driver, an SPDK bdev, an io_uring server): it says where guest bytes live and hands out
@@ -260,23 +257,6 @@ fn core_options(o: &AddCowOpenOptions) -> Result<CoreOptions> {
     })
 }
 
-/// The metadata source: `preadv` and `get_length` always, `pwritev` when writable (the core
-/// never flushes or resizes it: the host flushes it).
-///
-/// # Safety
-/// `meta` is NULL or a valid table.
-unsafe fn meta_source(meta: *const AddCowIo, writable: bool) -> Result<HostStorage> {
-    // SAFETY: the caller's guarantee; NULL is refused.
-    let table = unsafe { meta.as_ref() }.ok_or_else(|| bad_arg("meta is NULL"))?;
-    if writable && table.pwritev.is_none() {
-        return Err(bad_arg("meta: a read-write core needs pwritev"));
-    }
-    HostStorage::reader(*table).map_err(|e| match e.raw_os_error() {
-        Some(libc::EINVAL) => bad_arg("meta: preadv and get_length are required"),
-        _ => Error::io(Op::GetLength, META, 0, e),
-    })
-}
-
 /// Opens the mapping core of an image whose files the host owns: reads and validates the
 /// header through `meta` (the `.add-cow` file; `preadv` and `get_length` are required,
 /// `pwritev` too for `ADDCOW_OPEN_RDWR`; `flush` and `truncate` are never called: the host
@@ -317,8 +297,13 @@ pub unsafe extern "C" fn addcow_core_open(
                  ({ADDCOW_MAX_SIZE} bytes, 64 PiB)"
             )));
         }
-        // SAFETY: the caller's guarantee on the table, forwarded.
-        let meta = unsafe { meta_source(meta, opts.writable)? };
+        // The core never flushes or resizes the `.add-cow` file: the host flushes it.
+        let needs = match opts.writable {
+            true => Needs::ReadWrite,
+            false => Needs::Read,
+        };
+        // SAFETY: the caller's guarantee on the table.
+        let meta = unsafe { HostStorage::new(meta, ("meta", META), needs)? };
         let header = read_header(&meta, META)?;
         let core = AddCowCore {
             core: Core::new((Box::new(meta), META.into()), header, size, opts),

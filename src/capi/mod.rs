@@ -12,11 +12,13 @@
 //! `addcow_truncate` waits for the calls in flight, and calls made meanwhile wait for it.
 //!
 //! The mapping core (`addcow_core_*`, `mapping.rs`) is the format logic without data I/O, for
-//! hosts that do their own: its contract is on `AddCowCore`.
+//! hosts that do their own: its contract is on `AddCowCore`. Files a host supplies as callback
+//! tables (`AddCowIo`) become byte sources in `host.rs`.
 
 mod boundary;
 mod create;
 mod header;
+mod host;
 mod iov;
 mod mapping;
 mod open;
@@ -28,6 +30,7 @@ pub use header::{
     addcow_header_image_file, addcow_header_layout, addcow_header_read, addcow_header_read_io,
     AddCowHeader,
 };
+pub use host::AddCowIo;
 
 pub use mapping::{
     addcow_core_abort, addcow_core_begin_write, addcow_core_close, addcow_core_commit,

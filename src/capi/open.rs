@@ -2,11 +2,11 @@
 //! forms taking `AddCowOpenOptions`.
 
 use super::boundary::{bad_arg, c_str, ffi};
+use super::host::{AddCowIo, HostStorage, Needs, BACKING, IMAGE, META};
 use super::versioned::{self, Versioned};
 use super::AddCowImage;
 use crate::engine::{Backing, BackingFormat, Image, OpenOptions, Parts};
-use crate::error::{Error, Op, Result};
-use crate::storage::{AddCowIo, HostStorage};
+use crate::error::Result;
 use std::ffi::{c_char, c_int, OsStr};
 use std::mem::{offset_of, size_of};
 use std::os::unix::ffi::OsStrExt;
@@ -192,17 +192,13 @@ pub unsafe extern "C" fn addcow_open_ext(
     })
 }
 
+/// A file of an image the library flushes: every callback but `truncate` is required.
+///
 /// # Safety
-/// `io` is NULL or points at a valid `AddCowIo`.
-unsafe fn host(io: *const AddCowIo, what: &str) -> Result<HostStorage> {
-    // SAFETY: the caller's guarantee; NULL is refused.
-    let table = unsafe { io.as_ref() }.ok_or_else(|| bad_arg(&format!("{what} is NULL")))?;
-    HostStorage::new(*table).map_err(|e| match e.raw_os_error() {
-        Some(libc::EINVAL) => bad_arg(&format!(
-            "{what}: preadv, pwritev, flush and get_length are required"
-        )),
-        _ => Error::io(Op::GetLength, what, 0, e),
-    })
+/// `table` is NULL or a valid table.
+unsafe fn host(table: *const AddCowIo, arg: &str, role: &str) -> Result<HostStorage> {
+    // SAFETY: the caller's guarantee, forwarded.
+    unsafe { HostStorage::new(table, (arg, role), Needs::ReadWriteFlush) }
 }
 
 /// # Safety
@@ -230,22 +226,19 @@ unsafe fn open_host(
     }
     let backing = match backing.is_null() || opts.no_backing {
         true => None,
+        // SAFETY: the caller's guarantee on the table, forwarded.
         false => Some(Backing::raw(
-            // SAFETY: the caller's guarantee on the table, forwarded.
-            Box::new(unsafe { host(backing, "backing (host I/O)")? }),
-            "backing (host I/O)",
+            Box::new(unsafe { host(backing, "backing", BACKING)? }),
+            BACKING,
         )),
     };
     let parts = Parts {
-        meta: (
-            // SAFETY: as above.
-            Box::new(unsafe { host(meta, "add-cow file (host I/O)")? }),
-            "add-cow file (host I/O)".into(),
-        ),
+        // SAFETY: as above.
+        meta: (Box::new(unsafe { host(meta, "meta", META)? }), META.into()),
+        // SAFETY: as above.
         image: (
-            // SAFETY: as above.
-            Box::new(unsafe { host(image, "image file (host I/O)")? }),
-            "image file (host I/O)".into(),
+            Box::new(unsafe { host(image, "image", IMAGE)? }),
+            IMAGE.into(),
         ),
         backing,
     };

@@ -1,5 +1,6 @@
-//! Byte sources: the files (or host callbacks, or memory) an image is made of, and how local
-//! files are opened (`open.rs`: types, confinement) and locked (`lock.rs`: QEMU's lock bytes).
+//! Byte sources: the files (or memory) an image is made of, and how local files are opened
+//! (`open.rs`: types, confinement) and locked (`lock.rs`: QEMU's lock bytes). Byte sources a C
+//! host supplies through callbacks live with the C ABI (`capi/host.rs`).
 //! Local files are read and written through the page cache ([`FileStorage`]) or, opened with
 //! `O_DIRECT`, around it ([`DirectStorage`], with `align.rs`, `bounce.rs` and `range_lock.rs`).
 //!
@@ -15,7 +16,6 @@ mod align;
 mod bounce;
 mod direct;
 mod file;
-mod host;
 mod lock;
 mod mem;
 mod open;
@@ -23,7 +23,6 @@ mod range_lock;
 
 pub use direct::DirectStorage;
 pub use file::FileStorage;
-pub use host::{AddCowIo, HostStorage};
 pub use lock::{lock, Conflict, Lock};
 pub use mem::MemStorage;
 pub use open::{open_path, Access, Create, Dir};
