@@ -71,6 +71,7 @@
     CASE(open_no_backing) \
     CASE(open_backing_addcow_chain) \
     CASE(io_basic) \
+    CASE(io_iov_max) \
     CASE(io_header_read_io) \
     CASE(io_open_io_args) \
     CASE(io_open_io_out_null) \

@@ -116,7 +116,9 @@ void mf_make_meta(memfile *m, const char *image_name, const char *backing_name, 
 static int check_iov(memfile *m, const struct iovec *iov, int iovcnt, size_t *total)
 {
     *total = 0;
-    if (iovcnt < 0 || (iovcnt > 0 && !iov)) {
+    /* addcow.h: a callback may see ADDCOW_IOV_MAX + 2 iovecs (a cluster's head and tail around
+     * a guest's ADDCOW_IOV_MAX buffers), no more. */
+    if (iovcnt < 0 || iovcnt > ADDCOW_IOV_MAX + 2 || (iovcnt > 0 && !iov)) {
         atomic_fetch_add(&m->bad_calls, 1);
         return -EINVAL;
     }

@@ -791,13 +791,14 @@ int case_rw_iovcnt_bad(const char *dir)
     AddCowImage *img = NULL;
     TRY(open_two_clusters(dir, &img));
     uint8_t buf[8];
-    struct iovec *iov = xcalloc(1100 * sizeof *iov);
-    for (int i = 0; i < 1100; i++) {
+    enum { N = ADDCOW_IOV_MAX + 76 };
+    struct iovec *iov = xcalloc(N * sizeof *iov);
+    for (int i = 0; i < N; i++) {
         iov[i].iov_base = buf;
         iov[i].iov_len = 0;
     }
     iov[0].iov_len = 8;
-    const int bad[] = {-1, -1024, INT_MIN, 1025, 1100};
+    const int bad[] = {-1, -ADDCOW_IOV_MAX, INT_MIN, ADDCOW_IOV_MAX + 1, N};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int cnt = bad[i];
         CHECKF(addcow_readv(img, 0, iov, cnt) == -EINVAL, "readv iovcnt %d",
@@ -816,7 +817,7 @@ int case_rw_null_iov(const char *dir)
     TRY(open_two_clusters(dir, &img));
     CHECK_RC(addcow_readv(img, 0, NULL, 1), -EINVAL);
     CHECK_RC(addcow_writev(img, 0, NULL, 1), -EINVAL);
-    CHECK_RC(addcow_writev(img, 0, NULL, 1024), -EINVAL);
+    CHECK_RC(addcow_writev(img, 0, NULL, ADDCOW_IOV_MAX), -EINVAL);
     /* An entry with a NULL base and a length. */
     uint8_t buf[512];
     memset(buf, 0x5a, sizeof buf);
@@ -893,12 +894,12 @@ int case_rw_null_buf(const char *dir)
     return T_PASS;
 }
 
-/* IOV_MAX (1024) entries are accepted, for reads and for allocating writes. */
+/* ADDCOW_IOV_MAX entries are accepted, for reads and for allocating writes. */
 int case_rw_iov_max(const char *dir)
 {
     AddCowImage *img = NULL;
     TRY(open_two_clusters(dir, &img));
-    enum { N = 1024 };
+    enum { N = ADDCOW_IOV_MAX };
     struct iovec iov[N];
     uint8_t *data = xmalloc(N * 40);
     size_t total = 0;
@@ -914,10 +915,10 @@ int case_rw_iov_max(const char *dir)
     uint8_t *want = xmalloc(2 * CL);
     fill_pat(want, 2 * CL, 1, 0);
     memcpy(want + off, data, total);
-    TRY(read_expect(img, 0, want, 2 * CL, "after a 1024-entry writev"));
+    TRY(read_expect(img, 0, want, 2 * CL, "after an ADDCOW_IOV_MAX-entry writev"));
     memset(data, 0, total);
     CHECK_OK(addcow_readv(img, off, iov, N));
-    TRY(cmp_bytes(data, want + off, total, off, "1024-entry readv"));
+    TRY(cmp_bytes(data, want + off, total, off, "ADDCOW_IOV_MAX-entry readv"));
     CHECK_OK(addcow_close(img));
     free(data);
     free(want);

@@ -50,6 +50,45 @@ static int no_contract_breach(struct env *e)
 
 /* ------------------------------------------------------------------ basics */
 
+/* ADDCOW_IOV_MAX guest buffers, written into unallocated clusters (completed from the backing
+ * file) and read back: the callbacks see at most ADDCOW_IOV_MAX + 2 iovecs (memio counts more
+ * as a contract breach). */
+int case_io_iov_max(const char *dir)
+{
+    (void)dir;
+    struct env e;
+    env_init(&e, 1, 1);
+    const uint64_t size = 2 * CL;
+    mf_make_meta(&e.meta, "image.raw", "base.raw", size);
+    mf_set_zero(&e.image, size);
+    mf_set_pat(&e.backing, size, 1);
+    uint8_t *model = xmalloc(size);
+    fill_pat(model, size, 1, 0);
+    struct iovec *iov = xcalloc(ADDCOW_IOV_MAX * sizeof *iov);
+    uint8_t *data = xmalloc(ADDCOW_IOV_MAX);
+    for (int i = 0; i < ADDCOW_IOV_MAX; i++)
+        iov[i] = (struct iovec){data + i, 1};
+    const uint64_t off = CL - ADDCOW_IOV_MAX / 2; /* crosses into cluster 1 */
+    fill_pat(data, ADDCOW_IOV_MAX, 2, off);
+    memcpy(model + off, data, ADDCOW_IOV_MAX);
+
+    AddCowImage *img = NULL;
+    CHECK_OK(addcow_open_io(&e.mio, &e.iio, &e.bio, ADDCOW_OPEN_RDWR, &img));
+    CHECK_OK(addcow_writev(img, off, iov, ADDCOW_IOV_MAX));
+    TRY(read_expect(img, 0, model, size, "after an ADDCOW_IOV_MAX-entry writev"));
+    memset(data, 0, ADDCOW_IOV_MAX);
+    CHECK_OK(addcow_readv(img, off, iov, ADDCOW_IOV_MAX));
+    TRY(cmp_bytes(data, model + off, ADDCOW_IOV_MAX, off, "ADDCOW_IOV_MAX-entry readv"));
+    CHECK_RC(addcow_writev(img, off, iov, ADDCOW_IOV_MAX + 1), -EINVAL);
+    CHECK_OK(addcow_close(img));
+    TRY(no_contract_breach(&e));
+    free(iov);
+    free(data);
+    free(model);
+    env_free(&e);
+    return T_PASS;
+}
+
 int case_io_basic(const char *dir)
 {
     (void)dir;

@@ -29,6 +29,7 @@ ADDCOW_CHECK(ADDCOW_OPEN_CONFINE == 32, open_confine);
 ADDCOW_CHECK(ADDCOW_OPEN_DIRECT == 64, open_direct);
 ADDCOW_CHECK(ADDCOW_CREATE_CONFINE == 1, create_confine);
 ADDCOW_CHECK(ADDCOW_MAX_SIZE == 1ULL << 56, max_size);
+ADDCOW_CHECK(ADDCOW_IOV_MAX == 1024, iov_max);
 
 ADDCOW_CHECK(offsetof(AddCowCreateOptions, struct_size) == 0, struct_size_first);
 ADDCOW_CHECK(offsetof(AddCowCreateOptions, layout) == 4, layout_offset);

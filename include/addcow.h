@@ -51,6 +51,13 @@
 #define ADDCOW_CREATE_CONFINE (1 << 0)
 
 /**
+ * The most iovecs one call accepts (`addcow_readv`, `addcow_writev`: -EINVAL beyond it), and
+ * the most one system call of the library passes: Linux's `IOV_MAX`. Host callbacks
+ * (`AddCowIo`) may be passed up to two more.
+ */
+#define ADDCOW_IOV_MAX 1024
+
+/**
  * `addcow_core_map`: the run is allocated: read the image file at the same offset.
  */
 #define ADDCOW_MAP_DATA 1
@@ -253,11 +260,12 @@ typedef struct AddCowCreateOptions {
 /**
  * Host-provided I/O. Every callback returns 0 (or the documented non-negative value) on
  * success and a negative errno on failure; reads and writes transfer the whole range, never
- * zero bytes. `iovcnt` may exceed `IOV_MAX` by two (a guest's 1024 buffers with the head and
- * tail of a cluster copied around them): a host that forwards to `preadv(2)`/`pwritev(2)`
- * splits. The callbacks may be called from several threads at once, with the same `opaque`.
- * Which callbacks may be NULL is said by each function taking a table; the library checks
- * them when it takes the table (-EINVAL naming the missing one) and calls no NULL one.
+ * zero bytes. `iovcnt` may exceed `ADDCOW_IOV_MAX` by two (a guest's `ADDCOW_IOV_MAX` buffers
+ * with the head and tail of a cluster copied around them): a host that forwards to
+ * `preadv(2)`/`pwritev(2)` splits. The callbacks may be called from several threads at once,
+ * with the same `opaque`. Which callbacks may be NULL is said by each function taking a table;
+ * the library checks them when it takes the table (-EINVAL naming the missing one) and calls
+ * no NULL one.
  */
 typedef struct AddCowIo {
   /**

@@ -3,7 +3,7 @@
 //! An image is opened with `addcow_open_io` over three host tables whose callbacks are Rust
 //! `extern "C"` functions over memory, with fuzzed faults (failing calls with any return value,
 //! "successes" that transfer nothing, lying lengths, a missing truncate callback), then driven
-//! by a fuzzed call sequence: NULL handles and pointers, iovcnt negative or past IOV_MAX,
+//! by a fuzzed call sequence: NULL handles and pointers, iovcnt negative or past ADDCOW_IOV_MAX,
 //! iovecs with NULL bases, lengths summing past the end, past SSIZE_MAX or past 2^64, huge
 //! offsets, unknown flags; `addcow_probe`, `addcow_header_read_io` and the getters, and
 //! `addcow_create` with a fuzzed `AddCowCreateOptions` into a tmpfs directory.
@@ -27,7 +27,6 @@ use std::ptr::{null, null_mut};
 const CS: u64 = 65536;
 /// The most a host file may grow to; writes and truncates past it fail with EFBIG.
 const HOST_CAP: u64 = 1 << 20;
-const IOV_MAX: usize = 1024;
 const SSIZE_MAX: u128 = isize::MAX as u128;
 const MAX_CALLS: usize = 32;
 
@@ -160,8 +159,9 @@ unsafe fn host<'a>(opaque: *mut c_void) -> &'a mut HostFile {
 /// As the callbacks' contract: `iov` points at `iovcnt` entries.
 unsafe fn host_iov<'a>(iov: *const libc::iovec, iovcnt: c_int) -> &'a [libc::iovec] {
     assert!(
-        iovcnt > 0,
-        "the library passed iovcnt {iovcnt} to a host callback"
+        iovcnt > 0 && iovcnt <= ADDCOW_IOV_MAX + 2,
+        "the library passed iovcnt {iovcnt} to a host callback (AddCowIo: at most \
+         ADDCOW_IOV_MAX + 2)"
     );
     assert!(
         !iov.is_null(),
@@ -386,7 +386,7 @@ enum Count {
     Exact,
     /// `-1 - n`.
     Negative(u16),
-    /// IOV_MAX + 1 (the entries array is not that long: must be refused by count alone).
+    /// ADDCOW_IOV_MAX + 1 (the entries array is not that long: must be refused by count alone).
     PastMax,
     IntMax,
 }
@@ -396,7 +396,7 @@ struct IovPlan {
     count: Count,
     null_iov: bool,
     entries: Vec<Entry>,
-    /// Appends this many 1-byte entries, to reach IOV_MAX (1000 + n % 40).
+    /// Appends this many 1-byte entries, to reach ADDCOW_IOV_MAX (1000 + n % 40).
     many: Option<u8>,
 }
 
@@ -790,11 +790,11 @@ fn build_iov(plan: &IovPlan, seed: u8) -> Iov {
     let iovcnt = match plan.count {
         Count::Exact => c_int::try_from(n).unwrap(),
         Count::Negative(k) => -1 - c_int::from(k),
-        Count::PastMax => IOV_MAX as c_int + 1,
+        Count::PastMax => ADDCOW_IOV_MAX + 1,
         Count::IntMax => c_int::MAX,
     };
-    // A count past the array is only ever refused (it is past IOV_MAX); otherwise exact.
-    let count_ok = matches!(plan.count, Count::Exact) && n <= IOV_MAX;
+    // A count past the array is only ever refused (it is past ADDCOW_IOV_MAX); otherwise exact.
+    let count_ok = matches!(plan.count, Count::Exact) && n <= ADDCOW_IOV_MAX as usize;
     let iov = if plan.null_iov {
         null()
     } else {

@@ -29,13 +29,14 @@ from ._image import (
     read_header,
     version,
 )
-from ._lib import MAX_SIZE, LibraryNotFoundError, library_path
+from ._lib import IOV_MAX, MAX_SIZE, LibraryNotFoundError, library_path
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Extent",
     "Header",
+    "IOV_MAX",
     "Image",
     "ImageFile",
     "LibraryNotFoundError",

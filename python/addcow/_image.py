@@ -379,7 +379,7 @@ class Image:
 
     def readv(self, offset: int, buffers: Iterable[Any]) -> int:
         """Fills ``buffers`` (writable buffers, in order) from ``offset`` in one call; returns
-        the total number of bytes. At most 1024 buffers."""
+        the total number of bytes. At most :data:`addcow.IOV_MAX` buffers."""
         off = _u64(offset, "offset", "addcow_readv")
         with ExitStack() as stack:
             iov, total = _iovecs(stack, buffers, pin_writable)
@@ -392,7 +392,7 @@ class Image:
 
     def writev(self, offset: int, buffers: Iterable[Any]) -> int:
         """Writes ``buffers`` (bytes-like objects, in order) at ``offset`` in one call;
-        returns the total number of bytes. At most 1024 buffers."""
+        returns the total number of bytes. At most :data:`addcow.IOV_MAX` buffers."""
         off = _u64(offset, "offset", "addcow_writev")
         with ExitStack() as stack:
             iov, total = _iovecs(stack, buffers, pin_readable)

@@ -98,7 +98,8 @@ BUSY = 1
 #: give EFBIG at open, create and truncate.
 MAX_SIZE = 1 << 56
 
-#: The most iovecs one call accepts (Linux's IOV_MAX, as the library checks it).
+#: The most buffers one ``readv``/``writev`` accepts (ADDCOW_IOV_MAX, Linux's IOV_MAX): more
+#: raise EINVAL.
 IOV_MAX = 1024
 
 

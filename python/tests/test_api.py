@@ -78,6 +78,7 @@ def test_constants_match_the_header() -> None:
         assert hasattr(_lib, py_name), f"{name} has no counterpart in addcow._lib"
         assert getattr(_lib, py_name) == eval(value), name  # digits, <<, parentheses only
     assert addcow.MAX_SIZE == _lib.MAX_SIZE
+    assert addcow.IOV_MAX == _lib.IOV_MAX
 
 
 _C_TYPES = {"uint32_t": ctypes.c_uint32, "uint64_t": ctypes.c_uint64, "const char *": ctypes.c_char_p}
@@ -347,9 +348,9 @@ def test_readv_writev(overlay: Path, base: Base) -> None:
         with pytest.raises(TypeError):
             img.readv(0, [bytearray(1), b"read-only"])
         with pytest.raises(OSError) as e:
-            img.readv(0, [bytearray(1)] * 1025)
+            img.readv(0, [bytearray(1)] * (addcow.IOV_MAX + 1))
         assert e.value.errno == errno.EINVAL and "iovcnt" in e.value.strerror
-        assert img.readv(0, [bytearray(1)] * 1024) == 1024
+        assert img.readv(0, [bytearray(1)] * addcow.IOV_MAX) == addcow.IOV_MAX
 
 
 # --- allocation ----------------------------------------------------------------------------

@@ -14,11 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Host-provided I/O. Every callback returns 0 (or the documented non-negative value) on
 /// success and a negative errno on failure; reads and writes transfer the whole range, never
-/// zero bytes. `iovcnt` may exceed `IOV_MAX` by two (a guest's 1024 buffers with the head and
-/// tail of a cluster copied around them): a host that forwards to `preadv(2)`/`pwritev(2)`
-/// splits. The callbacks may be called from several threads at once, with the same `opaque`.
-/// Which callbacks may be NULL is said by each function taking a table; the library checks
-/// them when it takes the table (-EINVAL naming the missing one) and calls no NULL one.
+/// zero bytes. `iovcnt` may exceed `ADDCOW_IOV_MAX` by two (a guest's `ADDCOW_IOV_MAX` buffers
+/// with the head and tail of a cluster copied around them): a host that forwards to
+/// `preadv(2)`/`pwritev(2)` splits. The callbacks may be called from several threads at once,
+/// with the same `opaque`. Which callbacks may be NULL is said by each function taking a table;
+/// the library checks them when it takes the table (-EINVAL naming the missing one) and calls
+/// no NULL one.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct AddCowIo {

@@ -5,19 +5,21 @@ use crate::error::Result;
 use std::ffi::{c_int, c_void};
 use std::io::{IoSlice, IoSliceMut};
 
-/// Linux's IOV_MAX: the most iovecs one call accepts.
-pub(super) const IOV_MAX: c_int = 1024;
+/// The most iovecs one call accepts (`addcow_readv`, `addcow_writev`: -EINVAL beyond it), and
+/// the most one system call of the library passes: Linux's `IOV_MAX`. Host callbacks
+/// (`AddCowIo`) may be passed up to two more.
+pub const ADDCOW_IOV_MAX: c_int = 1024;
 
 /// Checks `iov`/`iovcnt` and every entry before any buffer is touched: `iovcnt` in
-/// 0..=IOV_MAX, `iov` non-NULL when `iovcnt > 0`, no NULL base with a non-zero length, and a
+/// 0..=ADDCOW_IOV_MAX, `iov` non-NULL when `iovcnt > 0`, no NULL base with a non-zero length, and a
 /// total length (checked arithmetic) of at most `SSIZE_MAX`.
 ///
 /// # Safety
 /// When `iov` is non-NULL it points at `iovcnt` readable `struct iovec`.
 unsafe fn entries<'a>(iov: *const libc::iovec, iovcnt: c_int) -> Result<&'a [libc::iovec]> {
-    if !(0..=IOV_MAX).contains(&iovcnt) {
+    if !(0..=ADDCOW_IOV_MAX).contains(&iovcnt) {
         return Err(bad_arg(&format!(
-            "iovcnt {iovcnt} is outside 0..={IOV_MAX}"
+            "iovcnt {iovcnt} is outside 0..={ADDCOW_IOV_MAX}"
         )));
     }
     if iovcnt == 0 {

@@ -5,7 +5,8 @@
 //! `EINVAL` bad argument or malformed header, `ENOTSUP` unknown version or layout, `ENOENT`
 //! missing file, `EPERM` write or truncate on a read-only image, `EBUSY` a file in use (a
 //! conflicting lock), `EACCES` a name refused by a confined open, `EFBIG` a size beyond
-//! `ADDCOW_MAX_SIZE`, host errors (`EIO`, `ENOSPC`, …) passed through. A panic inside the library returns `-EIO`; none unwinds into C.
+//! `ADDCOW_MAX_SIZE`, host errors (`EIO`, `ENOSPC`, …) passed through. A panic inside the
+//! library returns `-EIO`; none unwinds into C.
 //!
 //! Threads: every function may be called from many threads at once on one image, except
 //! `addcow_close` (the caller makes sure no other call on the image is running or follows).
@@ -31,6 +32,7 @@ pub use header::{
     AddCowHeader,
 };
 pub use host::AddCowIo;
+pub use iov::ADDCOW_IOV_MAX;
 
 pub use mapping::{
     addcow_core_abort, addcow_core_begin_write, addcow_core_close, addcow_core_commit,

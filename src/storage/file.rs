@@ -2,15 +2,15 @@
 //! positional, no shared offset.
 //!
 //! The common case is one system call straight on the caller's buffers; only a short transfer
-//! (end of file, more than `IOV_MAX` buffers, a signal) copies the iovec list to continue.
+//! (end of file, more than `ADDCOW_IOV_MAX` buffers, a signal) copies the iovec list to
+//! continue.
 
 use super::{iov_len, zero_fill, Storage};
+// The C ABI's exported constant: one number says how many iovecs Linux takes.
+use crate::capi::ADDCOW_IOV_MAX;
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::AsRawFd;
-
-/// At most this many iovecs go to one system call (Linux's IOV_MAX).
-const IOV_MAX: usize = 1024;
 
 /// A regular file as a [`Storage`].
 #[derive(Debug)]
@@ -29,8 +29,8 @@ impl FileStorage {
     }
 
     /// One read system call, retried on EINTR: `pread` for one buffer (measurably cheaper than
-    /// `preadv` with one iovec at 4 KiB), `preadv` for several (at most `IOV_MAX`). Returns the
-    /// bytes read (0 at end of file).
+    /// `preadv` with one iovec at 4 KiB), `preadv` for several (at most `ADDCOW_IOV_MAX`,
+    /// Linux's `IOV_MAX`). Returns the bytes read (0 at end of file).
     pub(super) fn read_once(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<u64> {
         let off = to_off(offset)?;
         let fd = self.file.as_raw_fd();
@@ -43,13 +43,13 @@ impl FileStorage {
                 }
                 _ => {
                     // SAFETY: IoSliceMut is ABI-compatible with struct iovec on Unix; the
-                    // first `min(len, IOV_MAX)` entries are valid writable buffers borrowed
-                    // for the call.
+                    // first `min(len, ADDCOW_IOV_MAX)` entries are valid writable buffers
+                    // borrowed for the call.
                     unsafe {
                         libc::preadv(
                             fd,
                             bufs.as_mut_ptr().cast::<libc::iovec>(),
-                            bufs.len().min(IOV_MAX) as libc::c_int,
+                            bufs.len().min(ADDCOW_IOV_MAX as usize) as libc::c_int,
                             off,
                         )
                     }
@@ -62,7 +62,7 @@ impl FileStorage {
     }
 
     /// One write system call, retried on EINTR: `pwrite` for one buffer, `pwritev` for several
-    /// (at most `IOV_MAX`). Returns the bytes written.
+    /// (at most `ADDCOW_IOV_MAX`, Linux's `IOV_MAX`). Returns the bytes written.
     pub(super) fn write_once(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<u64> {
         let off = to_off(offset)?;
         let fd = self.file.as_raw_fd();
@@ -75,13 +75,13 @@ impl FileStorage {
                 }
                 _ => {
                     // SAFETY: IoSlice is ABI-compatible with struct iovec on Unix; the first
-                    // `min(len, IOV_MAX)` entries are valid readable buffers borrowed for the
-                    // call.
+                    // `min(len, ADDCOW_IOV_MAX)` entries are valid readable buffers borrowed
+                    // for the call.
                     unsafe {
                         libc::pwritev(
                             fd,
                             bufs.as_ptr().cast::<libc::iovec>(),
-                            bufs.len().min(IOV_MAX) as libc::c_int,
+                            bufs.len().min(ADDCOW_IOV_MAX as usize) as libc::c_int,
                             off,
                         )
                     }
