@@ -1,4 +1,10 @@
-/* The cases, in run order. Keep meson.build's list in step (the case_list test checks). */
+/*
+ * The cases, in run order: the only list. harness.c expands it; meson.build reads it, one case
+ * per line, `CASE(name) \` or `DIRECT_CASE(name) \` (nothing else on the line): each is the
+ * meson test `name`, and a DIRECT_CASE also `direct_name`, the case run again with
+ * `capi-tests --direct` (its images opened with ADDCOW_OPEN_DIRECT through open_img: the
+ * t_iotests.c cases). The case_list tests check that meson read exactly this list.
+ */
 #ifndef CAPI_CASES_H
 #define CAPI_CASES_H
 #define CASE_LIST \
@@ -58,18 +64,18 @@
     CASE(header_read_missing_files) \
     CASE(header_read_errors) \
     CASE(header_null_accessors) \
-    CASE(iotest_004_bounds) \
-    CASE(iotest_017_mixed_reads) \
-    CASE(iotest_025_resize) \
-    CASE(iotest_025_resize_longer_backing) \
-    CASE(iotest_025_resize_shorter_backing) \
-    CASE(iotest_027_subcluster_cow) \
-    CASE(iotest_028_short_backing) \
-    CASE(iotest_037_cow_patterns) \
-    CASE(iotest_038_concurrent_cow) \
-    CASE(open_writethrough) \
-    CASE(open_no_backing) \
-    CASE(open_backing_addcow_chain) \
+    DIRECT_CASE(iotest_004_bounds) \
+    DIRECT_CASE(iotest_017_mixed_reads) \
+    DIRECT_CASE(iotest_025_resize) \
+    DIRECT_CASE(iotest_025_resize_longer_backing) \
+    DIRECT_CASE(iotest_025_resize_shorter_backing) \
+    DIRECT_CASE(iotest_027_subcluster_cow) \
+    DIRECT_CASE(iotest_028_short_backing) \
+    DIRECT_CASE(iotest_037_cow_patterns) \
+    DIRECT_CASE(iotest_038_concurrent_cow) \
+    DIRECT_CASE(open_writethrough) \
+    DIRECT_CASE(open_no_backing) \
+    DIRECT_CASE(open_backing_addcow_chain) \
     CASE(io_basic) \
     CASE(io_iov_max) \
     CASE(io_header_read_io) \
