@@ -9,20 +9,27 @@
 //! - [`storage`]: byte sources (files, memory), how local files are opened and locked; and
 //!   [`cluster`], the cluster index both layers above count in;
 //! - beside each other, depending on neither: [`layout`] (the bytes of the `.add-cow` file,
-//!   the geometry) and [`bitmap`] (the COW bitmap in memory, loaded through a `bitmap::Store`);
+//!   the geometry) and `bitmap` (the COW bitmap in memory, loaded through a `bitmap::Store`);
 //! - [`mapping`]: the mapping core, the format logic without data I/O (layout + bitmap over a
 //!   metadata `Storage`);
-//! - [`engine`]: the generic I/O loop ([`Image`], a host of the core) and the lifecycle (open,
+//! - `engine`: the generic I/O loop ([`Image`], a host of the core) and the lifecycle (open,
 //!   create, truncate);
 //! - [`capi`]: the C boundary.
+//!
+//! The public Rust API is what a Rust host needs: [`Image`] with [`OpenOptions`], [`Parts`],
+//! [`Backing`] and [`BackingFormat`]; [`create`] with [`CreateOptions`]; [`read_header`],
+//! [`probe`]; [`Error`], [`Op`], [`Result`]; the [`storage::Storage`] trait with
+//! [`storage::MemStorage`] and [`storage::FileStorage`]; the [`mapping`] core; the header
+//! ([`layout::Header`]) and [`cluster::Cluster`]; and [`capi`], the C exports (the fuzz targets
+//! drive them from Rust). Everything else is internal to the crate.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-pub mod bitmap;
+pub(crate) mod bitmap;
 pub mod capi;
 pub mod cluster;
-pub mod engine;
-pub mod error;
+mod engine;
+mod error;
 pub mod layout;
 pub mod mapping;
 pub mod storage;

@@ -1,21 +1,48 @@
 //! The bitmap's memory stays under its cap while a scan loads far more pages than fit, measured
 //! as the process's peak resident memory (VmHWM). Alone in its test binary, so that no other
-//! test allocates meanwhile.
+//! test allocates meanwhile. Driven through the mapping core (the public API), over an
+//! `.add-cow` file in memory whose bitmap is all ones and has no holes.
 
-use addcow::bitmap::{Bitmap, Store, MAX_RUN_PAGES, PAGE_BYTES};
-use addcow::cluster::Cluster;
-use addcow::Result;
+use addcow::layout::{Header, HEADER_SIZE};
+use addcow::mapping::{Core, CoreOptions, Kind};
+use addcow::storage::Storage;
+use std::io::{self, IoSlice, IoSliceMut};
 
-/// A bitmap with every bit set, and no holes.
-struct Dense;
+/// Bitmap bytes per page, and pages one `map` call visits at most (the core's bounded work).
+const PAGE_BYTES: u64 = 4096;
+const MAX_RUN_PAGES: u64 = 64;
+const CS: u64 = 65536;
 
-impl Store for Dense {
-    fn read(&self, _: u64, buf: &mut [u8]) -> Result<()> {
-        buf.fill(0xff);
+/// An `.add-cow` file: the header, then a bitmap with every bit set, and no holes. Nothing of
+/// it is held in memory.
+struct Dense([u8; HEADER_SIZE]);
+
+impl Storage for Dense {
+    fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<()> {
+        let mut at = offset;
+        for buf in bufs {
+            let head = (HEADER_SIZE as u64)
+                .saturating_sub(at)
+                .min(buf.len() as u64) as usize;
+            if head > 0 {
+                buf[..head].copy_from_slice(&self.0[at as usize..at as usize + head]);
+            }
+            buf[head..].fill(0xff);
+            at += buf.len() as u64;
+        }
         Ok(())
     }
-    fn next_data(&self, offset: u64) -> Result<Option<u64>> {
-        Ok(Some(offset))
+    fn write_vectored_at(&self, _: &[IoSlice<'_>], _: u64) -> io::Result<()> {
+        unreachable!("a read-only core writes nothing")
+    }
+    fn flush(&self) -> io::Result<()> {
+        unreachable!("a read-only core flushes nothing")
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(u64::MAX)
+    }
+    fn resize(&self, _: u64) -> io::Result<()> {
+        unreachable!("a read-only core resizes nothing")
     }
 }
 
@@ -38,18 +65,25 @@ fn memory() -> (u64, u64) {
 fn a_scan_of_128_mib_of_bitmap_stays_under_a_4_mib_cap() {
     const PAGES: u64 = 1 << 15;
     const CAP: u64 = 4 << 20;
-    let bm = Bitmap::new(PAGES * PAGE_BYTES * 8, CAP);
+    let size = PAGES * PAGE_BYTES * 8 * CS;
+    let header = Header::new(b"img", None).unwrap();
+    let meta = Dense(header.to_bytes());
+    let opts = CoreOptions {
+        writable: false,
+        bitmap_cache_bytes: CAP,
+    };
+    let core = Core::new((Box::new(meta), "dense".into()), header, size, opts);
     let (rss_before, _) = memory();
-    let mut c = 0;
-    while c < PAGES * PAGE_BYTES * 8 {
-        let (state, n) = bm.run(Cluster(c), u64::MAX, &Dense).unwrap();
-        assert!(state);
+    let mut offset = 0;
+    while offset < size {
+        let extent = core.map(offset, u64::MAX).unwrap();
+        assert_eq!(extent.kind, Kind::Data);
         assert_eq!(
-            n,
-            MAX_RUN_PAGES as u64 * PAGE_BYTES * 8,
+            extent.len,
+            MAX_RUN_PAGES * PAGE_BYTES * 8 * CS,
             "one run, bounded visits"
         );
-        c += n;
+        offset += extent.len;
     }
     let (_, peak) = memory();
     let grown = peak.saturating_sub(rss_before);

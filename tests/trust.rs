@@ -370,7 +370,7 @@ struct Huge;
 
 impl Storage for Huge {
     fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], _: u64) -> std::io::Result<()> {
-        addcow::storage::zero_fill(bufs);
+        bufs.iter_mut().for_each(|b| b.fill(0));
         Ok(())
     }
     fn write_vectored_at(&self, _: &[IoSlice<'_>], _: u64) -> std::io::Result<()> {

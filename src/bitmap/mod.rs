@@ -84,9 +84,9 @@ mod store;
 mod table;
 mod writeback;
 
-pub use store::Store;
+pub(crate) use store::Store;
 pub use table::PAGE_COST;
-pub use writeback::{PageSnapshot, WriteBack};
+pub(crate) use writeback::WriteBack;
 
 use crate::cluster::Cluster;
 use crate::error::Result;
@@ -97,17 +97,17 @@ use table::{Shared, Table};
 use writeback::Unsynced;
 
 /// Bitmap bytes per page (32768 clusters, 2 GiB of image at 64 KiB clusters).
-pub const PAGE_BYTES: u64 = 4096;
+pub(crate) const PAGE_BYTES: u64 = 4096;
 const PAGE_BITS: u64 = PAGE_BYTES * 8;
 /// The cap on resident bitmap memory unless the opener sets one: 32 MiB (the whole bitmap of
 /// a 15 TiB image at 64 KiB clusters).
-pub const DEFAULT_CACHE_BYTES: u64 = 32 << 20;
+pub(crate) const DEFAULT_CACHE_BYTES: u64 = 32 << 20;
 /// Page visits per [`Bitmap::run`] (each reads at most one page or asks the store once):
 /// 2 Mi clusters (128 GiB at 64 KiB clusters) of scanned pages, more over holes.
-pub const MAX_RUN_PAGES: u32 = 64;
+pub(crate) const MAX_RUN_PAGES: u32 = 64;
 
 /// The in-memory bitmap of an image with a given number of clusters. `Send + Sync`.
-pub struct Bitmap {
+pub(crate) struct Bitmap {
     /// The number of clusters; changed only by [`Bitmap::resize`].
     clusters: AtomicU64,
     table: Table,
@@ -126,7 +126,7 @@ impl Bitmap {
     /// An unloaded bitmap for `clusters` clusters whose clean pages are evicted when resident
     /// pages cost more than `cache_bytes` ([`DEFAULT_CACHE_BYTES`] for 0, at least one page).
     /// No I/O, and the same cost for any number of clusters.
-    pub fn new(clusters: u64, cache_bytes: u64) -> Bitmap {
+    pub(crate) fn new(clusters: u64, cache_bytes: u64) -> Bitmap {
         let cap = match cache_bytes {
             0 => DEFAULT_CACHE_BYTES,
             n => n,
@@ -143,7 +143,7 @@ impl Bitmap {
     }
 
     /// Bitmap length in bytes.
-    pub fn len_bytes(&self) -> u64 {
+    pub(crate) fn len_bytes(&self) -> u64 {
         self.clusters().div_ceil(8)
     }
 
@@ -159,11 +159,14 @@ impl Bitmap {
     }
 
     /// Pages in memory.
+    #[cfg(test)]
     pub fn resident_pages(&self) -> usize {
         self.table.resident()
     }
 
-    /// Whether cluster `c` (< clusters) is allocated.
+    /// Whether cluster `c` (< clusters) is allocated. The library asks for runs ([`Bitmap::run`]);
+    /// tests ask for bits.
+    #[cfg(test)]
     pub fn get(&self, c: Cluster, store: &dyn Store) -> Result<bool> {
         let bit = c.0 % PAGE_BITS;
         Ok(
@@ -179,7 +182,7 @@ impl Bitmap {
     /// not reach the end of the run. The state comes from the same load that starts the run,
     /// so a concurrent allocation can never make the run empty; only a resize that shrinks the
     /// bitmap below `first` meanwhile does (`(false, 0)`).
-    pub fn run(&self, first: Cluster, max: u64, store: &dyn Store) -> Result<(bool, u64)> {
+    pub(crate) fn run(&self, first: Cluster, max: u64, store: &dyn Store) -> Result<(bool, u64)> {
         let end = first.0.saturating_add(max.max(1)).min(self.clusters());
         let mut state = None;
         let mut c = first.0;
@@ -210,7 +213,7 @@ impl Bitmap {
 
     /// Sets the bits of `clusters` (all < the number of clusters) and marks their pages dirty.
     /// Call only once the clusters' data is in the image file.
-    pub fn set_range(&self, clusters: Range<Cluster>, store: &dyn Store) -> Result<()> {
+    pub(crate) fn set_range(&self, clusters: Range<Cluster>, store: &dyn Store) -> Result<()> {
         let (mut c, end) = (clusters.start.0, clusters.end.0);
         while c < end {
             let index = c / PAGE_BITS;
@@ -229,7 +232,7 @@ impl Bitmap {
     /// Loads the page holding cluster `c` (< clusters) and marks it dirty, so that it stays in
     /// memory until written back: a [`Bitmap::resize`] whose boundary page it is then does no
     /// I/O and cannot fail.
-    pub fn hold_page_of(&self, c: Cluster, store: &dyn Store) -> Result<()> {
+    pub(crate) fn hold_page_of(&self, c: Cluster, store: &dyn Store) -> Result<()> {
         let index = c.0 / PAGE_BITS;
         self.with_page(index, store, |page, shared| {
             self.mark_dirty(index, page, shared)
@@ -243,7 +246,7 @@ impl Bitmap {
     ///
     /// The caller guarantees that no other call on this bitmap runs meanwhile and that no
     /// write-back is in flight (see "Resize" in the module docs).
-    pub fn resize(&self, clusters: u64, store: &dyn Store) -> Result<()> {
+    pub(crate) fn resize(&self, clusters: u64, store: &dyn Store) -> Result<()> {
         let keep = self.clusters().min(clusters);
         if keep % PAGE_BITS != 0 {
             let index = keep / PAGE_BITS;

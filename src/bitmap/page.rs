@@ -55,6 +55,7 @@ impl Page {
     }
 
     /// Page bit `bit`.
+    #[cfg(test)]
     pub(super) fn bit(&self, bit: u64) -> bool {
         self.word(bit) >> (bit % 64) & 1 == 1
     }

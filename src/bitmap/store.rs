@@ -4,7 +4,7 @@ use crate::error::Result;
 
 /// The stored bitmap, in bitmap coordinates: offset 0 is the bitmap's first byte, wherever the
 /// bitmap starts in its file.
-pub trait Store {
+pub(crate) trait Store {
     /// Fills `buf` from bitmap byte `offset`; bytes past the end of the store read as zeros.
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
 

@@ -194,6 +194,7 @@ impl Table {
     }
 
     /// Pages in memory.
+    #[cfg(test)]
     pub(super) fn resident(&self) -> usize {
         self.resident.load(Ordering::Relaxed)
     }

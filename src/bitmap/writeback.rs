@@ -50,7 +50,7 @@ impl Unsynced {
 
 /// A dirty page's bytes, copied for write-back.
 #[derive(Debug)]
-pub struct PageSnapshot {
+pub(crate) struct PageSnapshot {
     index: u64,
     /// Byte offset in the bitmap.
     pub offset: u64,
@@ -66,14 +66,14 @@ pub struct PageSnapshot {
 /// leaves them so for good.
 #[derive(Debug)]
 #[must_use = "finish it with Bitmap::writeback_done or Bitmap::writeback_failed"]
-pub struct WriteBack {
+pub(crate) struct WriteBack {
     ticket: u64,
     pages: Vec<PageSnapshot>,
 }
 
 impl WriteBack {
     /// The copies to write, in ascending offset order.
-    pub fn pages(&self) -> &[PageSnapshot] {
+    pub(crate) fn pages(&self) -> &[PageSnapshot] {
         &self.pages
     }
 }
@@ -81,7 +81,7 @@ impl WriteBack {
 impl Bitmap {
     /// Copies every dirty page for write-back, turning it from dirty to writing; `None` when a
     /// write-back is in flight (taken and not finished yet). Never waits.
-    pub fn take_dirty(&self) -> Option<WriteBack> {
+    pub(crate) fn take_dirty(&self) -> Option<WriteBack> {
         let ticket = TICKETS.fetch_add(1, Ordering::Relaxed);
         self.unsynced
             .in_flight
@@ -106,13 +106,13 @@ impl Bitmap {
 
     /// Ends `wb`, whose copies all reached the store: its pages turn clean unless bits were
     /// set in them since. Panics if `wb` was not taken from this bitmap.
-    pub fn writeback_done(&self, wb: WriteBack) {
+    pub(crate) fn writeback_done(&self, wb: WriteBack) {
         self.finish(wb, true);
     }
 
     /// Ends `wb`, whose copies did not all reach the store: its pages are dirty again. Panics
     /// if `wb` was not taken from this bitmap.
-    pub fn writeback_failed(&self, wb: WriteBack) {
+    pub(crate) fn writeback_failed(&self, wb: WriteBack) {
         self.finish(wb, false);
     }
 

@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// Backing chains deeper than this are refused.
-pub const MAX_CHAIN_DEPTH: usize = 16;
+pub(super) const MAX_CHAIN_DEPTH: usize = 16;
 
 /// What the backing file is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub struct OpenOptions {
     /// Direct I/O (QEMU's `cache=none`): every file of the chain is opened with `O_DIRECT`, so
     /// that reads and writes bypass the page cache (`flush` still makes them durable). Requests
     /// of any alignment work: unaligned ones go through aligned bounce buffers
-    /// ([`crate::storage::DirectStorage`]). A file system without direct I/O refuses the open
+    /// (`DirectStorage`). A file system without direct I/O refuses the open
     /// (`EINVAL`).
     pub direct: bool,
 }
@@ -97,7 +97,7 @@ pub fn read_header(meta: &dyn Storage, name: &str) -> Result<Header> {
 impl Image {
     /// Opens the `.add-cow` file at `path` and the files its header names; relative names
     /// resolve against `path`'s directory. Locks every file of the chain (see
-    /// [`crate::storage::Lock`]): `EBUSY` when another user conflicts.
+    /// `storage::Lock`): `EBUSY` when another user conflicts.
     pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Image> {
         let path = path.as_ref();
         opts.check()?;

@@ -33,6 +33,7 @@ mod resize;
 mod write;
 mod writeback;
 
+pub use crate::bitmap::PAGE_COST;
 pub use write::{Begin, Step, Txn};
 pub use writeback::WriteBack;
 

@@ -42,7 +42,7 @@ const BOUNCE: u64 = 128 << 10;
 
 /// A file opened with `O_DIRECT` as a [`Storage`].
 #[derive(Debug)]
-pub struct DirectStorage {
+pub(crate) struct DirectStorage {
     file: FileStorage,
     align: Align,
     pool: Pool,
@@ -54,7 +54,7 @@ pub struct DirectStorage {
 
 impl DirectStorage {
     /// `file` must be open with `O_DIRECT`; its alignment is queried here.
-    pub fn new(file: File) -> io::Result<DirectStorage> {
+    pub(crate) fn new(file: File) -> io::Result<DirectStorage> {
         let align = Align::of(&file);
         DirectStorage::with_align(file, align)
     }
@@ -74,7 +74,7 @@ impl DirectStorage {
     }
 
     /// The underlying file.
-    pub fn file(&self) -> &File {
+    pub(crate) fn file(&self) -> &File {
         self.file.file()
     }
 

@@ -36,7 +36,7 @@ const NAMES: [&str; 4] = ["consistent read", "write", "write unchanged", "resize
 
 /// How a file is locked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lock {
+pub(crate) enum Lock {
     /// Read-write use; no other writer or resizer.
     Write,
     /// Read-only use; no writer or resizer.
@@ -63,13 +63,13 @@ impl Lock {
 /// refuses to share a permission we need) or `Failed to get shared "write" lock` (another user
 /// holds a permission we refuse to share).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Conflict(pub String);
+pub(crate) struct Conflict(pub String);
 
 /// Takes `lock` on `file` and checks that no other open file description conflicts with it.
 /// `Ok(Err(conflict))` when one does, with our locks on `file` released again; `Err` when the
 /// OS call fails. A file system without OFD lock support is used unlocked, as
 /// QEMU's `locking=auto` does.
-pub fn lock(file: &File, lock: Lock) -> io::Result<Result<(), Conflict>> {
+pub(crate) fn lock(file: &File, lock: Lock) -> io::Result<Result<(), Conflict>> {
     let (perm, shared) = lock.perms();
     let bits = || 0..NAMES.len() as u64;
     let used = bits().filter(|b| perm & (1 << b) != 0);

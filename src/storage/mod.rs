@@ -2,7 +2,7 @@
 //! (`open.rs`: types, confinement) and locked (`lock.rs`: QEMU's lock bytes). Byte sources a C
 //! host supplies through callbacks live with the C ABI (`capi/host.rs`).
 //! Local files are read and written through the page cache ([`FileStorage`]) or, opened with
-//! `O_DIRECT`, around it ([`DirectStorage`], with `align.rs`, `bounce.rs` and `range_lock.rs`).
+//! `O_DIRECT`, around it (`DirectStorage`, with `align.rs`, `bounce.rs` and `range_lock.rs`).
 //!
 //! Contract of every [`Storage`]:
 //! - positional and vectored: no shared file offset, so any number of threads may call at once;
@@ -21,11 +21,11 @@ mod mem;
 mod open;
 mod range_lock;
 
-pub use direct::DirectStorage;
+pub(crate) use direct::DirectStorage;
 pub use file::FileStorage;
-pub use lock::{lock, Conflict, Lock};
+pub(crate) use lock::{lock, Lock};
 pub use mem::MemStorage;
-pub use open::{open_path, Access, Create, Dir};
+pub(crate) use open::{open_path, Access, Create, Dir};
 
 use std::io::{self, IoSlice, IoSliceMut};
 
@@ -64,12 +64,12 @@ pub trait Storage: Send + Sync {
 }
 
 /// Total bytes in an iovec list.
-pub fn iov_len<B: std::ops::Deref<Target = [u8]>>(bufs: &[B]) -> u64 {
+pub(crate) fn iov_len<B: std::ops::Deref<Target = [u8]>>(bufs: &[B]) -> u64 {
     bufs.iter().map(|b| b.len() as u64).sum()
 }
 
 /// Fills every buffer with zeros.
-pub fn zero_fill(bufs: &mut [IoSliceMut<'_>]) {
+pub(crate) fn zero_fill(bufs: &mut [IoSliceMut<'_>]) {
     for b in bufs {
         b.fill(0);
     }

@@ -19,18 +19,16 @@ use std::path::{Component, Path, PathBuf};
 
 /// Whether and how `open` may create the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Create {
+pub(crate) enum Create {
     /// The file must exist.
     No,
-    /// Created (empty) when missing.
-    IfMissing,
     /// Created; it must not exist yet.
     New,
 }
 
 /// How to open a file.
 #[derive(Debug, Clone, Copy)]
-pub struct Access {
+pub(crate) struct Access {
     pub writable: bool,
     pub create: Create,
     /// Resolve beneath the directory (names from untrusted headers).
@@ -41,7 +39,7 @@ pub struct Access {
 }
 
 impl Access {
-    pub fn read(confine: bool) -> Access {
+    pub(crate) fn read(confine: bool) -> Access {
         Access {
             writable: false,
             create: Create::No,
@@ -50,7 +48,7 @@ impl Access {
         }
     }
 
-    pub fn write(writable: bool, confine: bool) -> Access {
+    pub(crate) fn write(writable: bool, confine: bool) -> Access {
         Access {
             writable,
             ..Access::read(confine)
@@ -64,7 +62,6 @@ impl Access {
         };
         let create = match self.create {
             Create::No => 0,
-            Create::IfMissing => libc::O_CREAT,
             Create::New => libc::O_CREAT | libc::O_EXCL,
         };
         let direct = match self.direct {
@@ -78,14 +75,14 @@ impl Access {
 /// A directory that names resolve in: a handle (so that it cannot change under us) and its path
 /// for messages.
 #[derive(Debug)]
-pub struct Dir {
+pub(crate) struct Dir {
     fd: OwnedFd,
     path: PathBuf,
 }
 
 impl Dir {
     /// The directory holding `file`, a path given by the caller.
-    pub fn of(file: &Path) -> Result<Dir> {
+    pub(crate) fn of(file: &Path) -> Result<Dir> {
         let path = match file.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -96,13 +93,13 @@ impl Dir {
     }
 
     /// The path of `name` resolved here, for messages (absolute names stand alone).
-    pub fn join(&self, name: &Path) -> PathBuf {
+    pub(crate) fn join(&self, name: &Path) -> PathBuf {
         self.path.join(name)
     }
 
     /// The directory holding `name` (a name resolved here): where the names inside an add-cow
     /// file found at `name` resolve.
-    pub fn of_name(&self, name: &Path, confine: bool) -> Result<Dir> {
+    pub(crate) fn of_name(&self, name: &Path, confine: bool) -> Result<Dir> {
         let parent = name.parent().filter(|p| !p.as_os_str().is_empty());
         let Some(parent) = parent else {
             let fd = self
@@ -121,7 +118,7 @@ impl Dir {
     }
 
     /// Renames `from` to `to` in this directory (both plain file names).
-    pub fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+    pub(crate) fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let (from, to) = (c_path(from)?, c_path(to)?);
         let fd = self.fd.as_raw_fd();
         // SAFETY: a valid directory descriptor and two NUL-terminated names.
@@ -132,7 +129,7 @@ impl Dir {
     }
 
     /// Removes the file `name` (resolved here).
-    pub fn remove(&self, name: &Path) -> io::Result<()> {
+    pub(crate) fn remove(&self, name: &Path) -> io::Result<()> {
         let name = c_path(name)?;
         // SAFETY: a valid directory descriptor and a NUL-terminated name.
         match unsafe { libc::unlinkat(self.fd.as_raw_fd(), name.as_ptr(), 0) } {
@@ -142,7 +139,7 @@ impl Dir {
     }
 
     /// Makes the directory's entries (creations, renames) durable.
-    pub fn sync(&self) -> io::Result<()> {
+    pub(crate) fn sync(&self) -> io::Result<()> {
         let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
         File::from(openat(self.fd.as_raw_fd(), Path::new("."), flags, 0, None)?).sync_all()
     }
@@ -153,7 +150,7 @@ impl Dir {
 
     /// Opens `name` resolved here (confined when `access.confine`): a regular file or a block
     /// device, or `EINVAL` naming what it is. `what` names the file in messages.
-    pub fn open(&self, name: &Path, access: Access, what: &str) -> Result<File> {
+    pub(crate) fn open(&self, name: &Path, access: Access, what: &str) -> Result<File> {
         let fd = self
             .resolve(name, access.flags(), 0o666, access.confine, what)
             .map_err(|e| direct_refused(e, access))?;
@@ -198,7 +195,7 @@ impl Dir {
 }
 
 /// Opens a path the caller gave (not a name from a header): a regular file or a block device.
-pub fn open_path(path: &Path, access: Access, what: &str) -> Result<File> {
+pub(crate) fn open_path(path: &Path, access: Access, what: &str) -> Result<File> {
     let fd = openat(libc::AT_FDCWD, path, access.flags(), 0o666, None)
         .map_err(|e| direct_refused(open_error(e, what), access))?;
     checked_file(fd, what)

@@ -6,7 +6,7 @@ use crate::files::{BackingFile, CS};
 use crate::host::{Host, Setup, PAGE_CLUSTERS};
 use crate::trace::traced;
 use crate::world::{Did, Inject, WbDid, WbInject, World};
-use addcow::bitmap::PAGE_COST;
+use addcow::mapping::PAGE_COST;
 use addcow::mapping::{Core, Kind};
 
 fn host(size: u64, backing: Option<u64>, cache_bytes: u64) -> Host {

@@ -14,7 +14,7 @@ use crate::model::ReqId;
 use crate::stats::Stats;
 use crate::trace::{note, traced};
 use crate::world::{Inject, WbInject, World};
-use addcow::bitmap::PAGE_COST;
+use addcow::mapping::PAGE_COST;
 
 /// The images a campaign runs on.
 #[derive(Debug, Clone, Copy)]
