@@ -28,7 +28,7 @@ pub const HEADER_SIZE: usize = 2560;
 /// Room for one name, NUL padding included.
 pub const NAME_FIELD: usize = 1024;
 /// Layout 1's cluster size: 64 KiB.
-pub const CLUSTER_BITS: u32 = 16;
+const CLUSTER_BITS: u32 = 16;
 /// The largest virtual size the library supports: 2^56 bytes (64 PiB). Open, create and
 /// truncate refuse larger sizes with `EFBIG`. Up to it, opening costs the same at any size.
 pub const MAX_SIZE: u64 = 1 << 56;

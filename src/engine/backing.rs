@@ -36,7 +36,7 @@ impl Backing {
     }
 
     /// Fills `bufs` from `offset`; zeros past the backing data's end, at any length.
-    pub fn read(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Result<()> {
+    pub(crate) fn read(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Result<()> {
         match self {
             Backing::Raw { storage, name } => storage
                 .read_vectored_at(bufs, offset)

@@ -24,7 +24,7 @@ impl FileStorage {
     }
 
     /// The underlying file.
-    pub fn file(&self) -> &File {
+    pub(crate) fn file(&self) -> &File {
         &self.file
     }
 
