@@ -98,7 +98,6 @@ extern "C" fn refuse_flush(_: *mut c_void) -> c_int {
 }
 
 /// A table whose required callbacks were checked: plain function pointers.
-#[derive(Clone, Copy)]
 struct Callbacks {
     opaque: *mut c_void,
     preadv: Vectored,
