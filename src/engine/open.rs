@@ -177,25 +177,48 @@ fn open_level(
         (None, BackingFormat::AddCow) => Format::Sniff,
         (None, BackingFormat::Raw) => Format::Is(BackingFormat::Raw),
     };
-    let backing = match (&header.backing_file, opts.no_backing) {
-        (Some(backing), false) => Some(open_backing(
-            dir,
-            name(backing),
-            format,
-            opts,
-            level,
-            chain,
-        )?),
-        _ => None,
-    };
-    Image::open_parts(
+    let (mut backing, mut deferred) = (None, None);
+    if let (Some(file), false) = (&header.backing_file, opts.no_backing) {
+        match header.all_allocated() {
+            // Every cluster is in the image file: the backing file is not opened (nor needed)
+            // unless a truncate must learn its length.
+            true => deferred = Some(defer(dir, name(file), format, opts, level, chain)?),
+            false => backing = Some(open_backing(dir, name(file), format, opts, level, chain)?),
+        }
+    }
+    let mut image = Image::open_parts(
         Parts {
             meta: (meta, meta_name),
             image: (data, data_name),
             backing,
         },
         opts,
-    )
+    )?;
+    image.defer_backing(deferred);
+    Ok(image)
+}
+
+/// Opens a backing file later, as [`open_backing`] would have at open, with the chain as it was
+/// then.
+pub(super) type Deferred = Box<dyn Fn() -> Result<Backing> + Send + Sync>;
+
+fn defer(
+    dir: &Dir,
+    name: &Path,
+    format: Format,
+    opts: &OpenOptions,
+    parent: usize,
+    chain: &Chain,
+) -> Result<Deferred> {
+    let (dir, name, opts, chain) = (
+        dir.try_clone()?,
+        name.to_path_buf(),
+        opts.clone(),
+        chain.clone(),
+    );
+    Ok(Box::new(move || {
+        open_backing(&dir, &name, format, &opts, parent, &mut chain.clone())
+    }))
 }
 
 /// How the format of a backing file is decided.

@@ -27,6 +27,7 @@ impl Core {
         let new = self.geometry().with_size(size);
         self.bitmap.resize(new.clusters(), &self.store())?;
         self.size.store(size, Ordering::Release);
+        self.scan_from.store(0, Ordering::Release);
         Ok(())
     }
 
@@ -61,6 +62,7 @@ impl Core {
     /// Grow, once every bitmap change is durable and the image file has grown: the new size.
     pub fn grow_commit(&self, size: u64) {
         self.size.store(size, Ordering::Release);
+        self.scan_from.store(0, Ordering::Release);
     }
 
     /// Grow failed after [`Core::grow_begin`]: the bitmap gets its old length back, in memory
