@@ -225,7 +225,8 @@ typedef struct AddCowCreateOptions {
    */
   uint32_t struct_size;
   /**
-   * 0 = the default = 1 = the seed's layout; other layouts give -ENOTSUP.
+   * 0 = the default = 1 = the seed's layout; 2 = the series' final layout (names by offset
+   * and length, feature bits, configurable clusters); others give -ENOTSUP.
    */
   uint32_t layout;
   /**
@@ -248,7 +249,8 @@ typedef struct AddCowCreateOptions {
    */
   uint64_t size;
   /**
-   * 0 = the layout's default; layout 1 accepts only 0 or 65536.
+   * 0 = the layout's default (65536); layout 1 accepts only 0 or 65536, layout 2 a power of
+   * two from 4096 to 2 MiB (-EINVAL otherwise).
    */
   uint32_t cluster_size;
   /**

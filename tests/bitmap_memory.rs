@@ -3,7 +3,7 @@
 //! test allocates meanwhile. Driven through the mapping core (the public API), over an
 //! `.add-cow` file in memory whose bitmap is all ones and has no holes.
 
-use addcow::layout::{Header, HEADER_SIZE};
+use addcow::layout::Header;
 use addcow::mapping::{Core, CoreOptions, Kind};
 use addcow::storage::Storage;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -15,13 +15,13 @@ const CS: u64 = 65536;
 
 /// An `.add-cow` file: the header, then a bitmap with every bit set, and no holes. Nothing of
 /// it is held in memory.
-struct Dense([u8; HEADER_SIZE]);
+struct Dense(Vec<u8>);
 
 impl Storage for Dense {
     fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<()> {
         let mut at = offset;
         for buf in bufs {
-            let head = (HEADER_SIZE as u64)
+            let head = (self.0.len() as u64)
                 .saturating_sub(at)
                 .min(buf.len() as u64) as usize;
             if head > 0 {

@@ -11,7 +11,8 @@
 //!   builds round-trips.
 #![no_main]
 
-use addcow::layout::{Header, HEADER_SIZE, MAGIC, NAME_FIELD, VERSION};
+use addcow::layout::v1::{HEADER_SIZE, MAGIC, NAME_FIELD, VERSION};
+use addcow::layout::Header;
 use addcow::storage::MemStorage;
 use libfuzzer_sys::fuzz_target;
 

@@ -16,7 +16,7 @@
 //! every cluster reads either what the model says or what it said at the last durable point.
 #![no_main]
 
-use addcow::layout::{Header, HEADER_SIZE};
+use addcow::layout::{v1::HEADER_SIZE, Header};
 use addcow::storage::{MemStorage, Storage};
 use addcow::{Backing, Image, OpenOptions, Parts};
 use arbitrary::Arbitrary;

@@ -3,7 +3,7 @@
 use super::boundary::{bad_arg, c_str, ffi, opt_c_str};
 use super::versioned::{self, Versioned};
 use crate::engine::{create, BackingFormat, CreateOptions};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use std::ffi::{c_char, c_int, CStr, OsStr};
 use std::mem::{offset_of, size_of};
 use std::os::unix::ffi::OsStrExt;
@@ -21,7 +21,8 @@ pub const ADDCOW_CREATE_CONFINE: u32 = 1 << 0;
 pub struct AddCowCreateOptions {
     /// sizeof(AddCowCreateOptions) as the caller compiled it.
     pub struct_size: u32,
-    /// 0 = the default = 1 = the seed's layout; other layouts give -ENOTSUP.
+    /// 0 = the default = 1 = the seed's layout; 2 = the series' final layout (names by offset
+    /// and length, feature bits, configurable clusters); others give -ENOTSUP.
     pub layout: u32,
     /// Name of the raw image file (required), stored as given; relative names resolve against
     /// the `.add-cow` file's directory.
@@ -34,7 +35,8 @@ pub struct AddCowCreateOptions {
     /// must exist and gives the size, or, missing with a backing file, is created with its
     /// length.
     pub size: u64,
-    /// 0 = the layout's default; layout 1 accepts only 0 or 65536.
+    /// 0 = the layout's default (65536); layout 1 accepts only 0 or 65536, layout 2 a power of
+    /// two from 4096 to 2 MiB (-EINVAL otherwise).
     pub cluster_size: u32,
     /// `ADDCOW_CREATE_*` flags; unknown bits give -EINVAL.
     pub flags: u32,
@@ -54,18 +56,6 @@ fn to_path(s: &CStr) -> PathBuf {
 /// # Safety
 /// The string fields are NULL or NUL-terminated.
 unsafe fn to_options(o: &AddCowCreateOptions) -> Result<CreateOptions> {
-    if o.layout > 1 {
-        return Err(Error::Unsupported(format!(
-            "layout {} is not supported (only layout 1)",
-            o.layout
-        )));
-    }
-    if o.cluster_size != 0 && o.cluster_size != 65536 {
-        return Err(bad_arg(&format!(
-            "cluster_size {} is not allowed by layout 1 (only 65536)",
-            o.cluster_size
-        )));
-    }
     if o.flags & !ADDCOW_CREATE_CONFINE != 0 {
         return Err(bad_arg(&format!(
             "unknown create flags {:#x}",
@@ -96,6 +86,8 @@ unsafe fn to_options(o: &AddCowCreateOptions) -> Result<CreateOptions> {
         backing_format,
         size: o.size,
         confine: o.flags & ADDCOW_CREATE_CONFINE != 0,
+        layout: o.layout,
+        cluster_size: u64::from(o.cluster_size),
     })
 }
 

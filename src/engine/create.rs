@@ -12,10 +12,10 @@
 //! `.NAME.addcow-tmp-*`), never a half-written `.add-cow` file.
 
 use super::files::{admit, same_file, Chain, Role, Use};
-use super::open::{check_size, open_backing};
+use super::open::{check_size, open_backing, Format};
 use super::{BackingFormat, OpenOptions};
 use crate::error::{Error, Op, Result};
-use crate::layout::{Geometry, Header};
+use crate::layout::{v2, Geometry, Header};
 use crate::storage::{open_path, Access, Create, Dir, FileStorage, Storage};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -38,16 +38,54 @@ pub struct CreateOptions {
     /// The image and backing names (and every name down the backing chain) must resolve
     /// beneath the `.add-cow` file's directory (`EACCES` otherwise).
     pub confine: bool,
+    /// The on-disk layout: 0 or 1 = the seed's (the default), 2 = the series' final one.
+    pub layout: u32,
+    /// Cluster size in bytes; 0 = the layout's default (64 KiB). Layout 1 allows only 64 KiB,
+    /// layout 2 any power of two from 4 KiB to 2 MiB.
+    pub cluster_size: u64,
+}
+
+impl CreateOptions {
+    /// The header these options describe (names, layout, cluster size); `EINVAL` or `ENOTSUP`
+    /// for what no layout allows.
+    fn header(&self) -> Result<Header> {
+        let image = bytes(&self.image_file);
+        let backing = self.backing_file.as_deref().map(bytes);
+        match self.layout {
+            0 | 1 => {
+                if !matches!(self.cluster_size, 0 | 65536) {
+                    return Err(Error::invalid(format!(
+                        "cluster size {} is not allowed by layout 1 (only 65536)",
+                        self.cluster_size
+                    )));
+                }
+                Header::new(image, backing)
+            }
+            2 => {
+                let size = match self.cluster_size {
+                    0 => 1 << v2::DEFAULT_CLUSTER_BITS,
+                    s => s,
+                };
+                if !size.is_power_of_two() {
+                    return Err(Error::invalid(format!(
+                        "cluster size {size} is not a power of two"
+                    )));
+                }
+                let backing = backing.map(|b| (b, self.backing_format));
+                Header::new_v2(image, backing, size.trailing_zeros())
+            }
+            other => Err(Error::Unsupported(format!(
+                "layout {other} is not supported (layouts 1 and 2)"
+            ))),
+        }
+    }
 }
 
 /// Creates the `.add-cow` file at `path` (replacing any file there that is not in use) with an
 /// all-unallocated bitmap, and the image file as `opts.size` says.
 pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<()> {
     let path = path.as_ref();
-    let header = Header::new(
-        bytes(&opts.image_file),
-        opts.backing_file.as_deref().map(bytes),
-    )?;
+    let header = opts.header()?;
     check_size(opts.size, "the requested size")?;
     let file_name = path
         .file_name()
@@ -132,7 +170,14 @@ fn backing_len(
         confine: opts.confine,
         ..OpenOptions::default()
     };
-    match open_backing(dir, backing, &open, 1, chain) {
+    match open_backing(
+        dir,
+        backing,
+        Format::Is(opts.backing_format),
+        &open,
+        1,
+        chain,
+    ) {
         Ok(b) => Ok(Some(b.size()?)),
         Err(e) if e.errno() == libc::ENOENT && opts.size > 0 => Ok(None),
         Err(e) => Err(e),
@@ -225,7 +270,7 @@ fn write_temp(dir: &Dir, file_name: &OsStr, header: &Header, g: Geometry) -> Res
         }
     };
     let meta = FileStorage::new(file);
-    let len = header.bitmap_offset() + g.bitmap_len();
+    let len = header.file_len(g.clusters());
     let written = meta
         .write_at(&header.to_bytes(), 0)
         .and_then(|()| meta.resize(len))

@@ -43,7 +43,7 @@ impl Role {
 type FileId = (u64, u64);
 
 /// The files of one backing chain opened so far, with their roles and names.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(super) struct Chain {
     files: Vec<(FileId, Role, String)>,
 }

@@ -22,6 +22,7 @@
 //!   file. A flush with nothing written since the last one syncs nothing.
 
 use super::iov;
+use super::open::Deferred;
 use super::Backing;
 use crate::error::{Error, Op, Result};
 use crate::mapping::{Begin, Core, Kind, Step, Txn};
@@ -40,6 +41,10 @@ pub struct Image {
     data: Box<dyn Storage>,
     data_name: String,
     backing: Option<Backing>,
+    /// Opens the backing file that an all-allocated image did not open (`open.rs`), once a
+    /// truncate needs its length; the result in `late`.
+    deferred: Option<Deferred>,
+    late: OnceLock<Backing>,
     pub(super) writethrough: bool,
     released: (Mutex<()>, Condvar),
     /// Requests sleeping in [`Image::wait`].
@@ -76,6 +81,8 @@ impl Image {
             data,
             data_name,
             backing,
+            deferred: None,
+            late: OnceLock::new(),
             writethrough,
             released: (Mutex::new(()), Condvar::new()),
             waiting: AtomicUsize::new(0),
@@ -112,9 +119,24 @@ impl Image {
         !self.core().is_writable()
     }
 
-    /// The backing image or file, unless opened without it.
+    /// The backing image or file, unless opened without it (or not opened yet: an image whose
+    /// every cluster is allocated opens it only when a truncate needs it).
     pub fn backing(&self) -> Option<&Backing> {
-        self.backing.as_ref()
+        self.backing.as_ref().or_else(|| self.late.get())
+    }
+
+    pub(super) fn defer_backing(&mut self, deferred: Option<Deferred>) {
+        self.deferred = deferred;
+    }
+
+    /// The backing data's length, opening a deferred backing file first: `None` without one.
+    pub(super) fn backing_len_now(&self) -> Result<Option<u64>> {
+        if let (None, Some(open)) = (self.backing(), &self.deferred) {
+            let backing = open()?;
+            self.core.set_backing_len(Some(backing.size()?));
+            let _ = self.late.set(backing);
+        }
+        self.backing().map(Backing::size).transpose()
     }
 
     /// Whether the byte at `offset` is allocated in the image file, and the length of the run
@@ -163,7 +185,7 @@ impl Image {
     }
 
     pub(super) fn read_backing(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> Result<()> {
-        match &self.backing {
+        match self.backing() {
             Some(backing) => backing.read(bufs, offset),
             None => {
                 zero_fill(bufs);
@@ -346,13 +368,24 @@ impl Image {
 
     /// Makes every completed write durable: image data first, then the bitmap. Syncs nothing
     /// when nothing was written since the last flush (closing an untouched image costs no
-    /// sync).
+    /// sync). A layout-2 image whose every cluster is allocated gets its "all allocated" bit.
     pub fn flush(&self) -> Result<()> {
-        if !self.core.is_writable() {
+        let core = &self.core;
+        if !core.is_writable() {
             return Ok(());
         }
         let _gate = self.shared();
-        self.write_back(&self.core, true)
+        // Layout 2 records "every cluster allocated" in its header. Looked at before the
+        // write-back copies the dirty pages, so that every bit it saw is in the copies and
+        // durable before the header says so.
+        let all = core.header().layout_number() == 2
+            && !core.all_allocated()
+            && core.fully_allocated()?;
+        self.write_back(core, true)?;
+        match all {
+            true => core.set_all_allocated(true),
+            false => Ok(()),
+        }
     }
 
     /// A metadata write-back: copy the dirty pages, sync the image file (when `sync_data`, or

@@ -11,10 +11,11 @@ mod iov;
 mod open;
 mod truncate;
 
+pub use crate::layout::BackingFormat;
 pub use backing::Backing;
 pub use create::{create, CreateOptions};
 pub use image::Image;
-pub use open::{read_header, BackingFormat, OpenOptions, Parts};
+pub use open::{read_header, OpenOptions, Parts};
 
 #[cfg(test)]
 mod tests;

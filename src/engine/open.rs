@@ -5,7 +5,7 @@
 use super::files::{admit, open_named, Chain, LocalFile, Role, Use};
 use super::{Backing, Image};
 use crate::error::{Error, Op, Result};
-use crate::layout::{self, Header, HEADER_SIZE, MAX_SIZE};
+use crate::layout::{self, BackingFormat, Header, MAX_SIZE};
 use crate::mapping::{Core, CoreOptions};
 use crate::storage::{open_path, Access, Dir, Storage};
 use std::ffi::OsStr;
@@ -14,17 +14,6 @@ use std::path::Path;
 
 /// Backing chains deeper than this are refused.
 pub(super) const MAX_CHAIN_DEPTH: usize = 16;
-
-/// What the backing file is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum BackingFormat {
-    /// Raw bytes (the default).
-    #[default]
-    Raw,
-    /// Another add-cow image. Its own backing file is opened as add-cow when it carries the
-    /// add-cow magic and as raw otherwise: asking for add-cow opts in to chains.
-    AddCow,
-}
 
 /// How to open an image.
 #[derive(Debug, Clone, Default)]
@@ -78,16 +67,29 @@ pub struct Parts {
     pub backing: Option<Backing>,
 }
 
+/// The first read of a header: every layout-1 header, and layout-2 headers of 4 KiB.
+const FIRST_READ: u64 = 4096;
+
 /// Reads and validates the header of a `.add-cow` file, e.g. to learn which files to open.
 /// `name` says which file it is in error messages.
 pub fn read_header(meta: &dyn Storage, name: &str) -> Result<Header> {
     let len = meta
         .len()
         .map_err(|e| Error::io(Op::GetLength, name, 0, e))?;
-    let mut buf = vec![0u8; (len.min(HEADER_SIZE as u64)) as usize];
-    meta.read_at(&mut buf, 0)
-        .map_err(|e| Error::io(Op::ReadHeader, name, 0, e))?;
-    Header::parse(&buf).map_err(|e| match e {
+    let read = |n: u64| -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; n.min(len) as usize];
+        meta.read_at(&mut buf, 0)
+            .map_err(|e| Error::io(Op::ReadHeader, name, 0, e))?;
+        Ok(buf)
+    };
+    // The first 4 KiB hold a layout-1 header, or a layout-2 header of 4 KiB, or the start of
+    // a longer one that tells its length: one read, or two for a longer header.
+    let prefix = read(FIRST_READ)?;
+    let parsed = Header::len_of(&prefix).and_then(|n| match n <= prefix.len() {
+        true => Header::parse(&prefix[..n]),
+        false => Header::parse(&read(n as u64)?),
+    });
+    parsed.map_err(|e| match e {
         Error::Invalid(msg) => Error::Invalid(format!("{name}: {msg}")),
         Error::Unsupported(msg) => Error::Unsupported(format!("{name}: {msg}")),
         other => other,
@@ -166,28 +168,77 @@ fn open_level(
 ) -> Result<Image> {
     let header = read_header(meta.as_ref(), &meta_name)?;
     let (data, data_name) = open_named(dir, name(&header.image_file), how, Role::Image, chain)?;
-    let backing = match (&header.backing_file, opts.no_backing) {
-        (Some(backing), false) => Some(open_backing(dir, name(backing), opts, level, chain)?),
-        _ => None,
+    let format = match (header.backing_format, opts.backing_format) {
+        // Layout 2: the header says.
+        (Some(format), _) => Format::Is(format),
+        // Layout 1: the opener says for the top's backing file; below, when chains were asked
+        // for, the magic decides.
+        (None, asked) if level == 1 => Format::Is(asked),
+        (None, BackingFormat::AddCow) => Format::Sniff,
+        (None, BackingFormat::Raw) => Format::Is(BackingFormat::Raw),
     };
-    Image::open_parts(
+    let (mut backing, mut deferred) = (None, None);
+    if let (Some(file), false) = (&header.backing_file, opts.no_backing) {
+        match header.all_allocated() {
+            // Every cluster is in the image file: the backing file is not opened (nor needed)
+            // unless a truncate must learn its length.
+            true => deferred = Some(defer(dir, name(file), format, opts, level, chain)?),
+            false => backing = Some(open_backing(dir, name(file), format, opts, level, chain)?),
+        }
+    }
+    let mut image = Image::open_parts(
         Parts {
             meta: (meta, meta_name),
             image: (data, data_name),
             backing,
         },
         opts,
-    )
+    )?;
+    image.defer_backing(deferred);
+    Ok(image)
+}
+
+/// Opens a backing file later, as [`open_backing`] would have at open, with the chain as it was
+/// then.
+pub(super) type Deferred = Box<dyn Fn() -> Result<Backing> + Send + Sync>;
+
+fn defer(
+    dir: &Dir,
+    name: &Path,
+    format: Format,
+    opts: &OpenOptions,
+    parent: usize,
+    chain: &Chain,
+) -> Result<Deferred> {
+    let (dir, name, opts, chain) = (
+        dir.try_clone()?,
+        name.to_path_buf(),
+        opts.clone(),
+        chain.clone(),
+    );
+    Ok(Box::new(move || {
+        open_backing(&dir, &name, format, &opts, parent, &mut chain.clone())
+    }))
+}
+
+/// How the format of a backing file is decided.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Format {
+    /// Known: a layout-2 header says, or the opener does for a layout-1 image's backing file
+    /// (add-cow then means a bad header is an error).
+    Is(BackingFormat),
+    /// Below a layout-1 image, when chains were asked for: add-cow if the file carries the
+    /// magic, raw otherwise.
+    Sniff,
 }
 
 /// Opens the backing file `name` of the image whose directory is `dir`, read-only: raw bytes,
-/// or (when `opts.backing_format` asks for chains) another add-cow image with its own chain.
-/// `parent` is the level of the image whose backing file it is (1: the top). The top's backing
-/// file must be add-cow when asked for; deeper levels are add-cow when they carry the magic, raw
-/// otherwise.
+/// or another add-cow image with its own chain, as `format` decides. `parent` is the level of
+/// the image whose backing file it is (1: the top).
 pub(super) fn open_backing(
     dir: &Dir,
     name: &Path,
+    format: Format,
     opts: &OpenOptions,
     parent: usize,
     chain: &mut Chain,
@@ -196,9 +247,10 @@ pub(super) fn open_backing(
     let path = dir.join(name);
     let what = Role::Backing.describe(&path);
     let local = LocalFile::new(dir.open(name, how.access(), &what)?, how, &what)?;
-    let add_cow = match opts.backing_format {
-        BackingFormat::Raw => false,
-        BackingFormat::AddCow => parent == 1 || has_magic(local.storage(), &what)?,
+    let add_cow = match format {
+        Format::Is(BackingFormat::Raw) => false,
+        Format::Is(BackingFormat::AddCow) => true,
+        Format::Sniff => has_magic(local.storage(), &what)?,
     };
     if !add_cow {
         admit(local.file(), how, Role::Backing, &what, chain)?;

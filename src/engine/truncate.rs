@@ -66,6 +66,14 @@ impl Image {
 
     fn grow(&self, core: &Core, size: u64) -> Result<()> {
         let old = core.size();
+        if core.all_allocated() {
+            // The grow rule needs the backing file's length, which an all-allocated image did
+            // not open (ENOENT when it is missing). Over a backing file no longer than the
+            // image, the new clusters stay unallocated: the bit goes first, durably.
+            if self.backing_len_now()?.unwrap_or(0) <= old {
+                core.set_all_allocated(false)?;
+            }
+        }
         core.grow_begin(size)?;
         let grown = (|| {
             if core.backing_len().unwrap_or(0) > old {

@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 mod claims;
+mod features;
 mod resize;
 mod write;
 mod writeback;
@@ -86,6 +87,10 @@ pub struct Core {
     meta_unsynced: std::sync::atomic::AtomicBool,
     /// A write-back is between [`Core::writeback_begin`] and [`Core::writeback_end`].
     writeback_open: std::sync::atomic::AtomicBool,
+    /// Layout 2's "all allocated" bit, as the header on disk has it (`features.rs`).
+    all_allocated: std::sync::atomic::AtomicBool,
+    /// Every cluster below it was allocated when [`Core::fully_allocated`] last looked.
+    scan_from: std::sync::atomic::AtomicU64,
     writable: bool,
 }
 
@@ -102,6 +107,7 @@ impl Core {
         opts: CoreOptions,
     ) -> Core {
         let geometry = Geometry::new(header.cluster_bits(), size);
+        let all_allocated = header.all_allocated();
         Core {
             size: size.into(),
             meta,
@@ -112,6 +118,8 @@ impl Core {
             backing_len: NO_BACKING.into(),
             meta_unsynced: false.into(),
             writeback_open: false.into(),
+            all_allocated: all_allocated.into(),
+            scan_from: 0.into(),
             writable: opts.writable,
         }
     }
@@ -172,6 +180,9 @@ impl Core {
         let size = self.size();
         if offset >= size || bytes == 0 {
             return Ok((false, 0));
+        }
+        if self.all_allocated() {
+            return Ok((true, bytes.min(size - offset)));
         }
         self.run(offset, bytes.min(size - offset))
     }

@@ -27,13 +27,14 @@ impl Core {
         let new = self.geometry().with_size(size);
         self.bitmap.resize(new.clusters(), &self.store())?;
         self.size.store(size, Ordering::Release);
+        self.scan_from.store(0, Ordering::Release);
         Ok(())
     }
 
     /// Shrink, once the cut of the image file is durable: cuts the bitmap in the metadata
     /// source (bits past the end, should it stay longer, are masked at load).
     pub fn shrink_finish(&self) -> Result<()> {
-        self.resize_meta(self.geometry().bitmap_len())
+        self.resize_meta(self.bitmap_len(self.geometry().clusters()))
     }
 
     /// Grow, first step: the bitmap grows (zeros) in the metadata source and in memory; the size
@@ -42,10 +43,13 @@ impl Core {
         self.writable_for(Op::Truncate)?;
         let old = self.geometry();
         let new = old.with_size(size);
-        let grown = self.grow_meta(old.bitmap_len(), new.bitmap_len());
+        let grown = self.grow_meta(
+            self.bitmap_len(old.clusters()),
+            self.bitmap_len(new.clusters()),
+        );
         let grown = grown.and_then(|()| self.bitmap.resize(new.clusters(), &self.store()));
         grown.inspect_err(|_| {
-            let _ = self.resize_meta(old.bitmap_len());
+            let _ = self.resize_meta(self.bitmap_len(old.clusters()));
         })
     }
 
@@ -58,6 +62,7 @@ impl Core {
     /// Grow, once every bitmap change is durable and the image file has grown: the new size.
     pub fn grow_commit(&self, size: u64) {
         self.size.store(size, Ordering::Release);
+        self.scan_from.store(0, Ordering::Release);
     }
 
     /// Grow failed after [`Core::grow_begin`]: the bitmap gets its old length back, in memory
@@ -66,7 +71,7 @@ impl Core {
     pub fn grow_abort(&self) -> Result<()> {
         let old = self.geometry();
         let resized = self.bitmap.resize(old.clusters(), &self.store());
-        let cut = self.resize_meta(old.bitmap_len());
+        let cut = self.resize_meta(self.bitmap_len(old.clusters()));
         resized.and(cut)
     }
 
@@ -82,6 +87,11 @@ impl Core {
                 "{what} while a metadata write-back is in flight: end it first"
             ))),
         }
+    }
+
+    /// The bitmap's length on disk for `clusters` clusters (layout 2 pads it).
+    fn bitmap_len(&self, clusters: u64) -> u64 {
+        self.header.bitmap_len(clusters)
     }
 
     /// Sets the `.add-cow` file's length for a bitmap of `len` bytes.

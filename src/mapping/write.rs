@@ -108,6 +108,9 @@ impl Core {
         if bytes == 0 {
             return Err(Error::invalid("a write step of 0 bytes"));
         }
+        if self.all_allocated() {
+            return Ok(Begin::Ready(Step::InPlace(bytes)));
+        }
         loop {
             let (allocated, n) = self.run(offset, bytes)?;
             if allocated {

@@ -81,6 +81,18 @@ pub(crate) struct Dir {
 }
 
 impl Dir {
+    /// Another handle on the same directory.
+    pub(crate) fn try_clone(&self) -> Result<Dir> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| Error::io(Op::OpenDir, &self.describe(), 0, e))?;
+        Ok(Dir {
+            fd,
+            path: self.path.clone(),
+        })
+    }
+
     /// The directory holding `file`, a path given by the caller.
     pub(crate) fn of(file: &Path) -> Result<Dir> {
         let path = match file.parent() {
