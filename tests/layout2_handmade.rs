@@ -597,6 +597,32 @@ fn clearing_the_bit_keeps_what_existing_clusters_read() {
     model.check(&img, &f.image, "after a grow that cleared the bit");
 }
 
+/// The specification: "bits past the end are 0". A shrink that keeps the padded bitmap's
+/// length (fewer clusters, the same number of bitmap clusters) must clear the cut clusters'
+/// bits in the padding too, not only in the last byte.
+#[test]
+#[ignore = "bug: a layout-2 shrink leaves the cut clusters' bits set in the bitmap padding \
+            (see the report)"]
+fn a_shrink_leaves_no_bit_past_the_end() {
+    let bits = 12;
+    let cs = 1u64 << bits;
+    let hand = Hand::new(bits);
+    let all: Vec<u64> = (0..20).collect();
+    let f = files(&hand, hand.file(20, &all), 20 * cs, &all, Some(100));
+    let img = Image::open(&f.meta, &rw()).unwrap();
+    img.truncate(2 * cs + 1).unwrap();
+    img.close().unwrap();
+    let e = Expect {
+        cluster_bits: bits,
+        image: b"disk.raw",
+        backing: Some((b"base.raw", b"raw")),
+        compatible: ALL_ALLOCATED,
+        allocated: &[0, 1, 2],
+        clusters: 3,
+    };
+    assert_spec_file(&std::fs::read(&f.meta).unwrap(), &e, "after a shrink");
+}
+
 /// No backing file named: unallocated clusters read zeros. An empty image format reads as
 /// "raw" and is written as "raw" when the header is rewritten.
 #[test]
