@@ -10,8 +10,8 @@
 mod common;
 use common::disk::{Disk, Pick};
 use common::harness::{
-    assert_clean, backing, backing_byte, check, crash_violations, crash_violations_with, written,
-    written_byte, Campaign, Scenario, Setup, Step, CS, IMAGE, META,
+    assert_clean, backing, backing_byte, check, check_bit, crash_violations, crash_violations_with,
+    written, written_byte, Campaign, Scenario, Setup, Step, CS, IMAGE, META,
 };
 use common::{workloads, Rng};
 use std::collections::BTreeSet;
@@ -52,6 +52,19 @@ fn crash_truncate_grow() {
 #[test]
 fn crash_truncate_shrink() {
     crash("truncate shrink", workloads::truncate_shrink());
+}
+
+#[test]
+fn crash_all_allocated() {
+    crash("the all-allocated bit", workloads::all_allocated());
+}
+
+#[test]
+fn crash_all_allocated_cleared() {
+    crash(
+        "clearing the all-allocated bit",
+        workloads::all_allocated_cleared(),
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -211,13 +224,7 @@ fn model_fails_the_armed_call_only() {
 // The checks can fail.
 
 fn setup(backing: Option<u64>, allocated: &[u64]) -> Setup {
-    Setup {
-        size: 10 * CS - 1000,
-        backing,
-        allocated: allocated.to_vec(),
-        writethrough: false,
-        stale_bits: false,
-    }
+    Setup::new(10 * CS - 1000, backing, allocated)
 }
 
 const BITMAP: usize = 2560;
@@ -298,6 +305,21 @@ fn checker_allows_torn_in_place_writes_but_not_torn_allocations() {
         got.contains("cluster 3") && got.contains("checked whole"),
         "{got}"
     );
+}
+
+/// Layout 2: a header with the all-allocated bit over a bitmap bit that is not set.
+#[test]
+fn checker_reports_the_all_allocated_bit_over_an_unset_bitmap_bit() {
+    let s = Setup {
+        layout: 2,
+        all_allocated: true,
+        ..Setup::new(3 * CS - 10, None, &[0, 1, 2])
+    };
+    let mut files: Vec<Vec<u8>> = s.files().into_iter().map(|f| f.1).collect();
+    assert_eq!(check_bit(&files), None);
+    files[META][CS as usize] &= !(1 << 1);
+    let got = check_bit(&files).unwrap();
+    assert!(got.contains("cluster 1's bitmap bit"), "{got}");
 }
 
 /// A disk whose image-file flush lies lets the bitmap reach the disk before the data: the

@@ -1,6 +1,8 @@
 //! QEMU as the oracle: a qcow2 overlay with an external data file
-//! (`qemu-img create -f qcow2 -o data_file=D,cluster_size=65536 -b BASE -F raw O SIZE`) does the
-//! same job as add-cow, and its clusters map 1:1 into D. Every workload applies the same seeded
+//! (`qemu-img create -f qcow2 -o data_file=D,cluster_size=N -b BASE -F raw O SIZE`) does the
+//! same job as add-cow, and its clusters map 1:1 into D. Layout 1 runs at its 64 KiB clusters;
+//! layout 2 at 4 KiB, 64 KiB and 2 MiB clusters, against overlays of the same `cluster_size`
+//! (fewer and smaller workloads at 2 MiB). Every workload applies the same seeded
 //! pseudo-random writes (and, in some workloads, truncates) to an add-cow image and to such an
 //! overlay over the same BASE, and at a few checkpoints compares
 //! 1. the guest content (`qemu-img convert` vs `Image::read_at`),
@@ -8,23 +10,28 @@
 //! 3. while no truncate has happened yet: our image file vs the data file D, byte for byte.
 //!
 //! Our image is closed and reopened (read-only) before every comparison, so what is compared is
-//! what reached the disk.
+//! what reached the disk. For layout 2 the `.add-cow` file's "all allocated" bit is checked
+//! too: set exactly when QEMU says every cluster is allocated (it is set at close).
 //!
 //! qemu-io accepts byte-granular (unaligned) writes on qcow2; qcow2 refuses sizes that are not a
 //! multiple of 512, so image sizes and truncate sizes here are multiples of 512.
 
 mod common;
+use addcow::layout::Header;
 use addcow::{BackingFormat, CreateOptions, Image, OpenOptions};
 use common::Rng;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const CLUSTER: u64 = 65536;
 const SECTOR: u64 = 512;
 
 #[derive(Clone, Copy)]
 struct Workload {
+    /// The add-cow layout (1 or 2) and the cluster size of both images.
+    layout: u32,
+    cluster: u64,
     seed: u64,
     /// Length of BASE (the backing file).
     base_len: u64,
@@ -56,52 +63,102 @@ impl Op {
     }
 }
 
-fn workloads() -> Vec<Workload> {
-    let w = |seed, base_len, size, phases, truncate_percent| Workload {
-        seed,
-        base_len,
-        size,
-        phases,
-        truncate_percent,
-    };
-    const SHORT: &[usize] = &[4, 12, 40];
-    const LONG: &[usize] = &[6, 20, 50, 120];
+/// A workload's shape, in clusters of the size it runs at.
+type Shape = (u64, u64, u64, &'static [usize], u64);
+
+const SHORT: &[usize] = &[4, 12, 40];
+const LONG: &[usize] = &[6, 20, 50, 120];
+const ODD: &[usize] = &[3, 10, 30];
+
+/// (seed, base length, size, phases, truncate percent) for clusters of `c` bytes.
+fn shapes(c: u64) -> Vec<Shape> {
     vec![
         // Backing file longer than the image.
-        w(1, 40 * CLUSTER + 333, 32 * CLUSTER, SHORT, 0),
+        (1, 40 * c + 333, 32 * c, SHORT, 0),
         // Backing file shorter than the image, odd length; image size not cluster-aligned.
-        w(2, 3 * CLUSTER + 777, 5 * CLUSTER + 4096, SHORT, 0),
-        w(3, 37 * CLUSTER + 777, 64 * CLUSTER + 4096, LONG, 0),
+        (2, 3 * c + 777, 5 * c + 4096, SHORT, 0),
+        (3, 37 * c + 777, 64 * c + 4096, LONG, 0),
         // Backing file exactly as long as the image (not cluster-aligned).
-        w(4, 48 * CLUSTER + 512, 48 * CLUSTER + 512, LONG, 0),
+        (4, 48 * c + 512, 48 * c + 512, LONG, 0),
         // Empty backing file.
-        w(5, 0, 20 * CLUSTER + 512, SHORT, 0),
+        (5, 0, 20 * c + 512, SHORT, 0),
         // The same shapes, with truncates (grow and shrink).
-        w(6, 70 * CLUSTER + 333, 48 * CLUSTER + 4096, LONG, 6),
-        w(7, 9 * CLUSTER + 777, 16 * CLUSTER + 512, LONG, 8),
-        w(8, 16 * CLUSTER, 16 * CLUSTER, LONG, 8),
-        w(9, 0, 12 * CLUSTER + 512, LONG, 8),
+        (6, 70 * c + 333, 48 * c + 4096, LONG, 6),
+        (7, 9 * c + 777, 16 * c + 512, LONG, 8),
+        (8, 16 * c, 16 * c, LONG, 8),
+        (9, 0, 12 * c + 512, LONG, 8),
         // Odd shapes: backing one byte into a cluster; a one-sector image over a longer
         // backing file, growing and shrinking a lot; a one-cluster image.
-        w(10, CLUSTER + 1, 3 * CLUSTER + 1536, SHORT, 0),
-        w(11, 2 * CLUSTER + 100, SECTOR, &[3, 10, 30], 25),
-        w(12, 7 * CLUSTER + 4095, CLUSTER, &[3, 10, 30], 20),
+        (10, c + 1, 3 * c + 1536, SHORT, 0),
+        (11, 2 * c + 100, SECTOR, ODD, 25),
+        (12, 7 * c + 4095, c, ODD, 20),
     ]
+}
+
+fn workloads() -> Vec<Workload> {
+    let at = |layout, cluster, seed_base, shapes: Vec<Shape>| {
+        shapes.into_iter().map(
+            move |(seed, base_len, size, phases, truncate_percent)| Workload {
+                layout,
+                cluster,
+                seed: seed_base + seed,
+                base_len,
+                size,
+                phases,
+                truncate_percent,
+            },
+        )
+    };
+    const K4: u64 = 4096;
+    const K64: u64 = 65536;
+    const M2: u64 = 2 << 20;
+    let mut out: Vec<Workload> = at(1, K64, 0, shapes(K64)).collect();
+    // Layout 2, 4 KiB: every shape, and a small image written until every cluster is
+    // allocated (the "all allocated" bit), then grown and shrunk.
+    out.extend(at(2, K4, 100, shapes(K4)));
+    out.extend(at(
+        2,
+        K4,
+        100,
+        vec![(13, 2 * K4 + 7, 3 * K4 + 512, LONG, 3)],
+    ));
+    // Layout 2, 64 KiB: the shapes that differ most.
+    let picked = |c, seeds: &[u64]| -> Vec<Shape> {
+        shapes(c)
+            .into_iter()
+            .filter(|s| seeds.contains(&s.0))
+            .collect()
+    };
+    out.extend(at(2, K64, 200, picked(K64, &[2, 5, 7, 10, 11])));
+    // Layout 2, 2 MiB: few, small images (at most 16 MiB), short phases.
+    out.extend(at(
+        2,
+        M2,
+        300,
+        vec![
+            (2, 3 * M2 + 777, 5 * M2 + 4096, SHORT, 0),
+            (7, 2 * M2 + 777, 4 * M2 + 512, ODD, 10),
+            (10, M2 + 1, 3 * M2 + 1536, ODD, 0),
+            (11, 2 * M2 + 100, SECTOR, ODD, 25),
+        ],
+    ));
+    out
 }
 
 /// The next random operation on an image of `size` bytes.
 fn gen_op(rng: &mut Rng, w: &Workload, size: u64, pattern: u8) -> Op {
+    let c = w.cluster;
     if w.truncate_percent > 0 && rng.chance(w.truncate_percent) {
-        let max = (2 * w.size).max(8 * CLUSTER);
+        let max = (2 * w.size).max(8 * c);
         let new = match rng.next() % 5 {
             // Grow by a little (stays within or just past the current last cluster).
             0 => size + SECTOR * rng.range(1, 16),
             // Grow by a few clusters, unaligned.
-            1 => size + CLUSTER * rng.range(0, 3) + SECTOR * rng.range(1, 127),
+            1 => size + c * rng.range(0, 3) + SECTOR * rng.range(1, 127),
             // Shrink to an unaligned size.
             2 => SECTOR * rng.range(1, size.div_ceil(SECTOR)),
             // To a cluster boundary.
-            3 => CLUSTER * rng.range(1, max / CLUSTER),
+            3 => c * rng.range(1, max / c),
             // Near the backing file's end, so that growing sometimes starts below it.
             _ => (w.base_len / SECTOR + rng.range(0, 300))
                 .saturating_sub(rng.range(0, 300))
@@ -118,7 +175,7 @@ fn gen_op(rng: &mut Rng, w: &Workload, size: u64, pattern: u8) -> Op {
         // Byte granularity, small.
         3..=4 => (rng.range(0, size - 1), rng.range(1, 8192)),
         // Byte granularity, up to three clusters.
-        5 => (rng.range(0, size - 1), rng.range(1, 3 * CLUSTER)),
+        5 => (rng.range(0, size - 1), rng.range(1, 3 * c)),
         // Sector granularity.
         6..=8 => {
             let sectors = size / SECTOR;
@@ -128,18 +185,15 @@ fn gen_op(rng: &mut Rng, w: &Workload, size: u64, pattern: u8) -> Op {
             )
         }
         // Crossing a cluster boundary.
-        9..=10 if size > CLUSTER => {
-            let boundary = CLUSTER * rng.range(1, (size - 1) / CLUSTER);
+        9..=10 if size > c => {
+            let boundary = c * rng.range(1, (size - 1) / c);
             let before = rng.range(1, 4096);
             (boundary - before, before + rng.range(1, 4096))
         }
         // Whole clusters.
         11 => {
-            let clusters = size.div_ceil(CLUSTER);
-            (
-                CLUSTER * rng.range(0, clusters - 1),
-                CLUSTER * rng.range(1, 2),
-            )
+            let clusters = size.div_ceil(c);
+            (c * rng.range(0, clusters - 1), c * rng.range(1, 2))
         }
         // Ending exactly at the image end.
         12 => {
@@ -148,11 +202,11 @@ fn gen_op(rng: &mut Rng, w: &Workload, size: u64, pattern: u8) -> Op {
         }
         // A single byte at a cluster edge.
         _ => {
-            let c = rng.range(0, (size - 1) / CLUSTER);
+            let k = rng.range(0, (size - 1) / c);
             let offset = if rng.chance(50) {
-                CLUSTER * c
+                c * k
             } else {
-                (CLUSTER * (c + 1)).min(size) - 1
+                (c * (k + 1)).min(size) - 1
             };
             (offset, 1)
         }
@@ -187,13 +241,13 @@ fn run(cmd: &mut Command) -> String {
     stdout.into_owned()
 }
 
-/// Allocation state of every cluster of a qcow2 overlay of `size` bytes: `qemu-img map`'s
-/// extents with `depth 0` and `present true` are allocated in the overlay.
-fn qemu_allocation(overlay: &Path, size: u64) -> Vec<bool> {
+/// Allocation state of every cluster (of `cluster` bytes) of a qcow2 overlay of `size` bytes:
+/// `qemu-img map`'s extents with `depth 0` and `present true` are allocated in the overlay.
+fn qemu_allocation(overlay: &Path, size: u64, cluster: u64) -> Vec<bool> {
     let json = run(qemu("qemu-img", overlay)
         .args(["map", "-f", "qcow2", "--output=json"])
         .arg(overlay));
-    let clusters = size.div_ceil(CLUSTER) as usize;
+    let clusters = size.div_ceil(cluster) as usize;
     let mut state: Vec<Option<bool>> = vec![None; clusters];
     let mut covered = 0;
     for obj in json.split('{').skip(1) {
@@ -213,7 +267,7 @@ fn qemu_allocation(overlay: &Path, size: u64) -> Vec<bool> {
             "qemu-img map: gap or overlap at {start}: {json}"
         );
         covered = start + length;
-        for c in start / CLUSTER..covered.div_ceil(CLUSTER) {
+        for c in start / cluster..covered.div_ceil(cluster) {
             let slot = &mut state[c as usize];
             // qcow2 allocates whole clusters; an extent boundary inside a cluster may only
             // separate backing data from the zeros past the backing file's end.
@@ -272,6 +326,8 @@ struct Coverage {
     backed_clusters: u64,
     /// Unallocated clusters past the backing file's end.
     unbacked_clusters: u64,
+    /// Layout-2 checkpoints where every cluster was allocated (the header's bit set).
+    all_allocated: u64,
 }
 
 impl Coverage {
@@ -285,6 +341,7 @@ impl Coverage {
         self.allocated_clusters += o.allocated_clusters;
         self.backed_clusters += o.backed_clusters;
         self.unbacked_clusters += o.unbacked_clusters;
+        self.all_allocated += o.all_allocated;
     }
 }
 
@@ -306,7 +363,10 @@ fn compare(
     cov: &mut Coverage,
 ) -> Vec<String> {
     let seed = w.seed;
-    let at = format!("workload seed {seed}, after phase {phase}");
+    let at = format!(
+        "workload seed {seed} (layout {}, {}-byte clusters), after phase {phase}",
+        w.layout, w.cluster
+    );
     let mut errors = Vec::new();
 
     let img = Image::open(&p.meta, &OpenOptions::default())
@@ -333,26 +393,26 @@ fn compare(
         errors.push(format!(
             "{at}: guest content differs first at offset {i} (cluster {}, +{}): ours 0x{a:02x}, \
              qemu 0x{b:02x}",
-            i as u64 / CLUSTER,
-            i as u64 % CLUSTER
+            i as u64 / w.cluster,
+            i as u64 % w.cluster
         ));
     }
 
     // (2) Allocation, cluster by cluster.
-    let qemu_alloc = qemu_allocation(&p.overlay, size);
+    let qemu_alloc = qemu_allocation(&p.overlay, size, w.cluster);
     cov.checkpoints += 1;
     for (c, &allocated) in qemu_alloc.iter().enumerate() {
-        match (allocated, (c as u64 * CLUSTER) < w.base_len) {
+        match (allocated, (c as u64 * w.cluster) < w.base_len) {
             (true, _) => cov.allocated_clusters += 1,
             (false, true) => cov.backed_clusters += 1,
             (false, false) => cov.unbacked_clusters += 1,
         }
     }
     for (c, &expected) in qemu_alloc.iter().enumerate() {
-        let start = c as u64 * CLUSTER;
-        let len = CLUSTER.min(size - start);
+        let start = c as u64 * w.cluster;
+        let len = w.cluster.min(size - start);
         let (allocated, pnum) = img
-            .is_allocated(start, CLUSTER)
+            .is_allocated(start, w.cluster)
             .unwrap_or_else(|e| panic!("{at}: is_allocated({start}): {e}"));
         if allocated != expected || pnum != len {
             errors.push(format!(
@@ -369,7 +429,7 @@ fn compare(
             .is_allocated(offset, size - offset)
             .unwrap_or_else(|e| panic!("{at}: is_allocated({offset}): {e}"));
         let end = offset + pnum;
-        let bad = (offset / CLUSTER..end.div_ceil(CLUSTER))
+        let bad = (offset / w.cluster..end.div_ceil(w.cluster))
             .find(|&c| qemu_alloc.get(c as usize) != Some(&allocated));
         if pnum == 0 || bad.is_some() {
             errors.push(format!(
@@ -384,6 +444,23 @@ fn compare(
     img.close()
         .unwrap_or_else(|e| panic!("{at}: close read-only: {e}"));
 
+    // Layout 2: the "all allocated" bit, set at close exactly when every cluster is.
+    if w.layout == 2 {
+        let meta = std::fs::read(&p.meta).unwrap();
+        let header = Header::parse(&meta[..Header::len_of(&meta).unwrap()]).unwrap();
+        let every = qemu_alloc.iter().all(|&a| a);
+        if header.all_allocated() != every {
+            errors.push(format!(
+                "{at}: the all-allocated bit is {}, but qemu says every cluster is allocated: \
+                 {every}",
+                header.all_allocated()
+            ));
+        }
+        if every {
+            cov.all_allocated += 1;
+        }
+    }
+
     // (3) Our image file vs the data file, while qcow2's data file is comparable.
     if !truncated {
         cov.data_file_checks += 1;
@@ -394,8 +471,8 @@ fn compare(
                 "{at}: image file differs from the data file first at offset {i} (cluster {}, \
                  +{}): ours 0x{a:02x}, qemu 0x{b:02x} (file lengths: ours {our_len}, qemu \
                  {their_len}, virtual size {size})",
-                i as u64 / CLUSTER,
-                i as u64 % CLUSTER
+                i as u64 / w.cluster,
+                i as u64 % w.cluster
             ));
         }
     }
@@ -428,13 +505,15 @@ fn run_workload(w: &Workload, dir: &Path, cov: &mut Coverage) -> Vec<String> {
             backing_file: Some(PathBuf::from("base.raw")),
             backing_format: BackingFormat::Raw,
             size: w.size,
+            layout: w.layout,
+            cluster_size: w.cluster,
             ..CreateOptions::default()
         },
     )
     .unwrap_or_else(|e| panic!("seed {}: addcow::create: {e}", w.seed));
     run(Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-o"])
-        .arg("data_file=data.raw,cluster_size=65536")
+        .arg(format!("data_file=data.raw,cluster_size={}", w.cluster))
         .args(["-b", "base.raw", "-F", "raw"])
         .arg("overlay.qcow2")
         .arg(w.size.to_string())
@@ -459,7 +538,7 @@ fn run_workload(w: &Workload, dir: &Path, cov: &mut Coverage) -> Vec<String> {
                         cov.shrinks += 1;
                     } else {
                         cov.grows += 1;
-                        if w.base_len > size && size % CLUSTER != 0 {
+                        if w.base_len > size && size % w.cluster != 0 {
                             cov.grows_over_backing_unaligned += 1;
                         }
                     }
@@ -508,8 +587,9 @@ fn run_workload(w: &Workload, dir: &Path, cov: &mut Coverage) -> Vec<String> {
     }
     if !errors.is_empty() {
         errors.push(format!(
-            "workload {{ seed: {}, base_len: {}, size: {} }}: qemu-io commands:\n{log}",
-            w.seed, w.base_len, w.size
+            "workload {{ layout: {}, cluster: {}, seed: {}, base_len: {}, size: {} }}: \
+             qemu-io commands:\n{log}",
+            w.layout, w.cluster, w.seed, w.base_len, w.size
         ));
     }
     errors
@@ -523,17 +603,19 @@ fn qemu_oracle() {
     }
 
     let workloads = workloads();
-    // Two workers: each takes every second workload.
-    let results: Vec<(Vec<String>, Coverage)> = std::thread::scope(|s| {
+    // Two workers: each takes every second workload. Coverage per (layout, cluster size).
+    type Covered = BTreeMap<(u32, u64), Coverage>;
+    let results: Vec<(Vec<String>, Covered)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..2)
             .map(|worker| {
                 let workloads = &workloads;
                 s.spawn(move || {
                     let mut errors = Vec::new();
-                    let mut cov = Coverage::default();
+                    let mut cov = Covered::new();
                     for w in workloads.iter().skip(worker).step_by(2) {
                         let dir = tempfile::tempdir().unwrap();
-                        errors.extend(run_workload(w, dir.path(), &mut cov));
+                        let group = cov.entry((w.layout, w.cluster)).or_default();
+                        errors.extend(run_workload(w, dir.path(), group));
                     }
                     (errors, cov)
                 })
@@ -545,32 +627,48 @@ fn qemu_oracle() {
             .collect()
     });
     let mut errors = Vec::new();
-    let mut cov = Coverage::default();
-    for (e, c) in results {
+    let mut cov = Covered::new();
+    for (e, groups) in results {
         errors.extend(e);
-        cov.add(&c);
+        for (k, c) in groups {
+            cov.entry(k).or_default().add(&c);
+        }
     }
-    eprintln!("qemu oracle coverage: {cov:?}");
+    eprintln!("qemu oracle coverage: {cov:#?}");
     assert!(
         errors.is_empty(),
         "add-cow disagrees with QEMU's qcow2 + data file:\n{}",
         errors.join("\n")
     );
-    let c = &cov;
-    for (what, n) in [
-        ("writes", c.writes),
-        ("grows", c.grows),
-        (
-            "grows over backing unaligned",
-            c.grows_over_backing_unaligned,
-        ),
-        ("shrinks", c.shrinks),
-        ("checkpoints", c.checkpoints),
-        ("data file checks", c.data_file_checks),
-        ("allocated clusters", c.allocated_clusters),
-        ("unallocated backed clusters", c.backed_clusters),
-        ("unallocated unbacked clusters", c.unbacked_clusters),
-    ] {
-        assert!(n > 0, "the workloads never exercised {what}: {cov:?}");
+    assert_eq!(
+        cov.len(),
+        4,
+        "layout 1, and layout 2 at three cluster sizes"
+    );
+    for ((layout, cluster), c) in &cov {
+        let mut need = vec![
+            ("writes", c.writes),
+            ("grows", c.grows),
+            (
+                "grows over backing unaligned",
+                c.grows_over_backing_unaligned,
+            ),
+            ("shrinks", c.shrinks),
+            ("checkpoints", c.checkpoints),
+            ("data file checks", c.data_file_checks),
+            ("allocated clusters", c.allocated_clusters),
+            ("unallocated backed clusters", c.backed_clusters),
+            ("unallocated unbacked clusters", c.unbacked_clusters),
+        ];
+        if *layout == 2 {
+            need.push(("all allocated", c.all_allocated));
+        }
+        for (what, n) in need {
+            assert!(
+                n > 0,
+                "the layout-{layout} workloads at {cluster}-byte clusters never exercised \
+                 {what}: {c:?}"
+            );
+        }
     }
 }

@@ -4,8 +4,9 @@
 //! model of what the image reads after it.
 //!
 //! # Scenarios
-//! A [`Setup`] gives the size, the backing file's length (or none), the clusters allocated at
-//! the start and the cache mode. The initial files are durable. Allocated clusters hold
+//! A [`Setup`] gives the layout (1, or 2 at the same 64 KiB clusters), the size, the backing
+//! file's length (or none), the clusters allocated at the start (and, for layout 2, whether the
+//! header's "all allocated" bit is set) and the cache mode. The initial files are durable. Allocated clusters hold
 //! `written(0, ..)`; unallocated clusters of the image file hold [`GARBAGE`], so that a bit set
 //! over data that never landed reads garbage, never a plausible value; the backing file holds
 //! [`backing_byte`]s (below 0x80, never zero), written data is at least 0x80 and differs per
@@ -21,6 +22,9 @@
 //! - when the window changes a cluster's allocation, read the whole cluster as one snapshot of
 //!   the window: the copy-on-write of a cluster is atomic (the backing data, or the whole new
 //!   cluster: never garbage, zeros, or backing data over a cluster that was allocated);
+//! - (layout 2) when the materialized header's "all allocated" bit is set, have every cluster's
+//!   bit set in the bitmap too ([`check_bit`]): the bit may only ever be set over bits that are
+//!   durable, or clearing it later would bring backing data back;
 //! - otherwise read every 512-byte sector as one snapshot of the window. A write to an allocated
 //!   cluster goes to the image file in place and tears at sector granularity, as on a raw disk;
 //!   no format above a raw file can make it atomic, and the crash model tears writes.
@@ -40,6 +44,7 @@ use super::disk::{set_len, Disk, Pick, SECTOR};
 use super::Rng;
 use addcow::layout::Header;
 use addcow::storage::{MemStorage, Storage};
+use addcow::BackingFormat;
 use addcow::{Backing, Image, OpenOptions, Parts};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -101,6 +106,10 @@ fn clusters(size: u64) -> usize {
 /// The image before the steps run.
 #[derive(Debug, Clone)]
 pub struct Setup {
+    /// 1, or 2 (with 64 KiB clusters: the bitmap at 65536, padded to 64 KiB).
+    pub layout: u32,
+    /// Layout 2: the header's "all allocated" bit is set (every cluster must be allocated).
+    pub all_allocated: bool,
     pub size: u64,
     /// Length of the backing file; `None`: no backing file.
     pub backing: Option<u64>,
@@ -113,6 +122,33 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// Layout 1, writeback, no stale bits.
+    pub fn new(size: u64, backing: Option<u64>, allocated: &[u64]) -> Setup {
+        Setup {
+            layout: 1,
+            all_allocated: false,
+            size,
+            backing,
+            allocated: allocated.to_vec(),
+            writethrough: false,
+            stale_bits: false,
+        }
+    }
+
+    /// The header the files start with.
+    fn header(&self) -> Header {
+        let backing = self.backing.map(|_| &b"base.raw"[..]);
+        match self.layout {
+            1 => Header::new(b"disk.raw", backing).unwrap(),
+            _ => {
+                let backing = backing.map(|b| (b, BackingFormat::Raw));
+                let mut h = Header::new_v2(b"disk.raw", backing, 16).unwrap();
+                h.set_all_allocated(self.all_allocated);
+                h
+            }
+        }
+    }
+
     fn backing_at(&self, i: u64) -> u8 {
         match self.backing {
             Some(len) if i < len => backing_byte(i),
@@ -130,10 +166,15 @@ impl Setup {
 
     /// The files: `.add-cow`, image, and backing when there is one.
     pub fn files(&self) -> Vec<(String, Vec<u8>)> {
-        let header = Header::new(b"disk.raw", self.backing.map(|_| &b"base.raw"[..])).unwrap();
+        let header = self.header();
+        assert!(
+            !self.all_allocated || self.allocated.len() == clusters(self.size),
+            "the all-allocated bit over unallocated clusters"
+        );
         let mut meta = header.to_bytes().to_vec();
         let bitmap_at = meta.len();
-        meta.resize(bitmap_at + clusters(self.size).div_ceil(8), 0);
+        let bitmap_len = clusters(self.size).div_ceil(8);
+        meta.resize(header.file_len(clusters(self.size) as u64) as usize, 0);
         let mut image = vec![GARBAGE; self.size as usize];
         for &c in &self.allocated {
             meta[bitmap_at + c as usize / 8] |= 1 << (c % 8);
@@ -147,9 +188,13 @@ impl Setup {
         if self.stale_bits {
             let clusters = clusters(self.size);
             if clusters % 8 != 0 {
-                *meta.last_mut().unwrap() |= 0xFF << (clusters % 8);
+                meta[bitmap_at + bitmap_len - 1] |= 0xFF << (clusters % 8);
             }
-            meta.push(0xFF);
+            // The next byte: past the end of a layout-1 file, in layout 2's padding.
+            match meta.get_mut(bitmap_at + bitmap_len) {
+                Some(b) => *b = 0xFF,
+                None => meta.push(0xFF),
+            }
         }
         let mut files = vec![("add-cow".to_owned(), meta), ("image".to_owned(), image)];
         if let Some(len) = self.backing {
@@ -181,7 +226,13 @@ impl Setup {
 
     fn describe(&self) -> String {
         format!(
-            "size {:#x}, backing {}, allocated {:?}, {}",
+            "layout {}{}, size {:#x}, backing {}, allocated {:?}, {}",
+            self.layout,
+            if self.all_allocated {
+                " (all allocated)"
+            } else {
+                ""
+            },
             self.size,
             self.backing.map_or("none".into(), |n| format!("{n:#x}")),
             self.allocated,
@@ -413,6 +464,23 @@ pub fn read_snapshot(img: &Image) -> Result<Snapshot, String> {
         .collect::<addcow::Result<_>>()
         .map_err(|e| format!("is_allocated failed: {e}"))?;
     Ok(Snapshot { size, bytes, alloc })
+}
+
+/// Layout 2: why the materialized `files` have the "all allocated" bit set over a cluster
+/// (below the image file's length) whose bitmap bit is not set, or `None`. Headers that do not
+/// parse are left to the open that follows.
+pub fn check_bit(files: &[Vec<u8>]) -> Option<String> {
+    let meta = &files[META];
+    let header = addcow::read_header(&MemStorage::from_bytes(meta.clone()), "add-cow").ok()?;
+    if !header.all_allocated() {
+        return None;
+    }
+    let at = header.bitmap_offset() as usize;
+    let missing = (0..clusters(files[IMAGE].len() as u64))
+        .find(|&c| !meta.get(at + c / 8).is_some_and(|b| b >> (c % 8) & 1 == 1))?;
+    Some(format!(
+        "the header's all-allocated bit is set, but cluster {missing}'s bitmap bit is not"
+    ))
 }
 
 /// Why `img` does not read as `window` allows (see the module docs), or `None`.
@@ -683,10 +751,10 @@ pub fn crash_violations_with(
         for (what, mut pick) in picks {
             let files = disk.materialize(point, &mut pick);
             out.checked += 1;
-            let problem = match s.setup.open_files(files) {
+            let problem = check_bit(&files).or_else(|| match s.setup.open_files(files) {
                 Ok(reopened) => check(&reopened, window, &s.setup),
                 Err(e) => Some(format!("open failed: {e}")),
-            };
+            });
             if let Some(p) = problem {
                 let after = match point {
                     0 => "before any event".to_owned(),
@@ -792,6 +860,9 @@ fn fault_run(
         ("reopened from the current contents", disk.current()),
         ("reopened from the durable state", durable()),
     ] {
+        if let Some(p) = check_bit(&files) {
+            return Err(fail(what, p));
+        }
         if let Some(p) = check(&reopen(what, files)?, window, &s.setup) {
             return Err(fail(what, p));
         }

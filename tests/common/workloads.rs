@@ -1,6 +1,8 @@
-//! The workloads of the crash and fault tests: small images of 64 KiB clusters, each over no
-//! backing file, a shorter and a longer one, in writeback and in writethrough mode. Writeback
-//! workloads end with a flush, so the flush is crashed into too.
+//! The workloads of the crash and fault tests: small images of 64 KiB clusters, each in layout 1
+//! and layout 2 (at 64 KiB clusters), over no backing file, a shorter and a longer one, in
+//! writeback and in writethrough mode. Writeback workloads end with a flush, so the flush is
+//! crashed into too. [`all_allocated`] runs layout 2's "all allocated" bit through its life:
+//! set by a flush, kept and cleared by truncates, set again.
 
 use super::harness::{Scenario, Setup, CS};
 
@@ -12,18 +14,31 @@ const WRITE_BACKINGS: [Option<u64>; 3] = [None, Some(2 * CS + 700), Some(SIZE + 
 
 fn setups(size: u64, backings: &[Option<u64>], allocated: &[u64]) -> Vec<Setup> {
     let mut out = Vec::new();
-    for writethrough in [false, true] {
-        for &backing in backings {
-            out.push(Setup {
-                size,
-                backing,
-                allocated: allocated.to_vec(),
-                writethrough,
-                stale_bits: false,
-            });
+    for layout in [1, 2] {
+        for writethrough in [false, true] {
+            for &backing in backings {
+                out.push(Setup {
+                    layout,
+                    writethrough,
+                    ..Setup::new(size, backing, allocated)
+                });
+            }
         }
     }
     out
+}
+
+/// Layout 2 only, every cluster allocated and the "all allocated" bit set.
+fn all_allocated_setups(size: u64, backings: &[Option<u64>]) -> Vec<Setup> {
+    let every: Vec<u64> = (0..size.div_ceil(CS)).collect();
+    setups(size, backings, &every)
+        .into_iter()
+        .filter(|s| s.layout == 2)
+        .map(|s| Setup {
+            all_allocated: true,
+            ..s
+        })
+        .collect()
 }
 
 fn with_stale_bits(setups: Vec<Setup>) -> Vec<Setup> {
@@ -161,5 +176,55 @@ pub fn truncate_shrink() -> Vec<Scenario> {
         setups(SIZE, &WRITE_BACKINGS, &[1, 2, 3, 4]),
         |s| s.truncate(2 * CS + 700).flush(),
     ))
+    .collect()
+}
+
+/// Layout 2's "all allocated" bit, set and kept. Set: allocating the last free clusters, then
+/// a flush (the header is written after the bitmap is durable). Set at the start: writes in
+/// place; a shrink keeps it; a grow over a longer backing file keeps it (the new clusters are
+/// allocated), and writes there go in place.
+pub fn all_allocated() -> Vec<Scenario> {
+    let layout2 = |setups: Vec<Setup>| setups.into_iter().filter(|s| s.layout == 2).collect();
+    each(
+        "allocate the last clusters, flush",
+        layout2(setups(SIZE, &WRITE_BACKINGS, &[1, 3])),
+        |s| {
+            s.write(CS / 2, 3 * CS)
+                .write(4 * CS + 10, SIZE - 4 * CS - 20)
+                .flush()
+                .write(CS + 100, 300)
+                .flush()
+        },
+    )
+    .chain(each(
+        "all allocated: in place, shrink",
+        all_allocated_setups(SIZE, &WRITE_BACKINGS),
+        |s| s.write(2 * CS - 10, 20).truncate(2 * CS + 700).flush(),
+    ))
+    .chain(each(
+        "all allocated: grow over a longer backing file",
+        all_allocated_setups(SIZE, &[Some(10 * CS)]),
+        |s| s.truncate(GROWN).flush().write(SIZE - 100, 2 * CS).flush(),
+    ))
+    .collect()
+}
+
+/// Where [`all_allocated_cleared`] grows to.
+const GROWN: u64 = 8 * CS + 5000;
+
+/// Layout 2's "all allocated" bit, cleared: a grow over a shorter backing file, or none,
+/// clears it durably before the new clusters exist; writing every new cluster and a flush set
+/// it again.
+pub fn all_allocated_cleared() -> Vec<Scenario> {
+    each(
+        "all allocated: grow, fill, flush",
+        all_allocated_setups(SIZE, &[None, Some(2 * CS + 700)]),
+        |s| {
+            s.truncate(GROWN)
+                .flush()
+                .write(SIZE - 100, GROWN - SIZE + 100)
+                .flush()
+        },
+    )
     .collect()
 }
