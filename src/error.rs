@@ -5,7 +5,8 @@
 //! - [`Error::Invalid`], [`Error::OutOfRange`]: `EINVAL` (bad argument, malformed header);
 //! - [`Error::Unsupported`]: `ENOTSUP` (unknown version, a feature this build lacks);
 //! - [`Error::ReadOnly`]: `EPERM` (write or truncate on a read-only image);
-//! - [`Error::Busy`]: `EBUSY` (another process, or another open, holds a conflicting lock);
+//! - [`Error::Busy`]: `EBUSY` (another process, or another open, holds a conflicting lock; or an
+//!   image not ready for the operation: a detach before every cluster is allocated);
 //! - [`Error::Confined`]: `EACCES` (a confined open met a name that leaves its directory);
 //! - [`Error::TooLarge`]: `EFBIG` (a size beyond [`crate::layout::MAX_SIZE`]).
 
@@ -35,6 +36,10 @@ pub enum Op {
     FindData,
     Rename,
     Truncate,
+    /// Unlinking a file (and syncing its directory).
+    Remove,
+    /// Deallocating a range of a file.
+    Punch,
 }
 
 impl std::fmt::Display for Op {
@@ -57,6 +62,8 @@ impl std::fmt::Display for Op {
             Op::FindData => "find data in",
             Op::Rename => "rename into place",
             Op::Truncate => "truncate",
+            Op::Remove => "remove",
+            Op::Punch => "punch a hole in",
         })
     }
 }
@@ -91,7 +98,8 @@ pub enum Error {
     /// A write or truncate on an image opened read-only.
     #[error("{0} on an image opened read-only")]
     ReadOnly(Op),
-    /// A file is in use: another process (or another open of it) holds a conflicting lock.
+    /// A file is in use: another process (or another open of it) holds a conflicting lock; or
+    /// an image is not ready for the operation (a detach before every cluster is allocated).
     #[error("{0}")]
     Busy(String),
     /// A confined open refused a name: absolute, or resolving outside its directory.

@@ -91,6 +91,7 @@ fn open_options(o: &AddCowOpenOptions) -> Result<OpenOptions> {
         confine: has(ADDCOW_OPEN_CONFINE),
         bitmap_cache_bytes: o.bitmap_cache_size,
         direct: has(ADDCOW_OPEN_DIRECT),
+        backing_writable: false,
     })
 }
 

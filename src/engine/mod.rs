@@ -4,7 +4,9 @@
 #![forbid(unsafe_code)]
 
 mod backing;
+mod commit;
 mod create;
+mod detach;
 mod files;
 mod image;
 mod iov;
@@ -13,7 +15,9 @@ mod truncate;
 
 pub use crate::layout::BackingFormat;
 pub use backing::Backing;
+pub use commit::commit;
 pub use create::{create, CreateOptions};
+pub use detach::{detach, Allocation};
 pub use image::Image;
 pub use open::{read_header, OpenOptions, Parts};
 

@@ -43,6 +43,10 @@ pub struct OpenOptions {
     /// (`DirectStorage`). A file system without direct I/O refuses the open
     /// (`EINVAL`).
     pub direct: bool,
+    /// Open the backing file (of the top image only) read-write and locked for writing, as a
+    /// commit needs (`Image::commit`). An add-cow backing image is opened writable, its own
+    /// backing file read-only.
+    pub backing_writable: bool,
 }
 
 impl OpenOptions {
@@ -243,7 +247,11 @@ pub(super) fn open_backing(
     parent: usize,
     chain: &mut Chain,
 ) -> Result<Backing> {
-    let how = Use::backing(opts.force_share, opts.confine).direct(opts.direct);
+    let how = match opts.backing_writable {
+        true => Use::top(true, false, opts.confine),
+        false => Use::backing(opts.force_share, opts.confine),
+    }
+    .direct(opts.direct);
     let path = dir.join(name);
     let what = Role::Backing.describe(&path);
     let local = LocalFile::new(dir.open(name, how.access(), &what)?, how, &what)?;
@@ -264,9 +272,10 @@ pub(super) fn open_backing(
     }
     admit(local.file(), how, Role::AddCow, &what, chain)?;
     let lower = OpenOptions {
-        writable: false,
+        writable: opts.backing_writable,
         writethrough: false,
         no_backing: false,
+        backing_writable: false,
         ..opts.clone()
     };
     let dir = dir.of_name(name, opts.confine)?;

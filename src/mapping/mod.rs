@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 mod claims;
+mod empty;
 mod features;
 mod resize;
 mod write;

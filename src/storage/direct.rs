@@ -273,6 +273,10 @@ impl Storage for DirectStorage {
     fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
         self.file.next_data(offset)
     }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.file.punch_hole(offset, len)
+    }
 }
 
 #[cfg(test)]

@@ -169,6 +169,10 @@ impl Storage for FileStorage {
         self.file.set_len(len)
     }
 
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        super::punch::punch_hole(&self.file, offset, len)
+    }
+
     /// `lseek(SEEK_DATA)`: moves the file offset, which nothing here uses. ENXIO (only holes
     /// from `offset` to the end, or past the end) is `None`; a file system without SEEK_DATA
     /// (EINVAL, EOPNOTSUPP) reports data everywhere.

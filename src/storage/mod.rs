@@ -19,6 +19,7 @@ mod file;
 mod lock;
 mod mem;
 mod open;
+mod punch;
 mod range_lock;
 
 pub(crate) use direct::DirectStorage;
@@ -50,6 +51,14 @@ pub trait Storage: Send + Sync {
     /// holes: "data may be at `offset`".
     fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
         Ok(Some(offset))
+    }
+
+    /// Deallocates `offset..offset + len` (it reads zeros afterwards; the length stays), to
+    /// give space back. `ENOTSUP` (the default) where the source cannot: callers that only
+    /// want the space back ignore it.
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Err(io::Error::from_raw_os_error(libc::ENOTSUP))
     }
 
     /// Convenience: one buffer.

@@ -1,0 +1,314 @@
+//! The end of an image's life, on real files: the allocation query, detach (the raw image file
+//! equals what the library read, checked with `qemu-img compare`), and commit against QEMU's
+//! `qemu-img commit` of a qcow2 overlay with an external data file over the same base (the
+//! backing files must come out byte-identical).
+
+mod common;
+use addcow::{BackingFormat, CreateOptions, Image, OpenOptions};
+use common::{assert_err, qemu_tool, ro, rw, Rng};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const K64: u64 = 65536;
+
+fn create(dir: &Path, layout: u32, cluster: u64, size: u64, backing: Option<&str>) -> PathBuf {
+    let meta = dir.join("img.add-cow");
+    addcow::create(
+        &meta,
+        &CreateOptions {
+            image_file: PathBuf::from("img.raw"),
+            backing_file: backing.map(PathBuf::from),
+            backing_format: BackingFormat::Raw,
+            size,
+            layout,
+            cluster_size: cluster,
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    meta
+}
+
+/// Bytes that differ from their neighbours and never repeat at cluster distance.
+fn noise(rng: &mut Rng, len: u64) -> Vec<u8> {
+    (0..len)
+        .map(|i| (rng.next() >> 56) as u8 ^ (i % 251) as u8)
+        .collect()
+}
+
+/// Runs a command; panics with its output unless it exits 0.
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {text}",
+        out.status
+    );
+    text
+}
+
+/// `(offset, len, pattern)` writes: random, some unaligned, some across clusters.
+fn writes(rng: &mut Rng, size: u64, cluster: u64, n: usize) -> Vec<(u64, u64, u8)> {
+    (0..n)
+        .map(|i| {
+            let offset = match rng.chance(50) {
+                true => rng.below(size / cluster) * cluster,
+                false => rng.below(size / 512) * 512,
+            };
+            let len = (rng.range(1, 3 * cluster / 512) * 512).min(size - offset);
+            (offset, len, (i * 37 % 254 + 1) as u8)
+        })
+        .collect()
+}
+
+fn read_all(img: &Image) -> Vec<u8> {
+    let mut buf = vec![0u8; img.size() as usize];
+    img.read_at(0, &mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn allocation_counts_clusters() {
+    for (layout, cluster) in [(1, K64), (2, 4096)] {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 10 * cluster + 512;
+        std::fs::write(dir.path().join("base.raw"), vec![7u8; 3 * cluster as usize]).unwrap();
+        let meta = create(dir.path(), layout, cluster, size, Some("base.raw"));
+        let img = Image::open(&meta, &rw()).unwrap();
+        let a = img.allocation().unwrap();
+        assert_eq!((a.allocated, a.total, a.is_full()), (0, 11, false));
+        img.write_at(cluster + 5, b"x").unwrap();
+        img.write_at(3 * cluster - 1, b"yz").unwrap();
+        img.write_at(size - 1, b"e").unwrap();
+        let a = img.allocation().unwrap();
+        assert_eq!((a.allocated, a.total), (4, 11), "layout {layout}");
+        assert!(!img.is_fully_allocated().unwrap());
+        img.write_at(0, &vec![1u8; size as usize]).unwrap();
+        assert!(img.is_fully_allocated().unwrap());
+        assert!(img.allocation().unwrap().is_full());
+        img.close().unwrap();
+        let img = Image::open(&meta, &ro()).unwrap();
+        assert_eq!(img.allocation().unwrap().allocated, 11);
+    }
+}
+
+#[test]
+fn detach_leaves_the_disk_the_guest_saw() {
+    let compare = qemu_tool("qemu-img");
+    for (layout, cluster, remove) in [(1, K64, true), (2, 4096, true), (2, K64, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = Rng::new(u64::from(layout) * 1000 + cluster);
+        let size = 24 * cluster + 1536;
+        let base = dir.path().join("base.raw");
+        std::fs::write(&base, noise(&mut rng, 30 * cluster + 77)).unwrap();
+        let meta = create(dir.path(), layout, cluster, size, Some("base.raw"));
+        let img = Image::open(&meta, &rw()).unwrap();
+        for (offset, len, p) in writes(&mut rng, size, cluster, 30) {
+            img.write_at(offset, &vec![p; len as usize]).unwrap();
+        }
+        img.flush().unwrap();
+        // Not every cluster is written yet: detach refuses and leaves the files alone.
+        drop(img);
+        assert_err(addcow::detach(&meta, true), libc::EBUSY, &["not allocated"]);
+        assert!(meta.exists());
+        // Allocate the rest by rewriting every unallocated run with what it reads (what a
+        // hydration does).
+        let img = Image::open(&meta, &rw()).unwrap();
+        let mut offset = 0;
+        while offset < size {
+            let (allocated, n) = img.is_allocated(offset, size - offset).unwrap();
+            if !allocated {
+                let mut buf = vec![0u8; n as usize];
+                img.read_at(offset, &mut buf).unwrap();
+                img.write_at(offset, &buf).unwrap();
+            }
+            offset += n;
+        }
+        let seen = read_all(&img);
+        img.close().unwrap();
+        // The backing file is neither needed nor opened.
+        std::fs::remove_file(&base).unwrap();
+        addcow::detach(&meta, remove).unwrap();
+        assert_eq!(meta.exists(), !remove, "layout {layout}");
+        let expected = dir.path().join("expected.raw");
+        std::fs::write(&expected, &seen).unwrap();
+        run(Command::new(&compare)
+            .args(["compare", "-f", "raw", "-F", "raw"])
+            .arg(dir.path().join("img.raw"))
+            .arg(&expected));
+    }
+}
+
+#[test]
+fn detach_refuses_an_image_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = create(dir.path(), 2, 4096, 4096, None);
+    let img = Image::open(&meta, &rw()).unwrap();
+    img.write_at(0, &[1u8; 4096]).unwrap();
+    assert_err(addcow::detach(&meta, true), libc::EBUSY, &["in use"]);
+    img.close().unwrap();
+    addcow::detach(&meta, true).unwrap();
+    assert!(!meta.exists());
+}
+
+/// One commit oracle run: the same writes (inside the first `span` bytes) through the library
+/// and through qemu-io on a qcow2 overlay with a data file, then `addcow::commit` and
+/// `qemu-img commit`: the two backing files must be byte-identical, and our image must read the
+/// same before and after.
+fn commit_oracle(
+    (layout, cluster): (u32, u64),
+    (base_len, size, span): (u64, u64, u64),
+    empty: bool,
+    seed: u64,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut rng = Rng::new(seed);
+    let base = noise(&mut rng, base_len);
+    std::fs::write(d.join("base.raw"), &base).unwrap();
+    std::fs::write(d.join("qbase.raw"), &base).unwrap();
+    let meta = create(d, layout, cluster, size, Some("base.raw"));
+    run(Command::new(qemu_tool("qemu-img"))
+        .args(["create", "-q", "-f", "qcow2", "-o"])
+        .arg(format!("data_file=data.raw,cluster_size={cluster}"))
+        .args(["-b", "qbase.raw", "-F", "raw", "overlay.qcow2"])
+        .arg(size.to_string())
+        .current_dir(d));
+    let ops = writes(&mut rng, span, cluster, 25);
+    let img = Image::open(&meta, &rw()).unwrap();
+    let mut io = Command::new(qemu_tool("qemu-io"));
+    io.current_dir(d).args(["-f", "qcow2"]);
+    for &(offset, len, p) in &ops {
+        img.write_at(offset, &vec![p; len as usize]).unwrap();
+        io.arg("-c").arg(format!("write -P {p} {offset} {len}"));
+    }
+    run(io.arg("overlay.qcow2"));
+    let before = read_all(&img);
+    img.close().unwrap();
+
+    addcow::commit(&meta, &OpenOptions::default(), empty).unwrap();
+    let mut qcommit = Command::new(qemu_tool("qemu-img"));
+    qcommit.current_dir(d).args(["commit", "-q", "-f", "qcow2"]);
+    if !empty {
+        qcommit.arg("-d");
+    }
+    run(qcommit.arg("overlay.qcow2"));
+    let ours = std::fs::read(d.join("base.raw")).unwrap();
+    let theirs = std::fs::read(d.join("qbase.raw")).unwrap();
+    let what = format!("layout {layout}, cluster {cluster}, base {base_len}, size {size}");
+    assert_eq!(ours.len(), theirs.len(), "{what}: backing file lengths");
+    if let Some(i) = ours.iter().zip(&theirs).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: backing files differ at {i}: {} vs {}",
+            ours[i], theirs[i]
+        );
+    }
+    let img = Image::open(&meta, &ro()).unwrap();
+    assert!(
+        read_all(&img) == before,
+        "{what}: the image reads differently"
+    );
+    let allocated = img.allocation().unwrap().allocated;
+    match empty {
+        true => assert_eq!(allocated, 0, "{what}: emptied"),
+        false => assert!(allocated > 0, "{what}: kept"),
+    }
+    if empty {
+        // The image file's space went back (tmpfs and ext4 punch holes).
+        let image_file = std::fs::File::open(d.join("img.raw")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            image_file.metadata().unwrap().blocks(),
+            0,
+            "{what}: punched"
+        );
+    }
+}
+
+#[test]
+fn commit_matches_qemu_img_commit() {
+    // Backing longer than the image, shorter (QEMU grows it), and exactly as long.
+    commit_oracle((1, K64), (40 * K64 + 333, 32 * K64, 32 * K64), false, 1);
+    commit_oracle(
+        (1, K64),
+        (3 * K64 + 777, 8 * K64 + 4096, 8 * K64 + 4096),
+        true,
+        2,
+    );
+    // Nothing written near the end: the backing file still grows to the image's size.
+    commit_oracle((1, K64), (3 * K64 + 777, 8 * K64 + 4096, 2 * K64), false, 5);
+    commit_oracle(
+        (2, 4096),
+        (100 * 4096 + 5, 64 * 4096 + 512, 64 * 4096 + 512),
+        true,
+        3,
+    );
+    commit_oracle((2, K64), (16 * K64, 16 * K64, 16 * K64), false, 4);
+}
+
+#[test]
+fn commit_into_an_add_cow_backing_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut rng = Rng::new(9);
+    std::fs::write(d.join("golden.raw"), noise(&mut rng, 8 * 4096)).unwrap();
+    let mid = d.join("mid.add-cow");
+    addcow::create(
+        &mid,
+        &CreateOptions {
+            image_file: PathBuf::from("mid.raw"),
+            backing_file: Some(PathBuf::from("golden.raw")),
+            layout: 2,
+            cluster_size: 4096,
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    let top = d.join("top.add-cow");
+    addcow::create(
+        &top,
+        &CreateOptions {
+            image_file: PathBuf::from("top.raw"),
+            backing_file: Some(PathBuf::from("mid.add-cow")),
+            backing_format: BackingFormat::AddCow,
+            layout: 2,
+            cluster_size: 4096,
+            size: 8 * 4096,
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    let img = Image::open(&top, &rw()).unwrap();
+    img.write_at(4096 + 100, &[0xAB; 5000]).unwrap();
+    let before = read_all(&img);
+    // Opened the usual way, the backing image is read-only: commit says so.
+    let mut img = img;
+    assert_err(img.commit(false), libc::EPERM, &["read-only"]);
+    img.close().unwrap();
+    addcow::commit(&top, &OpenOptions::default(), true).unwrap();
+    let mid_img = Image::open(&mid, &ro()).unwrap();
+    assert_eq!(read_all(&mid_img), before);
+    // Only the two clusters written went into the middle image.
+    assert_eq!(mid_img.allocation().unwrap().allocated, 2);
+    let img = Image::open(&top, &ro()).unwrap();
+    assert_eq!(read_all(&img), before);
+    assert_eq!(img.allocation().unwrap().allocated, 0);
+}
+
+#[test]
+fn commit_needs_a_backing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = create(dir.path(), 1, K64, K64, None);
+    assert_err(
+        addcow::commit(&meta, &OpenOptions::default(), false),
+        libc::EINVAL,
+        &["no backing file"],
+    );
+}
