@@ -2,12 +2,13 @@
 //! through its own write path), as `qemu-img commit` does, and optionally emptying the overlay.
 //!
 //! # Durability order (enforced here)
-//! 1. The backing file grows to the image's size when it is shorter (QEMU's commit does too:
-//!    the area read zeros before, and reads zeros after).
+//! 1. The image is flushed (a read-only one has nothing to flush), so that a crash never finds
+//!    the backing file ahead of the image it came from. The backing file grows to the image's
+//!    size when it is shorter (QEMU's commit does too: the area read zeros before, and reads
+//!    zeros after).
 //! 2. Every allocated run is read from the image file and written at the same offset into the
 //!    backing file; then the backing file is flushed. Until then nothing in the overlay changed.
-//! 3. Emptying (optional), only once the backing data is durable: the pending bitmap changes
-//!    are flushed, layout 2's "all allocated" bit is cleared durably, the stored bitmap is
+//! 3. Emptying (optional), only once the backing data is durable: layout 2's "all allocated" bit is cleared durably, the stored bitmap is
 //!    zeroed and the `.add-cow` file synced, and only then is the image file punched. A crash
 //!    at any point reads the same content: a cleared bit reads the backing file, which already
 //!    holds that cluster's data durably; a punched cluster's bit is already durably clear.
@@ -79,6 +80,7 @@ impl Image {
                 return Err(Error::ReadOnly(Op::Write));
             }
         }
+        self.flush()?;
         backing.grow_to(size)?;
         self.core().set_backing_len(Some(backing.size()?));
         self.copy_allocated(backing)?;
@@ -118,9 +120,9 @@ impl Image {
     }
 
     /// Makes every cluster unallocated, durably, then punches the image file. Only once the
-    /// backing file durably holds every allocated cluster.
+    /// image was flushed (no dirty bitmap page) and the backing file durably holds every
+    /// allocated cluster.
     fn empty(&mut self) -> Result<()> {
-        self.flush()?;
         let core = self.core();
         core.set_all_allocated(false)?;
         core.clear_all()?;

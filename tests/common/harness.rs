@@ -294,7 +294,7 @@ pub struct Snapshot {
     pub alloc: Vec<bool>,
 }
 
-type Run = Box<dyn Fn(&Image) -> addcow::Result<()>>;
+type Run = Box<dyn Fn(&mut Image) -> addcow::Result<()>>;
 type Model = Box<dyn Fn(&mut Snapshot, &Setup)>;
 
 /// One operation on the image and its model.
@@ -310,7 +310,7 @@ impl Step {
     pub fn new(
         label: impl Into<String>,
         durable: bool,
-        run: impl Fn(&Image) -> addcow::Result<()> + 'static,
+        run: impl Fn(&mut Image) -> addcow::Result<()> + 'static,
         model: impl Fn(&mut Snapshot, &Setup) + 'static,
     ) -> Step {
         Step {
@@ -319,6 +319,11 @@ impl Step {
             run: Box::new(run),
             model: Box::new(model),
         }
+    }
+
+    /// Runs the step on `img` (outside a scenario).
+    pub fn run_on(&self, img: &mut Image) -> addcow::Result<()> {
+        (self.run)(img)
     }
 
     /// Writes `written(tag, ..)` at `offset`.
@@ -432,7 +437,7 @@ impl Scenario {
             .map_or(0, |k| k + 1)
     }
 
-    fn run_step(&self, k: usize, img: &Image) -> Result<addcow::Result<()>, String> {
+    fn run_step(&self, k: usize, img: &mut Image) -> Result<addcow::Result<()>, String> {
         catch_unwind(AssertUnwindSafe(|| (self.steps[k].run)(img))).map_err(|p| {
             format!(
                 "step {k} `{}` panicked: {}",
@@ -697,7 +702,7 @@ pub fn crash_violations_with(
     let snaps = s.snapshots();
     let disk = Disk::new(s.setup.files());
     prepare(&disk);
-    let img = match s.setup.open_disk(&disk) {
+    let mut img = match s.setup.open_disk(&disk) {
         Ok(img) => img,
         Err(e) => return Outcome::failed(s, format!("open failed: {e}")),
     };
@@ -705,7 +710,7 @@ pub fn crash_violations_with(
     let mut marks = Vec::new();
     for k in 0..s.steps.len() {
         let start = disk.events();
-        match s.run_step(k, &img) {
+        match s.run_step(k, &mut img) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Outcome::failed(s, format!("step {k} failed: {e}")),
             Err(panic) => return Outcome::failed(s, panic),
@@ -789,13 +794,13 @@ pub fn fault_violations(s: &Scenario, errno: i32) -> Outcome {
     let files = s.setup.files();
     let calls = {
         let disk = Disk::new(files.clone());
-        let img = match s.setup.open_disk(&disk) {
+        let mut img = match s.setup.open_disk(&disk) {
             Ok(img) => img,
             Err(e) => return Outcome::failed(s, format!("open failed: {e}")),
         };
         let first = disk.calls();
         for k in 0..s.steps.len() {
-            match s.run_step(k, &img) {
+            match s.run_step(k, &mut img) {
                 Ok(Ok(())) => {}
                 other => {
                     return Outcome::failed(
@@ -828,11 +833,11 @@ fn fault_run(
     n: u64,
 ) -> Result<(), String> {
     let disk = Disk::new(files);
-    let img = s.setup.open_disk(&disk).map_err(|e| format!("open: {e}"))?;
+    let mut img = s.setup.open_disk(&disk).map_err(|e| format!("open: {e}"))?;
     disk.arm(n, errno);
     let mut failed = None;
     for k in 0..s.steps.len() {
-        if let Err(e) = s.run_step(k, &img)? {
+        if let Err(e) = s.run_step(k, &mut img)? {
             failed = Some((k, e));
             break;
         }
