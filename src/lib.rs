@@ -34,7 +34,7 @@ pub mod layout;
 pub mod mapping;
 pub mod storage;
 
-pub use engine::{commit, detach, Allocation};
+pub use engine::{check, commit, detach, Allocation, CheckReport, Finding, Severity};
 pub use engine::{
     create, read_header, Backing, BackingFormat, CreateOptions, Image, OpenOptions, Parts,
 };

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod backing;
+mod check;
 mod commit;
 mod create;
 mod detach;
@@ -15,6 +16,7 @@ mod truncate;
 
 pub use crate::layout::BackingFormat;
 pub use backing::Backing;
+pub use check::{check, CheckReport, Finding, Severity};
 pub use commit::commit;
 pub use create::{create, CreateOptions};
 pub use detach::{detach, Allocation};

@@ -2,6 +2,7 @@
 //! then open the files it names, level by level down the backing chain, through the rules of
 //! [`super::files`] (file types, identity, locks, confinement).
 
+use super::check::check_bitmap_len;
 use super::files::{admit, open_named, Chain, LocalFile, Role, Use};
 use super::{Backing, Image};
 use crate::error::{Error, Op, Result};
@@ -172,6 +173,14 @@ fn open_level(
 ) -> Result<Image> {
     let header = read_header(meta.as_ref(), &meta_name)?;
     let (data, data_name) = open_named(dir, name(&header.image_file), how, Role::Image, chain)?;
+    if opts.writable {
+        check_bitmap_len(
+            meta.as_ref(),
+            &meta_name,
+            &header,
+            (data.as_ref(), &data_name),
+        )?;
+    }
     let format = match (header.backing_format, opts.backing_format) {
         // Layout 2: the header says.
         (Some(format), _) => Format::Is(format),
