@@ -125,5 +125,10 @@
     CASE(core_args) \
     CASE(core_reentrant) \
     CASE(core_threads) \
+    CASE(life_allocation) \
+    CASE(life_detach) \
+    CASE(life_commit) \
+    CASE(life_check) \
+    CASE(life_open_refuses_short_bitmap) \
 
 #endif

@@ -30,6 +30,14 @@ ADDCOW_CHECK(ADDCOW_OPEN_DIRECT == 64, open_direct);
 ADDCOW_CHECK(ADDCOW_CREATE_CONFINE == 1, create_confine);
 ADDCOW_CHECK(ADDCOW_MAX_SIZE == 1ULL << 56, max_size);
 ADDCOW_CHECK(ADDCOW_IOV_MAX == 1024, iov_max);
+ADDCOW_CHECK(ADDCOW_DETACH_REMOVE == 1, detach_remove);
+ADDCOW_CHECK(ADDCOW_COMMIT_EMPTY == 1, commit_empty);
+ADDCOW_CHECK(ADDCOW_COMMIT_BACKING_ADDCOW == 2, commit_backing_addcow);
+ADDCOW_CHECK(ADDCOW_CHECK_REPAIR == 1, check_repair);
+ADDCOW_CHECK(ADDCOW_CHECK_CORRUPTIONS == 0 && ADDCOW_CHECK_FINDINGS == 6, check_counters);
+ADDCOW_CHECK(ADDCOW_CHECK_CORRUPTION == 1 && ADDCOW_CHECK_LEAK == 2 && ADDCOW_CHECK_NOTE == 3,
+             check_kinds);
+ADDCOW_CHECK(ADDCOW_CHECK_REPAIRED == 0x100, check_repaired);
 
 ADDCOW_CHECK(offsetof(AddCowCreateOptions, struct_size) == 0, struct_size_first);
 ADDCOW_CHECK(offsetof(AddCowCreateOptions, layout) == 4, layout_offset);
@@ -105,6 +113,13 @@ struct addcow_prototypes {
     int64_t (*writeback_pages)(const AddCowWriteBack *);
     int (*core_writeback_write)(AddCowCore *, AddCowWriteBack *);
     int (*core_writeback_end)(AddCowCore *, AddCowWriteBack *, int);
+    int (*get_allocation)(AddCowImage *, uint64_t *, uint64_t *);
+    int (*detach)(const char *, uint32_t);
+    int (*commit)(const char *, uint32_t);
+    int (*check)(const char *, uint32_t, AddCowCheckResult **);
+    int64_t (*check_count)(const AddCowCheckResult *, uint32_t);
+    int (*check_finding)(const AddCowCheckResult *, uint64_t, const char **);
+    void (*check_free)(AddCowCheckResult *);
 };
 
 int main(void)
@@ -154,6 +169,13 @@ int main(void)
     p.writeback_pages = addcow_writeback_pages;
     p.core_writeback_write = addcow_core_writeback_write;
     p.core_writeback_end = addcow_core_writeback_end;
+    p.get_allocation = addcow_get_allocation;
+    p.detach = addcow_detach;
+    p.commit = addcow_commit;
+    p.check = addcow_check;
+    p.check_count = addcow_check_count;
+    p.check_finding = addcow_check_finding;
+    p.check_free = addcow_check_free;
 
     v = p.version();
     if (!v || !*v) {
@@ -173,6 +195,7 @@ int main(void)
         return 1;
     }
     p.header_free(NULL);
+    p.check_free(NULL);
     {
         AddCowCore *core = NULL;
         if (p.core_open(NULL, 0, NULL, &core) != -EINVAL || core != NULL ||

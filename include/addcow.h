@@ -45,6 +45,68 @@
 #define ADDCOW_MAX_SIZE 72057594037927936
 
 /**
+ * `addcow_check` flag: repair what can be repaired without guessing.
+ */
+#define ADDCOW_CHECK_REPAIR (1 << 0)
+
+/**
+ * `addcow_check_count`: corruptions found and not repaired.
+ */
+#define ADDCOW_CHECK_CORRUPTIONS 0
+
+/**
+ * `addcow_check_count`: leaks found and not repaired.
+ */
+#define ADDCOW_CHECK_LEAKS 1
+
+/**
+ * `addcow_check_count`: corruptions repaired.
+ */
+#define ADDCOW_CHECK_CORRUPTIONS_FIXED 2
+
+/**
+ * `addcow_check_count`: leaks repaired.
+ */
+#define ADDCOW_CHECK_LEAKS_FIXED 3
+
+/**
+ * `addcow_check_count`: clusters whose bit is set.
+ */
+#define ADDCOW_CHECK_ALLOCATED_CLUSTERS 4
+
+/**
+ * `addcow_check_count`: clusters of the image.
+ */
+#define ADDCOW_CHECK_TOTAL_CLUSTERS 5
+
+/**
+ * `addcow_check_count`: findings of every kind (notes included), for `addcow_check_finding`.
+ */
+#define ADDCOW_CHECK_FINDINGS 6
+
+/**
+ * `addcow_check_finding` kind: a corruption (what the image reads is wrong or undecidable, or
+ * it cannot be opened).
+ */
+#define ADDCOW_CHECK_CORRUPTION 1
+
+/**
+ * `addcow_check_finding` kind: a leak (a harmless leftover: stray bits, stale bytes).
+ */
+#define ADDCOW_CHECK_LEAK 2
+
+/**
+ * `addcow_check_finding` kind: a note, counted nowhere (the image in use by another process, a
+ * backing file shorter than the image, unknown compatible feature bits).
+ */
+#define ADDCOW_CHECK_NOTE 3
+
+/**
+ * Or'ed into the kind `addcow_check_finding` returns: this check repaired the finding.
+ */
+#define ADDCOW_CHECK_REPAIRED 256
+
+/**
  * Create flag: the image and backing names must resolve beneath the `.add-cow` file's
  * directory, as `ADDCOW_OPEN_CONFINE` checks them at open (-EACCES otherwise).
  */
@@ -56,6 +118,23 @@
  * (`AddCowIo`) may be passed up to two more.
  */
 #define ADDCOW_IOV_MAX 1024
+
+/**
+ * `addcow_detach` flag: remove the `.add-cow` file (durably: its directory is synced).
+ */
+#define ADDCOW_DETACH_REMOVE (1 << 0)
+
+/**
+ * `addcow_commit` flag: after the commit, make every cluster unallocated again and punch the
+ * image file (the space goes back where the file system can punch holes).
+ */
+#define ADDCOW_COMMIT_EMPTY (1 << 0)
+
+/**
+ * `addcow_commit` flag: a layout-1 image's backing file is an add-cow image (as
+ * `ADDCOW_OPEN_BACKING_ADDCOW`; a layout-2 header names its backing format itself).
+ */
+#define ADDCOW_COMMIT_BACKING_ADDCOW (1 << 1)
 
 /**
  * `addcow_core_map`: the run is allocated: read the image file at the same offset.
@@ -145,6 +224,12 @@
  * `addcow_open_io` (-EINVAL: the host does its own I/O).
  */
 #define ADDCOW_OPEN_DIRECT (1 << 6)
+
+/**
+ * The findings of one `addcow_check`. Opaque: read it with `addcow_check_count` and
+ * `addcow_check_finding`, free it with `addcow_check_free`.
+ */
+typedef struct AddCowCheckResult AddCowCheckResult;
 
 /**
  * The mapping core of one image, for a host that does the data I/O itself (a QEMU block
@@ -510,6 +595,58 @@ const char *addcow_last_error(void);
 const char *addcow_version(void);
 
 /**
+ * Checks the image at `path` for consistency (`qemu-img check`'s model): the header and its
+ * feature bits, the image file, the bitmap's length against the image file's (a short bitmap,
+ * stale bytes past it, layout 2's padding), bits set past the last cluster, layout 2's "all
+ * allocated" bit against the bits, the backing file (missing while needed; shorter than the
+ * image), and whether another process uses the image (checked anyway, with a note). With
+ * `ADDCOW_CHECK_REPAIR` (which locks the files for writing: -EBUSY while another user has
+ * them) it repairs what needs no guess: a short bitmap is extended as unallocated only when
+ * the image file holds no data in the clusters it lacks; stray bits are cleared; stale bytes
+ * cut; the bits under a set "all allocated" bit set. Everything else is only reported.
+ *
+ * On success stores the findings in `*out` (free them with `addcow_check_free`) and returns
+ * the exit code of the model: 0 nothing left to repair, 2 corruptions left, 3 leaks left and
+ * no corruption. A negative errno (NULL stored) when the check could not be made (the CLI's
+ * exit code 1): -EINVAL a NULL argument or unknown flags, -ENOENT no `.add-cow` file, -EBUSY
+ * a repair of an image in use, an I/O error. A header that does not parse is a corruption,
+ * not an error.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated; `out` is NULL or writable.
+ */
+int addcow_check(const char *path, uint32_t flags, struct AddCowCheckResult **out);
+
+/**
+ * One count of a check result: `which` is an `ADDCOW_CHECK_*` counter (`CORRUPTIONS`,
+ * `LEAKS`, `CORRUPTIONS_FIXED`, `LEAKS_FIXED`, `ALLOCATED_CLUSTERS`, `TOTAL_CLUSTERS`,
+ * `FINDINGS`). -EINVAL for a NULL result or an unknown counter.
+ *
+ * # Safety
+ * `r` is NULL or a live result.
+ */
+int64_t addcow_check_count(const struct AddCowCheckResult *r, uint32_t which);
+
+/**
+ * Finding `i` (0 ≤ i < the `ADDCOW_CHECK_FINDINGS` count) of a check result: returns its kind
+ * (`ADDCOW_CHECK_CORRUPTION`, `_LEAK` or `_NOTE`, with `ADDCOW_CHECK_REPAIRED` or'ed in when
+ * this check repaired it) and, when `message` is not NULL, stores its message there (valid
+ * until `addcow_check_free`). -EINVAL for a NULL result or `i` out of range.
+ *
+ * # Safety
+ * `r` is NULL or a live result; `message` is NULL or writable.
+ */
+int addcow_check_finding(const struct AddCowCheckResult *r, uint64_t i, const char **message);
+
+/**
+ * Frees a check result; NULL is a no-op.
+ *
+ * # Safety
+ * `r` is NULL or a live result, not used afterwards.
+ */
+void addcow_check_free(struct AddCowCheckResult *r);
+
+/**
  * Creates the `.add-cow` file at `path` (replacing any file there that is not in use) and, as
  * `opts->size` says, the image file. Atomic: the `.add-cow` file appears complete or not at
  * all, and a failure removes the files this call created. Before touching any file it refuses
@@ -583,6 +720,51 @@ const char *addcow_header_backing_file(const struct AddCowHeader *h);
  * `h` is NULL or a live header, not used afterwards.
  */
 void addcow_header_free(struct AddCowHeader *h);
+
+/**
+ * Counts the allocated clusters of `img` into `*allocated` and `*total` (the last cluster may
+ * be partial). Returns 1 when every cluster is allocated (the image file is the whole disk:
+ * `addcow_detach` will succeed), 0 otherwise, -EINVAL for a NULL argument, or the host's
+ * -errno. Takes no lock: writes running beside it may or may not be counted. Costs one pass
+ * over the stored bitmap (holes of a sparse `.add-cow` file are skipped); nothing for a
+ * layout-2 image whose "all allocated" bit is set.
+ *
+ * # Safety
+ * `img` is NULL or a live handle; `allocated` and `total` are NULL or writable.
+ */
+int addcow_get_allocation(struct AddCowImage *img, uint64_t *allocated, uint64_t *total);
+
+/**
+ * Detaches the image at `path` from its `.add-cow` file, leaving the raw image file as a
+ * standalone disk holding every byte the guest saw. Opens the image read-write (locked as
+ * `addcow_open` locks: -EBUSY while another user has it; the backing file is not opened, nor
+ * needed), checks that every cluster is allocated (-EBUSY otherwise, the message giving the
+ * count: hydrate or write the rest first; nothing is changed), flushes (image data, bitmap,
+ * then layout 2's "all allocated" bit), and with `ADDCOW_DETACH_REMOVE` removes the `.add-cow`
+ * file and syncs its directory while still holding the lock. Without the flag the image stays
+ * usable. A crash at any point leaves either a complete image or the standalone raw file.
+ * 0, -EINVAL (NULL path, unknown flags, a malformed header), or -errno as for `addcow_open`.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated.
+ */
+int addcow_detach(const char *path, uint32_t flags);
+
+/**
+ * Commits the image at `path` into its backing file, as `qemu-img commit` does: opens the
+ * image and its backing file read-write (both locked for writing: -EBUSY while another user
+ * has either), flushes the image, grows a shorter backing file to the image's size, writes
+ * every allocated cluster into the backing file (an add-cow backing image through its own
+ * write path), and flushes it. With `ADDCOW_COMMIT_EMPTY`, only then are the clusters made
+ * unallocated again (layout 2's "all allocated" bit cleared first, the bitmap zeroed and
+ * synced) and the image file punched. The image reads the same throughout: a crash at any
+ * point leaves it reading what it read before. 0, -EINVAL (NULL path, unknown flags, no
+ * backing file), -EPERM (an add-cow backing image that cannot be written), or -errno.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated.
+ */
+int addcow_commit(const char *path, uint32_t flags);
 
 /**
  * Opens the mapping core of an image whose files the host owns: reads and validates the

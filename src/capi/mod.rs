@@ -17,14 +17,23 @@
 //! tables (`AddCowIo`) become byte sources in `host.rs`.
 
 mod boundary;
+mod check;
 mod create;
 mod header;
 mod host;
 mod iov;
+mod lifecycle;
 mod mapping;
 mod open;
 mod versioned;
 
+pub use check::{
+    addcow_check, addcow_check_count, addcow_check_finding, addcow_check_free, AddCowCheckResult,
+    ADDCOW_CHECK_ALLOCATED_CLUSTERS, ADDCOW_CHECK_CORRUPTION, ADDCOW_CHECK_CORRUPTIONS,
+    ADDCOW_CHECK_CORRUPTIONS_FIXED, ADDCOW_CHECK_FINDINGS, ADDCOW_CHECK_LEAK, ADDCOW_CHECK_LEAKS,
+    ADDCOW_CHECK_LEAKS_FIXED, ADDCOW_CHECK_NOTE, ADDCOW_CHECK_REPAIR, ADDCOW_CHECK_REPAIRED,
+    ADDCOW_CHECK_TOTAL_CLUSTERS,
+};
 pub use create::{addcow_create, AddCowCreateOptions, ADDCOW_CREATE_CONFINE};
 pub use header::{
     addcow_header_backing_file, addcow_header_cluster_size, addcow_header_free,
@@ -34,6 +43,10 @@ pub use header::{
 pub use host::AddCowIo;
 pub use iov::ADDCOW_IOV_MAX;
 
+pub use lifecycle::{
+    addcow_commit, addcow_detach, addcow_get_allocation, ADDCOW_COMMIT_BACKING_ADDCOW,
+    ADDCOW_COMMIT_EMPTY, ADDCOW_DETACH_REMOVE,
+};
 pub use mapping::{
     addcow_core_abort, addcow_core_begin_write, addcow_core_close, addcow_core_commit,
     addcow_core_generation, addcow_core_get_cluster_size, addcow_core_get_length, addcow_core_map,
