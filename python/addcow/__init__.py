@@ -30,18 +30,24 @@ from ._image import (
     version,
 )
 from ._lib import IOV_MAX, MAX_SIZE, LibraryNotFoundError, library_path
+from ._lifecycle import CheckResult, Finding, check, commit, detach
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckResult",
     "Extent",
+    "Finding",
     "Header",
     "IOV_MAX",
     "Image",
     "ImageFile",
     "LibraryNotFoundError",
     "MAX_SIZE",
+    "check",
+    "commit",
     "create",
+    "detach",
     "library_path",
     "open",
     "probe",

@@ -439,6 +439,17 @@ class Image:
         if run is not None:
             yield Extent(*run)
 
+    def allocation(self) -> Tuple[int, int]:
+        """``(allocated, total)`` clusters; equal once the image file is the whole disk (then
+        :func:`addcow.detach` succeeds). Writes running beside it may or may not be counted."""
+        allocated, total = ctypes.c_uint64(), ctypes.c_uint64()
+        h = self._acquire()
+        try:
+            check(lib.addcow_get_allocation(h, ctypes.byref(allocated), ctypes.byref(total)), "addcow_get_allocation")
+        finally:
+            self._release()
+        return int(allocated.value), int(total.value)
+
     def truncate(self, size: int) -> None:
         """Shrinks or grows the image to ``size`` bytes; growing never exposes backing data.
         :class:`PermissionError` on a read-only image."""

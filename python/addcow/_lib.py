@@ -94,6 +94,23 @@ STEP_ALLOCATE = 2
 STEP_BUSY = 3
 BUSY = 1
 
+# Detach, commit and check (ADDCOW_DETACH_*, ADDCOW_COMMIT_*, ADDCOW_CHECK_*).
+DETACH_REMOVE = 1 << 0
+COMMIT_EMPTY = 1 << 0
+COMMIT_BACKING_ADDCOW = 1 << 1
+CHECK_REPAIR = 1 << 0
+CHECK_CORRUPTIONS = 0
+CHECK_LEAKS = 1
+CHECK_CORRUPTIONS_FIXED = 2
+CHECK_LEAKS_FIXED = 3
+CHECK_ALLOCATED_CLUSTERS = 4
+CHECK_TOTAL_CLUSTERS = 5
+CHECK_FINDINGS = 6
+CHECK_CORRUPTION = 1
+CHECK_LEAK = 2
+CHECK_NOTE = 3
+CHECK_REPAIRED = 256
+
 #: The largest virtual size the library supports (ADDCOW_MAX_SIZE, 2^56 bytes): larger sizes
 #: give EFBIG at open, create and truncate.
 MAX_SIZE = 1 << 56
@@ -253,6 +270,13 @@ _DECLARATIONS: List[Tuple[str, object, List[object], bool]] = [
     ("addcow_writeback_pages", c_int64, [c_void_p], False),
     ("addcow_core_writeback_write", c_int, [c_void_p, c_void_p], False),
     ("addcow_core_writeback_end", c_int, [c_void_p, c_void_p, c_int], False),
+    ("addcow_get_allocation", c_int, [ImagePtr, POINTER(c_uint64), POINTER(c_uint64)], False),
+    ("addcow_detach", c_int, [c_char_p, c_uint32], False),
+    ("addcow_commit", c_int, [c_char_p, c_uint32], False),
+    ("addcow_check", c_int, [c_char_p, c_uint32, POINTER(c_void_p)], False),
+    ("addcow_check_count", c_int64, [c_void_p, c_uint32], False),
+    ("addcow_check_finding", c_int, [c_void_p, c_uint64, POINTER(c_char_p)], False),
+    ("addcow_check_free", None, [c_void_p], False),
 ]
 
 
