@@ -8,8 +8,8 @@
 mod common;
 use common::disk::{Disk, Pick};
 use common::harness::{
-    assert_clean, backing, crash_violations, read_snapshot, Campaign, Scenario, Setup, Snapshot,
-    Step, CS, IMAGE,
+    assert_clean, backing, crash_violations, fault_violations, read_snapshot, Campaign, Scenario,
+    Setup, Snapshot, Step, CS, IMAGE,
 };
 
 /// The backing file's index on the disk.
@@ -133,19 +133,23 @@ fn commit_leaves_the_backing_file_durable() {
     }
 }
 
-#[test]
-fn crash_detach() {
-    let campaign = Campaign::from_env();
-    let mut scenarios = Vec::new();
-    for layout in [1, 2] {
-        // The last unallocated cluster is written, then the detach's flush makes it all durable.
-        scenarios.push(
+/// The last unallocated clusters are written, then the detach's flush makes it all durable.
+fn detach_scenarios() -> Vec<Scenario> {
+    [1, 2]
+        .into_iter()
+        .map(|layout| {
             Scenario::new("detach", setup(layout, 3 * CS + 512, 4 * CS, &[0, 2]))
                 .write(CS, CS)
                 .write(3 * CS, 512)
-                .then(detach()),
-        );
-    }
+                .then(detach())
+        })
+        .collect()
+}
+
+#[test]
+fn crash_detach() {
+    let campaign = Campaign::from_env();
+    let scenarios = detach_scenarios();
     assert_clean(
         "detach",
         scenarios.iter().map(|s| crash_violations(s, &campaign)),
@@ -158,6 +162,18 @@ fn crash_detach() {
             durable[IMAGE] == want,
             "{}: the durable image file is not the whole disk",
             s.title()
+        );
+    }
+}
+
+#[test]
+fn detach_faults() {
+    for errno in [libc::EIO, libc::ENOSPC] {
+        assert_clean(
+            "detach faults",
+            detach_scenarios()
+                .iter()
+                .map(|s| fault_violations(s, errno)),
         );
     }
 }
