@@ -7,7 +7,8 @@
  * header, a file that is not a regular file or block device, or a backing chain naming one file
  * twice; ENOTSUP unknown version or layout; ENOENT missing file; EPERM write or truncate on a
  * read-only image; EBUSY a file in use by another process or another open image (a lock that
- * conflicts, as QEMU's would); EACCES a name refused by ADDCOW_OPEN_CONFINE or
+ * conflicts, as QEMU's would), or an image not ready (addcow_detach before every cluster is
+ * allocated); EACCES a name refused by ADDCOW_OPEN_CONFINE or
  * ADDCOW_CREATE_CONFINE; EFBIG a size beyond ADDCOW_MAX_SIZE; host errors (EIO, ENOSPC, ...)
  * passed through. NULL pointers, bad counts and lengths whose sum overflows give -EINVAL before
  * any buffer is touched. No call unwinds into C: an internal panic returns -EIO.

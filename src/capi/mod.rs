@@ -4,8 +4,9 @@
 //! errno on failure, with a message for `addcow_last_error`:
 //! `EINVAL` bad argument or malformed header, `ENOTSUP` unknown version or layout, `ENOENT`
 //! missing file, `EPERM` write or truncate on a read-only image, `EBUSY` a file in use (a
-//! conflicting lock), `EACCES` a name refused by a confined open, `EFBIG` a size beyond
-//! `ADDCOW_MAX_SIZE`, host errors (`EIO`, `ENOSPC`, …) passed through. A panic inside the
+//! conflicting lock) or an image not ready (a detach before every cluster is allocated),
+//! `EACCES` a name refused by a confined open, `EFBIG` a size beyond `ADDCOW_MAX_SIZE`, host
+//! errors (`EIO`, `ENOSPC`, …) passed through. A panic inside the
 //! library returns `-EIO`; none unwinds into C.
 //!
 //! Threads: every function may be called from many threads at once on one image, except

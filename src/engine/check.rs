@@ -248,7 +248,8 @@ impl Files<'_> {
                 Severity::Leak,
                 format!(
                     "the bitmap is {have} bytes, the image needs {need}: stale bytes past it \
-                     (an interrupted shrink leaves them)"
+                     (an interrupted shrink leaves them; so does an image file cut outside the \
+                     library)"
                 ),
                 self.repair,
             );
