@@ -312,3 +312,28 @@ fn commit_needs_a_backing_file() {
         &["no backing file"],
     );
 }
+
+#[test]
+fn commit_an_all_allocated_image() {
+    // The all-allocated bit means the backing file is not opened at open: commit opens it.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut rng = Rng::new(11);
+    std::fs::write(d.join("base.raw"), noise(&mut rng, 5 * 4096)).unwrap();
+    let meta = create(d, 2, 4096, 6 * 4096 + 512, Some("base.raw"));
+    let content = noise(&mut rng, 6 * 4096 + 512);
+    let img = Image::open(&meta, &rw()).unwrap();
+    img.write_at(0, &content).unwrap();
+    img.close().unwrap();
+    let header = addcow::read_header(
+        &addcow::storage::MemStorage::from_bytes(std::fs::read(&meta).unwrap()),
+        "meta",
+    )
+    .unwrap();
+    assert!(header.all_allocated());
+    addcow::commit(&meta, &OpenOptions::default(), true).unwrap();
+    assert_eq!(std::fs::read(d.join("base.raw")).unwrap(), content);
+    let img = Image::open(&meta, &ro()).unwrap();
+    assert_eq!(read_all(&img), content);
+    assert_eq!(img.allocation().unwrap().allocated, 0);
+}
