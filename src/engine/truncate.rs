@@ -66,13 +66,14 @@ impl Image {
 
     fn grow(&self, core: &Core, size: u64) -> Result<()> {
         let old = core.size();
-        if core.all_allocated() {
-            // The grow rule needs the backing file's length, which an all-allocated image did
-            // not open (ENOENT when it is missing). Over a backing file no longer than the
-            // image, the new clusters stay unallocated: the bit goes first, durably.
-            if self.backing_len_now()?.unwrap_or(0) <= old {
-                core.set_all_allocated(false)?;
-            }
+        // The disk may hold the bit when it is set or when a failed write of it left the
+        // header unsynced. The grow rule needs the backing file's length, which an
+        // all-allocated image did not open (ENOENT when it is missing). Over a backing file no
+        // longer than the image, the new clusters stay unallocated: the bit goes first.
+        if (core.all_allocated() || core.header_unsynced())
+            && self.backing_len_now()?.unwrap_or(0) <= old
+        {
+            self.clear_all_allocated(core)?;
         }
         core.grow_begin(size)?;
         let grown = (|| {
@@ -95,6 +96,19 @@ impl Image {
         }
         core.grow_commit(size);
         Ok(())
+    }
+
+    /// Clears the "all allocated" bit durably, in the order of `mapping::features`: the bitmap
+    /// says "allocated" for every existing cluster (while the bit is set, it may say anything)
+    /// and is written back, durably, step by step (bounded memory); only then the header.
+    fn clear_all_allocated(&self, core: &Core) -> Result<()> {
+        if core.all_allocated() {
+            while !core.fill_step()? {
+                self.write_back(core, true)?;
+            }
+        }
+        self.write_back(core, true)?;
+        core.set_all_allocated(false)
     }
 
     /// Grows the image file; bytes past the old size read zeros even if the file held stale

@@ -87,8 +87,10 @@ pub struct Core {
     meta_unsynced: std::sync::atomic::AtomicBool,
     /// A write-back is between [`Core::writeback_begin`] and [`Core::writeback_end`].
     writeback_open: std::sync::atomic::AtomicBool,
-    /// Layout 2's "all allocated" bit, as the header on disk has it (`features.rs`).
+    /// Layout 2's "all allocated" bit, as lookups use it: set only once durable (`features.rs`).
     all_allocated: std::sync::atomic::AtomicBool,
+    /// The feature field on disk may differ from `all_allocated` (`features.rs`).
+    header_unsynced: std::sync::atomic::AtomicBool,
     /// Every cluster below it was allocated when [`Core::fully_allocated`] last looked.
     scan_from: std::sync::atomic::AtomicU64,
     writable: bool,
@@ -119,6 +121,7 @@ impl Core {
             meta_unsynced: false.into(),
             writeback_open: false.into(),
             all_allocated: all_allocated.into(),
+            header_unsynced: false.into(),
             scan_from: 0.into(),
             writable: opts.writable,
         }
