@@ -597,7 +597,6 @@ fn clearing_the_bit_keeps_what_existing_clusters_read() {
 /// length (fewer clusters, the same number of bitmap clusters) must clear the cut clusters'
 /// bits in the padding too, not only in the last byte.
 #[test]
-#[ignore = "bug: a layout-2 shrink leaves the cut clusters' bits set in the bitmap padding"]
 fn a_shrink_leaves_no_bit_past_the_end() {
     let bits = 12;
     let cs = 1u64 << bits;
