@@ -619,6 +619,42 @@ fn a_shrink_leaves_no_bit_past_the_end() {
     assert_spec_file(&std::fs::read(&f.meta).unwrap(), &e, "after a shrink");
 }
 
+/// A crash during a shrink may leave the cut clusters' bits in layout 2's padding (masked at
+/// load), here past the bitmap's first 4096 bytes. A grow over a backing file no longer than
+/// the image must not bring them back: the new clusters are unallocated, and the file has no
+/// bit past the end.
+#[test]
+fn a_grow_over_stale_bits_in_the_padding_leaves_the_new_clusters_unallocated() {
+    let bits = 16;
+    let cs = 1u64 << bits;
+    let hand = Hand::new(bits);
+    let stale: Vec<u64> = (40_000..40_008).collect();
+    let set: Vec<u64> = [0, 1, 2].into_iter().chain(stale.iter().copied()).collect();
+    let f = files(&hand, hand.file(3, &set), 3 * cs, &[0, 1, 2], Some(100));
+    let img = Image::open(&f.meta, &rw()).unwrap();
+    let grown = 40_008;
+    img.truncate(grown * cs).unwrap();
+    for &c in &stale {
+        assert_eq!(
+            img.is_allocated(c * cs, cs).unwrap(),
+            (false, cs),
+            "cluster {c} after the grow"
+        );
+    }
+    img.close().unwrap();
+    let e = Expect {
+        cluster_bits: bits,
+        image: b"disk.raw",
+        backing: Some((b"base.raw", b"raw")),
+        compatible: 0,
+        image_format: b"raw",
+        fill: 0,
+        allocated: &[0, 1, 2],
+        clusters: grown,
+    };
+    assert_spec_file(&std::fs::read(&f.meta).unwrap(), &e, "after the grow");
+}
+
 /// No backing file named: unallocated clusters read zeros. An empty image format reads as
 /// "raw" and stays empty when the "all allocated" bit is set (only the feature field changes).
 #[test]
