@@ -25,6 +25,9 @@
 //!   [`Core::writeback_end`] (the pages turn clean only if all that succeeded). Every
 //!   bit in a copy had its data written before the copy, so before the image file was flushed:
 //!   the disk never holds a set bit whose data is not durable.
+//! - Layout 2's "all allocated" bit (`features.rs`): set only once every bit is durable;
+//!   cleared only once every existing cluster's bit is set and durable
+//!   ([`Core::fill_step`] and write-backs), and before any cluster becomes unallocated.
 
 #![forbid(unsafe_code)]
 
