@@ -66,8 +66,8 @@ impl Core {
     }
 
     /// Clearing the bit, first step (only while it is set: every cluster lives in the image
-    /// file): sets the bits of at most [`FILL_CLUSTERS`] clusters from the first one not yet
-    /// allocated in the bitmap. `Ok(true)` once every cluster's bit is set. The host writes
+    /// file): sets the bits of at most `FILL_CLUSTERS` (2 Mi) clusters from the first one not
+    /// yet allocated in the bitmap. `Ok(true)` once every cluster's bit is set. The host writes
     /// the bitmap back after each step that returned `false` (its dirty pages stay in memory
     /// until then), and after the last, before [`Core::set_all_allocated`]`(false)`.
     pub fn fill_step(&self) -> Result<bool> {
