@@ -593,6 +593,47 @@ fn clearing_the_bit_keeps_what_existing_clusters_read() {
     model.check(&img, &f.image, "after a grow that cleared the bit");
 }
 
+/// Clearing the bit of a large image over an all-zero bitmap sets every existing cluster's
+/// bit in bounded steps (2 Mi clusters each, written back in between): every cluster of the
+/// old size stays allocated, and so does the last one, past the first step.
+#[test]
+fn clearing_the_bit_of_a_large_image_allocates_every_existing_cluster() {
+    let bits = 12;
+    let cs = 1u64 << bits;
+    let mut hand = Hand::new(bits);
+    hand.compatible = ALL_ALLOCATED;
+    let clusters = (1u64 << 21) * 2 + 5;
+    let size = clusters * cs;
+    let f = files(&hand, hand.file(clusters, &[]), cs, &[0], Some(100));
+    std::fs::File::options()
+        .write(true)
+        .open(&f.image)
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    let img = Image::open(&f.meta, &rw()).unwrap();
+    img.truncate(size + 3 * cs).unwrap();
+    let mut at = 0;
+    while at < size {
+        let (allocated, n) = img.is_allocated(at, size - at).unwrap();
+        assert!(allocated && n > 0, "cluster {} after the grow", at / cs);
+        at += n;
+    }
+    assert_eq!(img.is_allocated(size, 3 * cs).unwrap(), (false, 3 * cs));
+    let mut got = [0u8; 2];
+    img.read_at(size - 1, &mut got).unwrap();
+    assert_eq!(got, [0, 0], "the old last byte, then the first new one");
+    img.close().unwrap();
+    let meta = std::fs::read(&f.meta).unwrap();
+    let bitmap = &meta[header_size(bits)..];
+    assert_eq!(u64_at(&meta, 32), 0, "compatible features");
+    assert!(
+        bitmap[..(clusters / 8) as usize].iter().all(|&b| b == 0xFF),
+        "a bit of the old size is not set on disk"
+    );
+    assert_eq!(bitmap[(clusters / 8) as usize], 0b1_1111, "the last byte");
+}
+
 /// The specification: "bits past the end are 0". A shrink that keeps the padded bitmap's
 /// length (fewer clusters, the same number of bitmap clusters) must clear the cut clusters'
 /// bits in the padding too, not only in the last byte.
