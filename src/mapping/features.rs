@@ -95,13 +95,13 @@ impl Core {
     /// the header is unsynced.
     pub fn set_all_allocated(&self, on: bool) -> Result<()> {
         let mut header = self.header.clone();
-        if !header.set_all_allocated(on) || (self.all_allocated() == on && !self.header_unsynced())
-        {
+        header.set_all_allocated(on);
+        let Some((at, field)) = header.features_field() else {
+            return Ok(()); // layout 1: no feature bits
+        };
+        if self.all_allocated() == on && !self.header_unsynced() {
             return Ok(());
         }
-        let (at, field) = header
-            .features_field()
-            .expect("layout 2 has a feature field");
         self.header_unsynced.store(true, Ordering::Release);
         self.meta
             .write_at(&field, at)
