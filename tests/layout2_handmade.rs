@@ -1035,6 +1035,48 @@ fn torn_header_outcomes(image_at: usize) {
     );
 }
 
+/// Clearing the bit of a hand-made image over an all-zero bitmap (a grow without a backing
+/// file), crashed at every point with any subset of the unsynced sectors kept: whatever
+/// header survives, set or clear, the old clusters read the image file (never zeros: the bits
+/// are durable before the header loses the bit).
+#[test]
+fn a_crash_while_the_bit_is_cleared_keeps_what_existing_clusters_read() {
+    let bits = 12;
+    let cs = 1u64 << bits;
+    let mut hand = Hand::new(bits).without_backing();
+    hand.compatible = ALL_ALLOCATED;
+    let size = 3 * cs;
+    let image: Vec<u8> = (0..size).map(image_byte).collect();
+    let disk = Disk::new(vec![
+        ("add-cow".into(), hand.file(3, &[])),
+        ("image".into(), image.clone()),
+    ]);
+    let parts = Parts {
+        meta: (Box::new(disk.file(0)), "add-cow".into()),
+        image: (Box::new(disk.file(1)), "image".into()),
+        backing: None,
+    };
+    let img = Image::open_parts(parts, &rw()).unwrap();
+    img.truncate(5 * cs).unwrap();
+    drop(img);
+    assert!(disk.current()[0][32] & 1 == 0, "the grow cleared the bit");
+    for point in 0..=disk.events() {
+        for seed in 0..16 {
+            let files = disk.materialize(point, &mut Pick::Random(Rng::new(seed)));
+            let [meta, data]: [Vec<u8>; 2] = files.try_into().unwrap();
+            let parts = Parts {
+                meta: (Box::new(MemStorage::from_bytes(meta)), "add-cow".into()),
+                image: (Box::new(MemStorage::from_bytes(data)), "image".into()),
+                backing: None,
+            };
+            let img = Image::open_parts(parts, &ro()).unwrap();
+            let mut got = vec![0; size as usize];
+            img.read_at(0, &mut got).unwrap();
+            assert!(got == image, "point {point}, seed {seed}: the old clusters");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Chains past the lower image's end.
 
