@@ -377,13 +377,13 @@ impl Image {
         let _gate = self.shared();
         // Layout 2 records "every cluster allocated" in its header. Looked at before the
         // write-back copies the dirty pages, so that every bit it saw is in the copies and
-        // durable before the header says so.
-        let all = core.header().layout_number() == 2
-            && !core.all_allocated()
-            && core.fully_allocated()?;
+        // durable before the header says so. A header left unsynced by a failed write of the
+        // bit is rewritten as the image now reads (`mapping::features`).
+        let layout2 = core.header().layout_number() == 2;
+        let all = layout2 && (core.all_allocated() || core.fully_allocated()?);
         self.write_back(core, true)?;
-        match all {
-            true => core.set_all_allocated(true),
+        match layout2 {
+            true => core.set_all_allocated(all),
             false => Ok(()),
         }
     }
