@@ -4,23 +4,24 @@
 //! # What is checked, and what a finding is
 //! - **Corruption** (changes what the image reads, or keeps it from opening): a header that does
 //!   not parse or validate; an image file that cannot be opened; a bitmap shorter than the image
-//!   needs (clusters without a bit); layout 2's "all allocated" bit set over clear bits; a
-//!   backing file that is missing or unreadable while unallocated clusters read from it.
+//!   needs (clusters without a bit); a backing file that is missing or unreadable while
+//!   unallocated clusters read from it.
 //! - **Leak** (harmless leftovers, the `.add-cow` file's equivalent of leaked clusters): bits set
 //!   past the last cluster (the spare bits of the last byte, layout 2's padding); the `.add-cow`
-//!   file longer than the bitmap (an interrupted shrink leaves that); layout 2's padding missing.
+//!   file longer than the bitmap (an interrupted shrink leaves that); layout 2's padding missing,
+//!   or a short bitmap under layout 2's "all allocated" bit (which every cluster reads by).
 //! - **Note** (counted nowhere): the image in use by another process (checked anyway, its content
 //!   may change meanwhile), a backing file shorter than the image (unallocated clusters past its
 //!   end read zeros), unknown compatible feature bits, a backing file an all-allocated image does
-//!   not need.
+//!   not need, layout 2's "all allocated" bit over a bitmap that does not say so (valid: the bit
+//!   wins, and clearing it fills the bitmap first).
 //!
 //! # Repair (`repair`)
 //! Needs the `.add-cow` and image files locked for writing (`EBUSY` while another user has
 //! them). Fixed: a short bitmap is extended with zero bits (unallocated) only when the image
 //! file holds no data in the clusters it lacks (`SEEK_DATA`), since only then does that not
 //! change what the image reads; stray bits are cleared; an overlong `.add-cow` file is cut;
-//! missing padding is added; the bits under a set "all allocated" bit are set (what the image
-//! reads today). Everything else is reported, not repaired. The repairs are written, then the
+//! missing padding is added. Everything else is reported, not repaired. The repairs are written, then the
 //! `.add-cow` file is synced; each one leaves the image reading what it read before, so a crash
 //! between them is harmless.
 //!
@@ -256,7 +257,7 @@ impl Files<'_> {
             if self.repair {
                 self.resize_meta(need)?;
             }
-        } else if have < bits {
+        } else if have < bits && !self.header.all_allocated() {
             self.short_bitmap(r, have, need)?;
         } else if have < need {
             r.add(
@@ -312,8 +313,8 @@ impl Files<'_> {
         Ok(())
     }
 
-    /// Counts the set bits, finds stray bits past the last cluster, and checks layout 2's "all
-    /// allocated" bit against them.
+    /// Counts the set bits (every cluster under layout 2's "all allocated" bit) and finds stray
+    /// bits past the last cluster.
     fn bits(&self, r: &mut CheckReport) -> Result<()> {
         let clusters = self.geometry.clusters();
         let stored = self.stored()?;
@@ -345,22 +346,20 @@ impl Files<'_> {
                 }
             }
         }
-        let (allocated, total) = (r.allocated_clusters, clusters);
-        if self.header.all_allocated() && allocated < total {
-            r.add(
-                Severity::Corruption,
-                format!(
-                    "the header's all-allocated bit is set, but {} of {total} clusters have \
-                     their bit clear (the image reads them from the image file: repair sets \
-                     their bits)",
-                    total - allocated
-                ),
-                self.repair,
-            );
-            if self.repair {
-                self.set_all_bits()?;
-                r.allocated_clusters = total;
+        if self.header.all_allocated() {
+            let clear = clusters - r.allocated_clusters;
+            if clear > 0 {
+                r.add(
+                    Severity::Note,
+                    format!(
+                        "the header's all-allocated bit is set and {clear} of {clusters} \
+                         clusters have their bit clear: the bit wins (every cluster reads the \
+                         image file)"
+                    ),
+                    false,
+                );
             }
+            r.allocated_clusters = clusters;
         }
         Ok(())
     }
@@ -385,23 +384,6 @@ impl Files<'_> {
             at = from + n;
         }
         Ok(ones)
-    }
-
-    /// Sets the bit of every cluster (none past the last).
-    fn set_all_bits(&self) -> Result<()> {
-        let clusters = self.geometry.clusters();
-        let whole = clusters / 8;
-        let ones = vec![0xFFu8; CHUNK as usize];
-        let mut at = 0;
-        while at < whole {
-            let n = (whole - at).min(CHUNK);
-            self.write_meta(at, &ones[..n as usize])?;
-            at += n;
-        }
-        match clusters % 8 {
-            0 => Ok(()),
-            spare => self.write_meta(whole, &[(1u8 << spare) - 1]),
-        }
     }
 }
 
@@ -461,8 +443,9 @@ fn check_backing(r: &mut CheckReport, dir: &Dir, header: &Header, size: u64) -> 
 
 /// For read-write opens of local files: `EINVAL` when the `.add-cow` file holds fewer bitmap
 /// bytes than the image file's length needs (the library never writes such a file: the image
-/// file grew outside it, or the bitmap was cut), pointing at check. Opens through host byte
-/// sources keep reading missing bits as unallocated.
+/// file grew outside it, or the bitmap was cut), pointing at check; unless layout 2's "all
+/// allocated" bit is set (every cluster reads the image file whatever the bitmap says). Opens
+/// through host byte sources keep reading missing bits as unallocated.
 pub(super) fn check_bitmap_len(
     meta: &dyn Storage,
     meta_name: &str,
@@ -477,7 +460,7 @@ pub(super) fn check_bitmap_len(
     let have = meta
         .len()
         .map_err(|e| Error::io(Op::GetLength, meta_name, 0, e))?;
-    match have >= need {
+    match have >= need || header.all_allocated() {
         true => Ok(()),
         false => Err(Error::invalid(format!(
             "{meta_name}: the bitmap is shorter than the image needs ({} of {} bytes for the \

@@ -121,7 +121,9 @@ impl Image {
 
     /// Makes every cluster unallocated, durably, then punches the image file. Only once the
     /// image was flushed (no dirty bitmap page) and the backing file durably holds every
-    /// allocated cluster.
+    /// allocated cluster. Layout 2's "all allocated" bit is cleared without filling the bitmap
+    /// first (what a truncate must do): a cluster whose bit reads 0 once the bit is gone reads
+    /// the backing file, which already holds its data.
     fn empty(&mut self) -> Result<()> {
         let core = self.core();
         core.set_all_allocated(false)?;
