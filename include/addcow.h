@@ -598,13 +598,14 @@ const char *addcow_version(void);
 /**
  * Checks the image at `path` for consistency (`qemu-img check`'s model): the header and its
  * feature bits, the image file, the bitmap's length against the image file's (a short bitmap,
- * stale bytes past it, layout 2's padding), bits set past the last cluster, layout 2's "all
- * allocated" bit against the bits, the backing file (missing while needed; shorter than the
- * image), and whether another process uses the image (checked anyway, with a note). With
- * `ADDCOW_CHECK_REPAIR` (which locks the files for writing: -EBUSY while another user has
- * them) it repairs what needs no guess: a short bitmap is extended as unallocated only when
- * the image file holds no data in the clusters it lacks; stray bits are cleared; stale bytes
- * cut; the bits under a set "all allocated" bit set. Everything else is only reported.
+ * stale bytes past it, layout 2's padding), bits set past the last cluster, the backing file
+ * (missing while needed; shorter than the image), and whether another process uses the image
+ * (checked anyway, with a note). Under layout 2's "all allocated" bit every cluster counts as
+ * allocated whatever the bitmap says (a note when it disagrees). With `ADDCOW_CHECK_REPAIR`
+ * (which locks the files for writing: -EBUSY while another user has them) it repairs what
+ * needs no guess: a short bitmap is extended as unallocated only when the image file holds no
+ * data in the clusters it lacks; stray bits are cleared; stale bytes cut; missing padding
+ * added. Everything else is only reported.
  *
  * On success stores the findings in `*out` (free them with `addcow_check_free`) and returns
  * the exit code of the model: 0 nothing left to repair, 2 corruptions left, 3 leaks left and

@@ -118,7 +118,7 @@ pub fn check(path: impl AsRef<Path>, repair: bool) -> Result<CheckReport> {
         }
         Err(e) => return Err(e),
     };
-    let unknown = header.compatible_features() & !1;
+    let unknown = header.compatible_features() & !crate::layout::v2::ALL_ALLOCATED;
     if unknown != 0 {
         r.add(
             Severity::Note,
