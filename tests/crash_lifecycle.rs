@@ -49,7 +49,8 @@ fn setup(layout: u32, size: u64, backing: u64, allocated: &[u64]) -> Setup {
 }
 
 /// Commit scenarios: both layouts, backing files longer and shorter than the image, clusters
-/// allocated at the start and by the steps, with and without emptying, twice in a row.
+/// allocated at the start and by the steps, with and without emptying, twice in a row, in
+/// writethrough, under the all-allocated bit.
 fn commit_scenarios() -> Vec<Scenario> {
     let mut out = Vec::new();
     for layout in [1, 2] {
@@ -76,6 +77,15 @@ fn commit_scenarios() -> Vec<Scenario> {
                 .then(commit(true)),
         );
     }
+    let writethrough = Setup {
+        writethrough: true,
+        ..setup(1, 3 * CS, 2 * CS, &[1])
+    };
+    out.push(
+        Scenario::new("commit in writethrough", writethrough)
+            .write(2 * CS + 100, 1000)
+            .then(commit(true)),
+    );
     let full = Setup {
         all_allocated: true,
         ..setup(2, 3 * CS, 3 * CS, &[0, 1, 2])
