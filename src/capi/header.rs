@@ -35,7 +35,7 @@ unsafe fn store(
     let h = read()?;
     let name = |b: &[u8]| CString::new(b).map_err(|_| Error::invalid("a name holds a NUL byte"));
     let header = AddCowHeader {
-        layout: 1,
+        layout: h.layout_number(),
         cluster_size: 1 << h.cluster_bits(),
         image_file: name(&h.image_file)?,
         backing_file: h.backing_file.as_deref().map(name).transpose()?,
