@@ -1252,6 +1252,11 @@ int case_header_null_accessors(const char *dir)
     CHECK_RC(addcow_header_cluster_size(NULL), 0);
     CHECK(addcow_header_image_file(NULL) == NULL);
     CHECK(addcow_header_backing_file(NULL) == NULL);
+    CHECK(addcow_header_backing_format(NULL) == NULL);
+    CHECK(addcow_header_image_format(NULL) == NULL);
+    CHECK_RC(addcow_header_compatible_features(NULL), 0);
+    CHECK_RC(addcow_header_incompatible_features(NULL), 0);
+    CHECK_RC(addcow_header_bitmap_offset(NULL), 0);
     addcow_header_free(NULL);
     return T_PASS;
 }
