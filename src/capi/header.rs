@@ -217,8 +217,10 @@ pub unsafe extern "C" fn addcow_header_compatible_features(h: *const AddCowHeade
 /// Callers that print a header's features can print both sets without a special case.
 #[no_mangle]
 pub extern "C" fn addcow_header_incompatible_features(h: *const AddCowHeader) -> u64 {
-    let _ = h;
-    0
+    ffi("addcow_header_incompatible_features", || {
+        let _ = h;
+        Ok(0)
+    })
 }
 
 /// The header's length, where the COW bitmap starts in the `.add-cow` file: 2560 for layout 1,
