@@ -28,6 +28,7 @@ ADDCOW_CHECK(ADDCOW_OPEN_FORCE_SHARE == 16, open_force_share);
 ADDCOW_CHECK(ADDCOW_OPEN_CONFINE == 32, open_confine);
 ADDCOW_CHECK(ADDCOW_OPEN_DIRECT == 64, open_direct);
 ADDCOW_CHECK(ADDCOW_CREATE_CONFINE == 1, create_confine);
+ADDCOW_CHECK(ADDCOW_COMPAT_ALL_ALLOCATED == 1, compat_all_allocated);
 ADDCOW_CHECK(ADDCOW_MAX_SIZE == 1ULL << 56, max_size);
 ADDCOW_CHECK(ADDCOW_IOV_MAX == 1024, iov_max);
 
@@ -90,6 +91,11 @@ struct addcow_prototypes {
     uint32_t (*header_cluster_size)(const AddCowHeader *);
     const char *(*header_image_file)(const AddCowHeader *);
     const char *(*header_backing_file)(const AddCowHeader *);
+    const char *(*header_backing_format)(const AddCowHeader *);
+    const char *(*header_image_format)(const AddCowHeader *);
+    uint64_t (*header_compatible_features)(const AddCowHeader *);
+    uint64_t (*header_incompatible_features)(const AddCowHeader *);
+    uint64_t (*header_bitmap_offset)(const AddCowHeader *);
     void (*header_free)(AddCowHeader *);
     int (*core_open)(const AddCowIo *, uint64_t, const AddCowOpenOptions *, AddCowCore **);
     int (*core_close)(AddCowCore *);
@@ -139,6 +145,11 @@ int main(void)
     p.header_cluster_size = addcow_header_cluster_size;
     p.header_image_file = addcow_header_image_file;
     p.header_backing_file = addcow_header_backing_file;
+    p.header_backing_format = addcow_header_backing_format;
+    p.header_image_format = addcow_header_image_format;
+    p.header_compatible_features = addcow_header_compatible_features;
+    p.header_incompatible_features = addcow_header_incompatible_features;
+    p.header_bitmap_offset = addcow_header_bitmap_offset;
     p.header_free = addcow_header_free;
     p.core_open = addcow_core_open;
     p.core_close = addcow_core_close;

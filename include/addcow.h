@@ -51,6 +51,12 @@
 #define ADDCOW_CREATE_CONFINE (1 << 0)
 
 /**
+ * Compatible feature bit 0 of layout 2 (`addcow_header_compatible_features`): every cluster
+ * is allocated, so the image file alone is the disk and the backing file is not needed.
+ */
+#define ADDCOW_COMPAT_ALL_ALLOCATED (1 << 0)
+
+/**
  * The most iovecs one call accepts (`addcow_readv`, `addcow_writev`: -EINVAL beyond it), and
  * the most one system call of the library passes: Linux's `IOV_MAX`. Host callbacks
  * (`AddCowIo`) may be passed up to two more.
@@ -191,7 +197,7 @@
 typedef struct AddCowCore AddCowCore;
 
 /**
- * A parsed `.add-cow` header. Opaque: read it with `addcow_header_read` or
+ * A parsed `.add-cow` header of either layout. Opaque: read it with `addcow_header_read` or
  * `addcow_header_read_io`, free it with `addcow_header_free`.
  */
 typedef struct AddCowHeader AddCowHeader;
@@ -543,7 +549,7 @@ int addcow_header_read(const char *path, struct AddCowHeader **out);
 int addcow_header_read_io(const struct AddCowIo *meta, struct AddCowHeader **out);
 
 /**
- * The header's layout (1 = the seed's), or 0 for NULL.
+ * The header's layout: 1 (the seed's) or 2 (the series' final one); 0 for NULL.
  *
  * # Safety
  * `h` is NULL or a live header.
@@ -551,7 +557,8 @@ int addcow_header_read_io(const struct AddCowIo *meta, struct AddCowHeader **out
 uint32_t addcow_header_layout(const struct AddCowHeader *h);
 
 /**
- * The cluster size in bytes, or 0 for NULL.
+ * The cluster size in bytes: 65536 for layout 1, a power of two from 4096 to 2 MiB for
+ * layout 2; 0 for NULL.
  *
  * # Safety
  * `h` is NULL or a live header.
@@ -575,6 +582,51 @@ const char *addcow_header_image_file(const struct AddCowHeader *h);
  * `h` is NULL or a live header.
  */
 const char *addcow_header_backing_file(const struct AddCowHeader *h);
+
+/**
+ * The backing file's format as the header records it: "raw" or "add-cow" (layout 2). NULL
+ * when there is no backing file, for layout 1 (its header does not record the format: the
+ * opener chooses, raw unless `ADDCOW_OPEN_BACKING_ADDCOW`), and for a NULL header. Valid
+ * until `addcow_header_free`.
+ *
+ * # Safety
+ * `h` is NULL or a live header.
+ */
+const char *addcow_header_backing_format(const struct AddCowHeader *h);
+
+/**
+ * The image file's format: "raw" (the only one either layout allows); NULL for a NULL header.
+ * Valid until `addcow_header_free`.
+ *
+ * # Safety
+ * `h` is NULL or a live header.
+ */
+const char *addcow_header_image_format(const struct AddCowHeader *h);
+
+/**
+ * The compatible feature bits as stored, unknown bits included (`ADDCOW_COMPAT_ALL_ALLOCATED`
+ * is bit 0); always 0 for layout 1, which has none, and for a NULL header.
+ *
+ * # Safety
+ * `h` is NULL or a live header.
+ */
+uint64_t addcow_header_compatible_features(const struct AddCowHeader *h);
+
+/**
+ * The incompatible feature bits: always 0. None is defined, and a layout-2 header with any
+ * bit set is refused by `addcow_header_read` (-ENOTSUP, naming the bit); layout 1 has none.
+ * Callers that print a header's features can print both sets without a special case.
+ */
+uint64_t addcow_header_incompatible_features(const struct AddCowHeader *h);
+
+/**
+ * The header's length, where the COW bitmap starts in the `.add-cow` file: 2560 for layout 1,
+ * `header_size` = max(4096, cluster size) for layout 2; 0 for NULL.
+ *
+ * # Safety
+ * `h` is NULL or a live header.
+ */
+uint64_t addcow_header_bitmap_offset(const struct AddCowHeader *h);
 
 /**
  * Frees a header; NULL is a no-op.

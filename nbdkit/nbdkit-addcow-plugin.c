@@ -146,7 +146,8 @@ plugin_config_complete (void)
 
 #define plugin_config_help \
   "file=<FILENAME>     (required) The .add-cow file.\n" \
-  "backing_fmt=raw|add-cow       Format of its backing file (default raw).\n" \
+  "backing_fmt=raw|add-cow       Format of its backing file (default raw); layout 1\n" \
+  "                              only: a layout-2 header records it, and that wins.\n" \
   "writethrough=true|false       Make every write durable on return (default false).\n" \
   "readonly=true|false           Open read-only: read locks, so other readers may share\n" \
   "                              the image; served read-only. Use it with -r (without it\n" \

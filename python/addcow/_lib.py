@@ -56,6 +56,7 @@ __all__ = [
     "OPEN_CONFINE",
     "OPEN_DIRECT",
     "CREATE_CONFINE",
+    "COMPAT_ALL_ALLOCATED",
     "MAX_SIZE",
     "IOV_MAX",
     "declare",
@@ -83,6 +84,10 @@ OPEN_DIRECT = 1 << 6
 
 # Create flags (ADDCOW_CREATE_*).
 CREATE_CONFINE = 1 << 0
+
+#: Layout 2's compatible feature bit 0 (ADDCOW_COMPAT_ALL_ALLOCATED): every cluster is
+#: allocated, the image file alone is the disk.
+COMPAT_ALL_ALLOCATED = 1 << 0
 
 # The mapping core's answers (ADDCOW_MAP_*, ADDCOW_STEP_*, ADDCOW_BUSY). The core is for block
 # layers doing their own I/O; this package does not use it, but declares its functions.
@@ -232,6 +237,11 @@ _DECLARATIONS: List[Tuple[str, object, List[object], bool]] = [
     ("addcow_header_cluster_size", c_uint32, [HeaderPtr], True),
     ("addcow_header_image_file", c_char_p, [HeaderPtr], True),
     ("addcow_header_backing_file", c_char_p, [HeaderPtr], True),
+    ("addcow_header_backing_format", c_char_p, [HeaderPtr], True),
+    ("addcow_header_image_format", c_char_p, [HeaderPtr], True),
+    ("addcow_header_compatible_features", c_uint64, [HeaderPtr], True),
+    ("addcow_header_incompatible_features", c_uint64, [HeaderPtr], True),
+    ("addcow_header_bitmap_offset", c_uint64, [HeaderPtr], True),
     ("addcow_header_free", None, [HeaderPtr], True),
     # The mapping core (opaque handles as void pointers): optional, unused by this package.
     (

@@ -220,7 +220,7 @@ def test_raw_abi_argument_checks(tmp_path: Path, overlay: Path) -> None:
         ctypes.sizeof(_lib.AddCowCreateOptions), 0, b"o.raw", None, None, CLUSTER, 0, 0
     )
     path = bytes(tmp_path / "o.add-cow")
-    opts.layout = 2
+    opts.layout = 3
     assert lib.addcow_create(path, ctypes.byref(opts)) == -errno.ENOTSUP
     opts.layout, opts.cluster_size = 1, 4096
     assert lib.addcow_create(path, ctypes.byref(opts)) == EINVAL

@@ -27,9 +27,11 @@ mod versioned;
 
 pub use create::{addcow_create, AddCowCreateOptions, ADDCOW_CREATE_CONFINE};
 pub use header::{
-    addcow_header_backing_file, addcow_header_cluster_size, addcow_header_free,
-    addcow_header_image_file, addcow_header_layout, addcow_header_read, addcow_header_read_io,
-    AddCowHeader,
+    addcow_header_backing_file, addcow_header_backing_format, addcow_header_bitmap_offset,
+    addcow_header_cluster_size, addcow_header_compatible_features, addcow_header_free,
+    addcow_header_image_file, addcow_header_image_format, addcow_header_incompatible_features,
+    addcow_header_layout, addcow_header_read, addcow_header_read_io, AddCowHeader,
+    ADDCOW_COMPAT_ALL_ALLOCATED,
 };
 pub use host::AddCowIo;
 pub use iov::ADDCOW_IOV_MAX;
