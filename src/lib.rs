@@ -37,5 +37,6 @@ pub mod storage;
 pub use engine::{
     create, read_header, Backing, BackingFormat, CreateOptions, Image, OpenOptions, Parts,
 };
+pub use engine::{HydrateJob, HydrateOptions, JobState, Outcome, Progress};
 pub use error::{Error, Op, Result};
 pub use layout::probe;
