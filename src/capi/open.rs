@@ -137,7 +137,7 @@ unsafe fn hand_out(
     }
     // SAFETY: non-NULL and writable per the caller; cleared first so that failure leaves NULL.
     unsafe { out.write(std::ptr::null_mut()) };
-    let handle = Box::into_raw(Box::new(AddCowImage { image: open()? }));
+    let handle = Box::into_raw(Box::new(AddCowImage::new(open()?)));
     // SAFETY: as above.
     unsafe { out.write(handle) };
     Ok(0)
