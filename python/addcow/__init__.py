@@ -29,6 +29,7 @@ from ._image import (
     read_header,
     version,
 )
+from ._job import HydrateJob, JobState, Progress
 from ._lib import IOV_MAX, MAX_SIZE, LibraryNotFoundError, library_path
 
 __version__ = "0.1.0"
@@ -36,11 +37,14 @@ __version__ = "0.1.0"
 __all__ = [
     "Extent",
     "Header",
+    "HydrateJob",
     "IOV_MAX",
     "Image",
     "ImageFile",
+    "JobState",
     "LibraryNotFoundError",
     "MAX_SIZE",
+    "Progress",
     "create",
     "library_path",
     "open",
