@@ -181,10 +181,23 @@ fn hydrate_in_writethrough_is_durable_when_it_returns() {
 /// Writers hammer their own clusters (each writer its own set, so the last write of each wins
 /// in the model) while the primitive or a job hydrates the whole image in small batches.
 fn hydrate_beside_writers(hydrate: impl Fn(&Arc<Image>) + Sync) {
+    let m = Mem::new(SIZE, BACKING);
+    let raw = beside_writers(Arc::new(m.rw()), m.base(), hydrate);
+    assert_eq!(
+        m.raw(),
+        raw,
+        "the raw image file reads what the image reads"
+    );
+}
+
+const SIZE: u64 = 48 * CS - 512;
+const BACKING: u64 = 40 * CS + 123;
+
+/// Runs the writers beside `hydrate` on `img`, whose unallocated clusters read `base`; checks
+/// content and allocation; returns what the image reads.
+fn beside_writers(img: Arc<Image>, base: Vec<u8>, hydrate: impl Fn(&Arc<Image>) + Sync) -> Vec<u8> {
     const WRITERS: u64 = 3;
-    let m = Mem::new(48 * CS - 512, 40 * CS + 123);
-    let img = Arc::new(m.rw());
-    let mut want = m.base();
+    let mut want = base;
     let done = AtomicBool::new(false);
     let models: Vec<Vec<(u64, Vec<u8>)>> = std::thread::scope(|s| {
         let writers: Vec<_> = (0..WRITERS)
@@ -219,11 +232,7 @@ fn hydrate_beside_writers(hydrate: impl Fn(&Arc<Image>) + Sync) {
     }
     assert!(allocated(&img).iter().all(|&a| a));
     assert_eq!(read_all(&img), want);
-    assert_eq!(
-        m.raw(),
-        want,
-        "the raw image file reads what the image reads"
-    );
+    want
 }
 
 #[test]
@@ -249,6 +258,25 @@ fn job_beside_concurrent_writers() {
         let p = job.progress();
         assert_eq!((p.state, p.done, p.total), (JobState::Completed, 48, 48));
     });
+}
+
+fn job(img: &Arc<Image>) {
+    let opts = HydrateOptions {
+        batch: 3 * CS,
+        ..HydrateOptions::default()
+    };
+    let job = HydrateJob::start(img.clone(), &opts).unwrap();
+    assert_eq!(job.wait(None), Some(Outcome::Completed));
+}
+
+/// Over files, batches move in the kernel (`copy_file_range`) beside the writers.
+#[test]
+fn job_beside_concurrent_writers_over_files() {
+    let f = files(1, SIZE, BACKING);
+    let img = open(&f.meta, &common::rw());
+    let want = beside_writers(img.clone(), Mem::new(SIZE, BACKING).base(), job);
+    drop(img);
+    assert_eq!(std::fs::read(&f.image).unwrap(), want);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -18,6 +18,12 @@
 //! the `.add-cow` file with the next flush (the background job flushes every second): a crash
 //! loses only hydration, which the next run redoes.
 //!
+//! # Copying
+//! Where the backing file is a raw file and the image file a file (not direct I/O), a batch's
+//! bytes move in the kernel (`copy_file_range`), with no user-space copy; elsewhere (host
+//! callbacks, memory, direct I/O, an add-cow backing image) they are read, then written. A
+//! hole of the backing file over a hole of the image file is left as it is.
+//!
 //! # Zeros and the end of the backing file
 //! Unallocated clusters past the backing file's end read zeros; they are hydrated like the
 //! others (marked allocated) so that the raw image file alone reads what the guest saw, which
@@ -26,7 +32,7 @@
 //! image file stays sparse. Where the image file holds anything there (a write that never
 //! committed), the zeros are written.
 
-use super::Image;
+use super::{Backing, Image};
 use crate::error::{Error, Op, Result};
 use crate::mapping::{Begin, Step, Txn};
 use std::io::{IoSlice, IoSliceMut};
@@ -146,19 +152,26 @@ impl Hydrator {
         })
     }
 
-    /// Reads `at..at + len` from the backing file and writes it to the image file: the part
-    /// within the backing data unless it is all zeros over a hole of the image file, the part
-    /// past its end (zeros) unless it is a hole there.
+    /// Copies `at..at + len` from the backing file to the image file: the part within the
+    /// backing data in the kernel where both are files, else read and written unless it is all
+    /// zeros over a hole of the image file; the part past its end (zeros) unless it is a hole
+    /// there.
     fn fill(&mut self, image: &Image, at: u64, len: u64) -> Result<()> {
         let inside = image.core().backing_len().unwrap_or(0).clamp(at, at + len) - at;
+        let copied = match inside {
+            0 => 0,
+            _ => image.copy_backing(at, inside)?,
+        };
         if self.buf.len() < len as usize {
             self.buf.resize(len as usize, 0);
         }
         let (data, past) = self.buf[..len as usize].split_at_mut(inside as usize);
+        let data = &mut data[copied as usize..];
+        let from = at + copied;
         if !data.is_empty() {
-            image.read_backing(&mut [IoSliceMut::new(data)], at)?;
-            if !(is_zero(data) && image.is_hole(at, inside)?) {
-                image.write_data(&[IoSlice::new(data)], at)?;
+            image.read_backing(&mut [IoSliceMut::new(data)], from)?;
+            if !(is_zero(data) && image.is_hole(from, data.len() as u64)?) {
+                image.write_data(&[IoSlice::new(data)], from)?;
             }
         }
         if !past.is_empty() && !image.is_hole(at + inside, len - inside)? {
@@ -219,6 +232,29 @@ impl Image {
             true => self.hydrate(offset, len, len).map(|_| ()),
             false => Ok(()),
         }
+    }
+
+    /// Copies `at..at + len` (within the backing data) from a raw backing file to the image
+    /// file in the kernel, when both are files: how many bytes from `at` it copied (0: copy
+    /// them another way). A hole of the backing file over a hole of the image file is left as
+    /// it is (it reads zeros) and counts as copied.
+    fn copy_backing(&self, at: u64, len: u64) -> Result<u64> {
+        let Some(Backing::Raw { storage, name }) = self.backing() else {
+            return Ok(0);
+        };
+        if self.data().as_file().is_none() || storage.as_file().is_none() {
+            return Ok(0);
+        }
+        let data = storage
+            .next_data(at)
+            .map_err(|e| Error::io(Op::FindData, name, at, e))?;
+        if data.map_or(true, |d| d >= at + len) && self.is_hole(at, len)? {
+            return Ok(len);
+        }
+        self.wrote_data();
+        self.data()
+            .copy_from(&**storage, at, len)
+            .map_err(|e| Error::io(Op::Write, self.data_name(), at, e))
     }
 
     /// Whether the image file reads zeros at `at..at + len` as a hole (or past its end).

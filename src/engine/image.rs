@@ -333,6 +333,12 @@ impl Image {
             .map_err(|e| Error::io(Op::Write, &self.data_name, offset, e))
     }
 
+    /// Records an image-file write made around [`Image::write_data`] (an in-kernel copy): the
+    /// next flush must sync it. Call it before the write, as `write_data` does.
+    pub(super) fn wrote_data(&self) {
+        self.unsynced_data.store(true, Ordering::Release);
+    }
+
     pub(super) fn sync_data(&self) -> Result<()> {
         self.unsynced_data.store(false, Ordering::Release);
         self.data.flush().map_err(|e| {
