@@ -25,6 +25,8 @@ tmp=$(mktemp -d "${TMPDIR:-/var/tmp}/addcow-bench-hydrate.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
 head -c $((size_mib << 20)) /dev/urandom >"$tmp/base.raw"
+# Written back before any timing (its writeback would slow the first run), then cached.
+sync "$tmp/base.raw"
 cat "$tmp/base.raw" >/dev/null
 
 seconds() { # seconds COMMAND...: wall time of COMMAND
@@ -45,7 +47,8 @@ rm -f "$tmp/copy.raw"
 if command -v qemu-img >/dev/null; then
     (cd "$tmp" && qemu-img create -q -f qcow2 -o data_file=twin.raw,cluster_size=65536 \
         -b base.raw -F raw twin.qcow2 "${size_mib}M")
-    rebase() { qemu-img rebase -q -f qcow2 -b '' "$tmp/twin.qcow2" && sync "$tmp/twin.raw"; }
+    # From the image's directory: QEMU resolves the relative data file name against it.
+    rebase() { (cd "$tmp" && qemu-img rebase -q -f qcow2 -b '' twin.qcow2 && sync twin.raw); }
     report "qemu-img rebase -b '' (qcow2)" "$(seconds rebase)"
     rm -f "$tmp/twin.qcow2" "$tmp/twin.raw"
 else
@@ -60,9 +63,10 @@ tmp, size = sys.argv[1], int(sys.argv[2]) << 20
 
 def fresh(name):
     path = os.path.join(tmp, name + ".add-cow")
-    for f in (path, os.path.join(tmp, name + ".raw")):
-        if os.path.exists(f):
-            os.remove(f)
+    for f in os.listdir(tmp):  # the earlier runs' images: their space back before this one
+        if f != "base.raw":
+            os.remove(os.path.join(tmp, f))
+    os.sync()
     addcow.create(path, name + ".raw", backing_file="base.raw", size=size)
     return addcow.open(path, "r+")
 
