@@ -162,23 +162,28 @@ impl Hydrator {
             0 => 0,
             _ => image.copy_backing(at, inside)?,
         };
-        if self.buf.len() < len as usize {
-            self.buf.resize(len as usize, 0);
-        }
-        let (data, past) = self.buf[..len as usize].split_at_mut(inside as usize);
-        let data = &mut data[copied as usize..];
-        let from = at + copied;
-        if !data.is_empty() {
+        if copied < inside {
+            let (from, n) = (at + copied, inside - copied);
+            let data = self.buffer(n);
             image.read_backing(&mut [IoSliceMut::new(data)], from)?;
-            if !(is_zero(data) && image.is_hole(from, data.len() as u64)?) {
+            if !(is_zero(data) && image.is_hole(from, n)?) {
                 image.write_data(&[IoSlice::new(data)], from)?;
             }
         }
-        if !past.is_empty() && !image.is_hole(at + inside, len - inside)? {
-            past.fill(0);
-            image.write_data(&[IoSlice::new(past)], at + inside)?;
+        if inside < len && !image.is_hole(at + inside, len - inside)? {
+            let zeros = self.buffer(len - inside);
+            zeros.fill(0);
+            image.write_data(&[IoSlice::new(zeros)], at + inside)?;
         }
         Ok(())
+    }
+
+    /// The first `n` bytes of the buffer, grown (never past a batch) on first need.
+    fn buffer(&mut self, n: u64) -> &mut [u8] {
+        if self.buf.len() < n as usize {
+            self.buf.resize(n as usize, 0);
+        }
+        &mut self.buf[..n as usize]
     }
 }
 

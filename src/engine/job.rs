@@ -166,7 +166,10 @@ impl HydrateJob {
         let thread = std::thread::Builder::new()
             .name("addcow-hydrate".into())
             .spawn(move || worker.run(&image, range, &opts))
-            .map_err(|e| Error::io(crate::error::Op::Open, "a hydration thread", 0, e))?;
+            .map_err(|e| Error::Job {
+                errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
+                message: format!("cannot start a hydration thread: {e}"),
+            })?;
         *lock(&shared.thread) = Some(thread);
         Ok(HydrateJob { shared })
     }
