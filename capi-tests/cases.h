@@ -132,5 +132,11 @@
     CASE(core_args) \
     CASE(core_reentrant) \
     CASE(core_threads) \
+    CASE(hydrate_basic) \
+    CASE(hydrate_job) \
+    CASE(hydrate_job_control) \
+    CASE(hydrate_job_with_writers) \
+    CASE(hydrate_job_fails) \
+    CASE(open_copy_on_read) \
 
 #endif

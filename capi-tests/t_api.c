@@ -652,8 +652,9 @@ int case_open_unknown_flags(const char *dir)
     char meta[PATH_MAX];
     pj(meta, dir, "img.add-cow");
     CHECK_OK(create_img(meta, "img.raw", NULL, CL));
-    /* Bits 0-6 are ADDCOW_OPEN_*; the rest are unknown. */
-    const uint32_t bad[] = {1u << 7, 1u << 8, 1u << 16, 1u << 31, ADDCOW_OPEN_RDWR | 1u << 7,
+    /* Bits 0-7 are ADDCOW_OPEN_*; the rest are unknown (bit 7 alone: copy-on-read needs
+     * RDWR). */
+    const uint32_t bad[] = {1u << 7, 1u << 8, 1u << 16, 1u << 31, ADDCOW_OPEN_RDWR | 1u << 8,
                             ADDCOW_OPEN_FORCE_SHARE | 1u << 8};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         AddCowImage *img = SENTINEL;

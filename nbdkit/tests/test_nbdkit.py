@@ -454,5 +454,77 @@ def test_direct_opens_every_file_with_o_direct(tmp_path: Path, direct: bool) -> 
 
 def test_help_documents_the_keys() -> None:
     out = subprocess.run(["nbdkit", PLUGIN, "--help"], capture_output=True, text=True, timeout=60).stdout
-    for key in ("file=", "backing_fmt=", "writethrough=", "readonly=", "confine=", "direct="):
+    for key in ("file=", "backing_fmt=", "writethrough=", "readonly=", "confine=", "direct=",
+                "copy-on-read=", "hydrate=", "hydrate-rate="):
         assert key in out, out
+
+
+# --- hydration ------------------------------------------------------------------------------
+
+
+def on_disk_allocation(meta: Path) -> list[bool]:
+    """The clusters the `.add-cow` file says are allocated, read beside the server that holds
+    the image (force_share takes no conflicting lock)."""
+    with addcow.open(meta, force_share=True) as img:
+        return [img.is_allocated(c * CS, 1)[0] for c in range((img.size + CS - 1) // CS)]
+
+
+def wait_hydrated(meta: Path) -> None:
+    """Waits until every cluster is allocated on disk (the job flushes every second and at the
+    end); the deadline bounds a hung job, it is not a timing assertion."""
+    deadline = time.monotonic() + 120
+    while not all(on_disk_allocation(meta)):
+        assert time.monotonic() < deadline, "hydration did not complete"
+        time.sleep(0.1)
+
+
+def test_hydrate_while_qemu_io_writes(tmp_path: Path) -> None:
+    """hydrate=true: the job copies the backing file while qemu-io writes through NBD; at the
+    end the writes won, every cluster is allocated, and the raw image file alone reads what
+    the export reads (what a detach needs)."""
+    size = 48 * CS + 4096
+    meta, base = make_image(tmp_path, size, 40 * CS + 77)
+    model = Model(size, base)
+    writes = [(0x10 + i, (i * 7 % 48) * CS + i * 999, 5000 + i * 300) for i in range(12)]
+    # 1 MiB/s: the job runs for about three seconds, beside the writes.
+    with server(meta, "hydrate=true", "hydrate-rate=1M") as uri:
+        for byte, off, n in writes:
+            model.write(off, bytes([byte]) * n)
+            out = subprocess.run(["qemu-io", "-f", "raw", "-c", f"write -P {byte:#x} {off} {n}", uri],
+                                 capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0 and "error" not in out.stdout.lower(), out
+        wait_hydrated(meta)
+        ok(subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", uri, str(tmp_path / "export.raw")],
+                          capture_output=True, text=True, timeout=120))
+    model.allocated = [True] * len(model.allocated)
+    check_library(meta, model)
+    assert (tmp_path / "export.raw").read_bytes() == bytes(model.data)
+    assert (tmp_path / "vm.raw").read_bytes() == bytes(model.data)
+
+
+def test_hydrate_stops_at_unload_and_resumes_next_time(tmp_path: Path) -> None:
+    size = 64 * CS
+    meta, base = make_image(tmp_path, size, size)
+    # One cluster a second: the server stops long before the job could finish.
+    ok(serve(meta, 'qemu-io -f raw -c "write -P 0x5a 100 10" "$uri"', "hydrate=true", "hydrate-rate=64K"))
+    model = Model(size, base)
+    model.write(100, b"\x5a" * 10)
+    first = on_disk_allocation(meta)
+    assert not all(first)
+    with addcow.open(meta) as img:
+        assert img.read(0, size) == bytes(model.data)
+    # The next run starts where this one stopped, and finishes.
+    with server(meta, "hydrate=true"):
+        wait_hydrated(meta)
+    model.allocated = [True] * len(model.allocated)
+    check_library(meta, model)
+
+
+def test_copy_on_read(tmp_path: Path) -> None:
+    meta, base = make_image(tmp_path, 8 * CS, 5 * CS)
+    out = ok(serve(meta, f'qemu-io -f raw -c "read -v {CS - 8} 16" "$uri"', "copy-on-read=true"))
+    assert base[CS - 8 : CS + 8].hex()[:8] in out.replace(" ", "")
+    assert on_disk_allocation(meta) == [True, True] + [False] * 6
+    r = subprocess.run(["nbdkit", "-U", "-", PLUGIN, f"file={meta}", "readonly=true", "copy-on-read=true",
+                        "--run", "true"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "readonly" in r.stderr

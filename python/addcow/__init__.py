@@ -30,6 +30,7 @@ from ._image import (
     read_header,
     version,
 )
+from ._job import HydrateJob, JobState, Progress
 from ._lib import COMPAT_ALL_ALLOCATED, IOV_MAX, MAX_SIZE, LibraryNotFoundError, library_path
 
 __version__ = "0.1.0"
@@ -38,11 +39,14 @@ __all__ = [
     "COMPAT_ALL_ALLOCATED",
     "Extent",
     "Header",
+    "HydrateJob",
     "IOV_MAX",
     "Image",
     "ImageFile",
+    "JobState",
     "LibraryNotFoundError",
     "MAX_SIZE",
+    "Progress",
     "create",
     "library_path",
     "open",

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator, List, NamedTuple, Optional, Tuple, U
 
 from . import _lib
 from ._buffers import pin_readable, pin_writable
+from ._job import HydrateJob
 from ._lib import check, invalid, lib
 
 __all__ = [
@@ -198,6 +199,7 @@ def open(  # noqa: A001 - mirrors io.open / gzip.open
     confine: bool = False,
     bitmap_cache_size: Optional[int] = None,
     direct: bool = False,
+    copy_on_read: bool = False,
 ) -> "Image":
     """Opens the ``.add-cow`` file at ``path`` and the files its header names, and locks them
     as QEMU locks its images.
@@ -227,6 +229,10 @@ def open(  # noqa: A001 - mirrors io.open / gzip.open
     buffer works (unaligned requests are copied through aligned buffers inside the library;
     page-aligned buffers such as an ``mmap`` of whole blocks at block-aligned offsets are not
     copied). A file system without direct I/O raises ``OSError(EINVAL)``.
+
+    ``copy_on_read=True`` (``"r+"`` only, ``OSError(EINVAL)`` with ``"r"``): a read of
+    unallocated clusters within the backing data also hydrates them (QEMU's
+    ``copy-on-read``), as :meth:`Image.hydrate` does.
     """
     try:
         writable = _MODES[mode]
@@ -248,6 +254,8 @@ def open(  # noqa: A001 - mirrors io.open / gzip.open
         flags |= _lib.OPEN_CONFINE
     if direct:
         flags |= _lib.OPEN_DIRECT
+    if copy_on_read:
+        flags |= _lib.OPEN_COPY_ON_READ
     opts = _lib.AddCowOpenOptions()
     opts.struct_size = ctypes.sizeof(_lib.AddCowOpenOptions)
     opts.flags = flags
@@ -494,6 +502,56 @@ class Image:
             check(lib.addcow_flush(h), "addcow_flush")
         finally:
             self._release()
+
+    def _range(self, offset: int, length: Optional[int], operation: str) -> Tuple[int, int]:
+        off = _u64(offset, "offset", operation)
+        if length is None:
+            return off, max(0, self.size - off)
+        return off, _u64(length, "length", operation)
+
+    def hydrate(self, offset: int = 0, length: Optional[int] = None) -> int:
+        """Hydrates every cluster that ``offset .. offset + length`` touches (default: to the
+        end of the image) on this thread: copies the unallocated ones from the backing file
+        into the image file and marks them allocated; returns how many it copied. Safe beside
+        reads and writes on other threads (a guest write always wins). Durable as writes are
+        (with :meth:`flush`). :class:`PermissionError` on a read-only image,
+        ``OSError(EINVAL)`` past the end or when opened with ``backing=False``."""
+        off, n = self._range(offset, length, "addcow_hydrate")
+        done = ctypes.c_uint64()
+        h = self._acquire()
+        try:
+            check(lib.addcow_hydrate(h, off, n, ctypes.byref(done)), "addcow_hydrate")
+        finally:
+            self._release()
+        return int(done.value)
+
+    def hydrate_start(
+        self, offset: int = 0, length: Optional[int] = None, rate: int = 0, batch: int = 0
+    ) -> HydrateJob:
+        """Starts hydrating ``offset .. offset + length`` (default: to the end of the image)
+        in the background, on a thread of the library, and returns the job. ``rate``: most
+        bytes copied per second (0: no limit); ``batch``: bytes of contiguous clusters per
+        copy (0: 1 MiB), the longest a guest write waits for it. ``OSError(EINVAL)`` for an
+        empty range. The job flushes about every
+        second and when it ends; a new job over the same range copies only what is left.
+        :meth:`close` cancels the image's jobs first. Errors as :meth:`hydrate`."""
+        off, n = self._range(offset, length, "addcow_hydrate_start")
+        opts = _lib.AddCowHydrateOptions()
+        opts.struct_size = ctypes.sizeof(_lib.AddCowHydrateOptions)
+        if n == 0:
+            invalid("addcow_hydrate_start", "an empty range (length=None: to the end)")
+        opts.offset = off
+        opts.bytes = n
+        opts.rate = _u64(rate, "rate", "addcow_hydrate_start")
+        opts.batch = _u64(batch, "batch", "addcow_hydrate_start")
+        job = ctypes.c_void_p()
+        h = self._acquire()
+        try:
+            rc = lib.addcow_hydrate_start(h, ctypes.byref(opts), ctypes.byref(job))
+            check(rc, "addcow_hydrate_start")
+        finally:
+            self._release()
+        return HydrateJob(int(job.value or 0))
 
     def as_file(self) -> "ImageFile":
         """A seekable :class:`io.RawIOBase` view of the image (its own position, starting

@@ -86,7 +86,13 @@ def test_constants_match_the_header() -> None:
 
 _C_TYPES = {"uint32_t": ctypes.c_uint32, "uint64_t": ctypes.c_uint64, "const char *": ctypes.c_char_p}
 # The structs the package declares, with their LP64 sizes (header_check pins the same).
-_STRUCTS = {"AddCowCreateOptions": 48, "AddCowOpenOptions": 16, "AddCowIo": 48}
+_STRUCTS = {
+    "AddCowCreateOptions": 48,
+    "AddCowOpenOptions": 16,
+    "AddCowIo": 48,
+    "AddCowHydrateOptions": 40,
+    "AddCowJobProgress": 48,
+}
 # Structs of addcow.h the package does not declare, and why.
 _NOT_DECLARED = {"AddCowWriteStep": "the core's functions are declared with void pointers"}
 

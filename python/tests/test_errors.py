@@ -197,7 +197,7 @@ def test_raw_abi_argument_checks(tmp_path: Path, overlay: Path) -> None:
     assert lib.addcow_header_read(str(tmp_path / "missing").encode(), ctypes.byref(hdr)) == -errno.ENOENT
     assert not bool(hdr)
     assert lib.addcow_open(None, 0, ctypes.byref(h)) == EINVAL
-    assert lib.addcow_open(bytes(overlay), 1 << 7, ctypes.byref(h)) == EINVAL
+    assert lib.addcow_open(bytes(overlay), 1 << 8, ctypes.byref(h)) == EINVAL
     assert "flags" in _lib.last_error()
     assert lib.addcow_open(bytes(overlay), 0, None) == EINVAL
     assert lib.addcow_probe(None, 1, None) == EINVAL
