@@ -51,6 +51,11 @@ fn faults_truncate_shrink() {
 }
 
 #[test]
+fn faults_hydrate() {
+    faults("hydration", workloads::hydrate());
+}
+
+#[test]
 fn faults_all_allocated() {
     faults("the all-allocated bit", workloads::all_allocated());
 }

@@ -46,6 +46,8 @@ pub struct Image {
     deferred: Option<Deferred>,
     late: OnceLock<Backing>,
     pub(super) writethrough: bool,
+    /// Reads of unallocated clusters within the backing data hydrate them (`hydrate.rs`).
+    pub(super) copy_on_read: bool,
     released: (Mutex<()>, Condvar),
     /// Requests sleeping in [`Image::wait`].
     waiting: AtomicUsize,
@@ -84,6 +86,7 @@ impl Image {
             deferred: None,
             late: OnceLock::new(),
             writethrough,
+            copy_on_read: false,
             released: (Mutex::new(()), Condvar::new()),
             waiting: AtomicUsize::new(0),
             unsynced_data: AtomicBool::new(false),
@@ -96,7 +99,7 @@ impl Image {
     }
 
     /// The shared side of the gate: no truncate runs until it is dropped.
-    fn shared(&self) -> ShardedLockReadGuard<'_, ()> {
+    pub(super) fn shared(&self) -> ShardedLockReadGuard<'_, ()> {
         self.gate.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -176,7 +179,10 @@ impl Image {
                 .data
                 .read_vectored_at(bufs, offset)
                 .map_err(|e| Error::io(Op::Read, &self.data_name, offset, e)),
-            Kind::Backing => self.read_backing(bufs, offset),
+            Kind::Backing => {
+                self.read_backing(bufs, offset)?;
+                self.copy_on_read(offset, crate::storage::iov_len(bufs))
+            }
             Kind::Zero => {
                 zero_fill(bufs);
                 Ok(())
@@ -241,12 +247,18 @@ impl Image {
     /// Runs an allocation transaction: head and tail from the backing file (zeros past its
     /// end), the guest data between, one vectored write, then the bits.
     fn allocate(&self, core: &Core, txn: Txn, data: &[IoSlice<'_>]) -> Result<()> {
-        let written = self
-            .write_cluster(&txn, data)
-            .and_then(|()| match self.writethrough {
-                true => self.sync_data(),
-                false => Ok(()),
-            });
+        let written = self.write_cluster(&txn, data);
+        self.settle(core, txn, written)
+    }
+
+    /// Ends an allocation transaction whose image-file write returned `written`: (writethrough:
+    /// sync the image file) → commit, or abort on failure → wake the waiters → (writethrough:
+    /// a metadata write-back).
+    pub(super) fn settle(&self, core: &Core, txn: Txn, written: Result<()>) -> Result<()> {
+        let written = written.and_then(|()| match self.writethrough {
+            true => self.sync_data(),
+            false => Ok(()),
+        });
         let committed = match written {
             Ok(()) => core.commit(txn),
             Err(e) => {
@@ -321,6 +333,12 @@ impl Image {
             .map_err(|e| Error::io(Op::Write, &self.data_name, offset, e))
     }
 
+    /// Records an image-file write made around [`Image::write_data`] (an in-kernel copy): the
+    /// next flush must sync it. Call it before the write, as `write_data` does.
+    pub(super) fn wrote_data(&self) {
+        self.unsynced_data.store(true, Ordering::Release);
+    }
+
     pub(super) fn sync_data(&self) -> Result<()> {
         self.unsynced_data.store(false, Ordering::Release);
         self.data.flush().map_err(|e| {
@@ -330,7 +348,7 @@ impl Image {
     }
 
     /// Sleeps until the core's generation is no longer `generation`.
-    fn wait(&self, core: &Core, generation: u64) {
+    pub(super) fn wait(&self, core: &Core, generation: u64) {
         let (lock, cv) = &self.released;
         let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
         self.waiting.fetch_add(1, Ordering::SeqCst);
@@ -346,7 +364,7 @@ impl Image {
 
     /// Wakes the requests sleeping in [`Image::wait`] (the core's generation just moved); costs
     /// one atomic load when nobody sleeps.
-    fn signal(&self) {
+    pub(super) fn signal(&self) {
         fence(Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) == 0 {
             return;

@@ -9,8 +9,10 @@ mod commit;
 mod create;
 mod detach;
 mod files;
+mod hydrate;
 mod image;
 mod iov;
+mod job;
 mod open;
 mod truncate;
 
@@ -21,6 +23,7 @@ pub use commit::commit;
 pub use create::{create, CreateOptions};
 pub use detach::{detach, Allocation};
 pub use image::Image;
+pub use job::{HydrateJob, HydrateOptions, JobState, Outcome, Progress};
 pub use open::{read_header, OpenOptions, Parts};
 
 #[cfg(test)]
