@@ -10,7 +10,10 @@
 //! - a write transfers the whole range or fails, growing the storage when it ends past the end;
 //! - `flush` makes every completed write durable;
 //! - `resize` grows with zeros or shrinks;
-//! - `next_data` never skips a nonzero byte (it may report data where there are zeros).
+//! - `next_data` never skips a nonzero byte (it may report data where there are zeros);
+//!   `next_hole` never reports a hole over a nonzero byte;
+//! - `punch_hole` and `zero_range` make a range read zeros without changing the length, or
+//!   fail with `EOPNOTSUPP` (the default) so that the caller writes zeros instead.
 
 mod align;
 mod bounce;
@@ -50,6 +53,26 @@ pub trait Storage: Send + Sync {
     /// holes: "data may be at `offset`".
     fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
         Ok(Some(offset))
+    }
+
+    /// The first offset at or after `offset` where a hole (or the end) starts. The default
+    /// knows no holes: the end of the storage.
+    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        Ok(self.len()?.max(offset))
+    }
+
+    /// Makes `offset..offset + len` read zeros by giving its space back (a hole), keeping the
+    /// length (bytes past the end stay past it). `EOPNOTSUPP` where it cannot (the default).
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
+
+    /// Makes `offset..offset + len` read zeros keeping (or allocating) its space, and the
+    /// length. `EOPNOTSUPP` where it cannot (the default).
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
     }
 
     /// Convenience: one buffer.
