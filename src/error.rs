@@ -35,6 +35,8 @@ pub enum Op {
     FindData,
     Rename,
     Truncate,
+    PunchHole,
+    ZeroRange,
 }
 
 impl std::fmt::Display for Op {
@@ -57,6 +59,8 @@ impl std::fmt::Display for Op {
             Op::FindData => "find data in",
             Op::Rename => "rename into place",
             Op::Truncate => "truncate",
+            Op::PunchHole => "punch a hole in",
+            Op::ZeroRange => "zero a range of",
         })
     }
 }

@@ -35,7 +35,8 @@ pub mod mapping;
 pub mod storage;
 
 pub use engine::{
-    create, read_header, Backing, BackingFormat, CreateOptions, Image, OpenOptions, Parts,
+    create, read_header, Backing, BackingFormat, CreateOptions, Image, OpenOptions, Parts, Status,
+    ZeroFlags,
 };
 pub use error::{Error, Op, Result};
 pub use layout::probe;

@@ -55,9 +55,9 @@ pub struct Image {
 }
 
 /// The most zeros a head or tail needs: the largest cluster size.
-const ZEROS: usize = 2 << 20;
+pub(super) const ZEROS: usize = 2 << 20;
 
-fn zeros(len: u64) -> &'static [u8] {
+pub(super) fn zeros(len: u64) -> &'static [u8] {
     static ZERO: OnceLock<Box<[u8]>> = OnceLock::new();
     &ZERO.get_or_init(|| vec![0u8; ZEROS].into_boxed_slice())[..len as usize]
 }
@@ -96,7 +96,7 @@ impl Image {
     }
 
     /// The shared side of the gate: no truncate runs until it is dropped.
-    fn shared(&self) -> ShardedLockReadGuard<'_, ()> {
+    pub(super) fn shared(&self) -> ShardedLockReadGuard<'_, ()> {
         self.gate.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -198,8 +198,13 @@ impl Image {
     /// backing file, written whole to the image file, and only then marked allocated.
     /// `EPERM` on a read-only image, `EINVAL` past the end.
     pub fn write(&self, offset: u64, bufs: &[IoSlice<'_>]) -> Result<()> {
-        let len = iov::total(bufs)?;
         let _gate = self.shared();
+        self.write_gated(offset, bufs)
+    }
+
+    /// [`Image::write`] under the shared gate the caller holds.
+    pub(super) fn write_gated(&self, offset: u64, bufs: &[IoSlice<'_>]) -> Result<()> {
+        let len = iov::total(bufs)?;
         let core = &self.core;
         if !core.is_writable() {
             return Err(Error::ReadOnly(Op::Write));
@@ -241,12 +246,18 @@ impl Image {
     /// Runs an allocation transaction: head and tail from the backing file (zeros past its
     /// end), the guest data between, one vectored write, then the bits.
     fn allocate(&self, core: &Core, txn: Txn, data: &[IoSlice<'_>]) -> Result<()> {
-        let written = self
-            .write_cluster(&txn, data)
-            .and_then(|()| match self.writethrough {
-                true => self.sync_data(),
-                false => Ok(()),
-            });
+        let written = self.write_cluster(&txn, data);
+        self.finish(core, txn, written)
+    }
+
+    /// Finishes an allocation transaction whose image-file write gave `written`: (writethrough:
+    /// sync the image file) → commit, or abort on failure → wake the waiters → (writethrough:
+    /// a metadata write-back).
+    pub(super) fn finish(&self, core: &Core, txn: Txn, written: Result<()>) -> Result<()> {
+        let written = written.and_then(|()| match self.writethrough {
+            true => self.sync_data(),
+            false => Ok(()),
+        });
         let committed = match written {
             Ok(()) => core.commit(txn),
             Err(e) => {
@@ -314,6 +325,12 @@ impl Image {
             .map_err(|e| Error::io(Op::Resize, &self.data_name, len, e))
     }
 
+    /// Records an image-file change made without [`Image::write_data`] (a punched hole): the
+    /// next flush must sync it.
+    pub(super) fn data_changed(&self) {
+        self.unsynced_data.store(true, Ordering::Release);
+    }
+
     pub(super) fn write_data(&self, bufs: &[IoSlice<'_>], offset: u64) -> Result<()> {
         self.unsynced_data.store(true, Ordering::Release);
         self.data
@@ -330,7 +347,7 @@ impl Image {
     }
 
     /// Sleeps until the core's generation is no longer `generation`.
-    fn wait(&self, core: &Core, generation: u64) {
+    pub(super) fn wait(&self, core: &Core, generation: u64) {
         let (lock, cv) = &self.released;
         let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
         self.waiting.fetch_add(1, Ordering::SeqCst);

@@ -10,12 +10,14 @@ mod image;
 mod iov;
 mod open;
 mod truncate;
+mod zero;
 
 pub use crate::layout::BackingFormat;
 pub use backing::Backing;
 pub use create::{create, CreateOptions};
 pub use image::Image;
 pub use open::{read_header, OpenOptions, Parts};
+pub use zero::{Status, ZeroFlags};
 
 #[cfg(test)]
 mod tests;

@@ -225,7 +225,12 @@ impl FileStorage {
             // SAFETY: fallocate takes no pointers; the descriptor is open for as long as
             // `self.file`.
             let r = unsafe {
-                libc::fallocate(self.file.as_raw_fd(), mode | libc::FALLOC_FL_KEEP_SIZE, off, n)
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    mode | libc::FALLOC_FL_KEEP_SIZE,
+                    off,
+                    n,
+                )
             };
             if syscall_result(r as isize)?.is_some() {
                 return Ok(());
