@@ -19,6 +19,7 @@ package, then the system loader (see :mod:`addcow._lib`); importing fails with
 """
 
 from ._image import (
+    BlockStatus,
     Extent,
     Header,
     Image,
@@ -34,6 +35,7 @@ from ._lib import IOV_MAX, MAX_SIZE, LibraryNotFoundError, library_path
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockStatus",
     "Extent",
     "Header",
     "IOV_MAX",
