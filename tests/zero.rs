@@ -163,6 +163,11 @@ fn discard_whole_clusters_read_zeros_and_partial_ones_are_left() {
     );
     img.flush().unwrap();
     assert_eq!(data_bytes(&dir.path().join("disk.raw")), 0);
+    // Zeroing part of a hole writes nothing: it reads zeros already.
+    img.write_zeroes(CS + 10, 100, ZeroFlags::default())
+        .unwrap();
+    img.flush().unwrap();
+    assert_eq!(data_bytes(&dir.path().join("disk.raw")), 0);
     // Inside one cluster: nothing.
     img.discard(5, 10).unwrap();
     assert_eq!(status(&img, 0), (false, false, CS));

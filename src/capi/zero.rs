@@ -26,7 +26,8 @@ pub const ADDCOW_STATUS_BACKING: u32 = 1 << 2;
 /// bytes: punched out of the image file with `ADDCOW_ZERO_MAY_UNMAP`, zeroed in place
 /// (`FALLOC_FL_ZERO_RANGE`) without; unallocated ones are marked allocated without copying the
 /// backing file, except those past the backing file's end, which read zeros already and stay
-/// unallocated. Parts of clusters are written with zeros (copy-on-write). Where the image file
+/// unallocated. Parts of clusters that do not read zeros already are written with zeros
+/// (copy-on-write). Where the image file
 /// cannot punch or zero a range (a host image: `AddCowIo` has no such callback), zeros are
 /// written, unless `ADDCOW_ZERO_NO_FALLBACK`: then -ENOTSUP, returned before anything changed
 /// when parts of clusters would need zeros written.

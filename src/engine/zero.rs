@@ -5,7 +5,8 @@
 //!   already are made to without writing zero bytes: punched ([`ZeroFlags::may_unmap`]) or
 //!   zeroed in place (`FALLOC_FL_ZERO_RANGE`); unallocated ones are marked allocated without
 //!   copying the backing file. Unallocated clusters past the backing data's end already read
-//!   zeros and stay as they are. Partial clusters are a copy-on-write with zeros. Where the
+//!   zeros and stay as they are. Parts of clusters that do not read zeros already (a hole,
+//!   or unallocated past the backing data) are a copy-on-write with zeros. Where the
 //!   image file cannot punch or zero a range, zeros are written, unless
 //!   [`ZeroFlags::no_fallback`] (then `ENOTSUP`, before anything changed).
 //! - **Discard**: whole clusters only (partial ones are ignored, like qcow2): every one is
@@ -157,35 +158,42 @@ impl Image {
         Ok((start, end))
     }
 
-    /// `ENOTSUP` unless `offset..offset + len` is unallocated and reads zeros already.
+    /// `ENOTSUP` unless `offset..offset + len` reads zeros already.
     fn refuse_unless_zero(&self, offset: u64, len: u64) -> Result<()> {
-        let mut pos = 0;
-        while pos < len {
-            let e = self.core().map(offset + pos, len - pos)?;
-            if e.kind != Kind::Zero || e.len == 0 {
-                return Err(Error::Unsupported(format!(
-                    "zeroing {offset}+{len} would write zeros (part of a cluster), \
-                     and the request allows no fallback"
-                )));
-            }
-            pos += e.len;
-        }
-        Ok(())
+        self.nonzero_runs(offset, len, |_, _| {
+            Err(Error::Unsupported(format!(
+                "zeroing {offset}+{len} would write zeros (part of a cluster), \
+                 and the request allows no fallback"
+            )))
+        })
     }
 
-    /// Zeros part of a cluster: skipped where it reads zeros unallocated, written (a
-    /// copy-on-write with zeros) elsewhere.
+    /// Zeros part of a cluster: written (a copy-on-write with zeros) where it does not read
+    /// zeros already (a hole, or unallocated past the backing data's end).
     fn zero_partial(&self, offset: u64, len: u64) -> Result<()> {
+        self.nonzero_runs(offset, len, |at, n| {
+            self.write_gated(at, &[IoSlice::new(zeros(n))])
+        })
+    }
+
+    /// Calls `each(offset, len)` for every run of `offset..offset + len` that
+    /// [`Image::block_status`] does not report as zeros.
+    fn nonzero_runs(
+        &self,
+        offset: u64,
+        len: u64,
+        mut each: impl FnMut(u64, u64) -> Result<()>,
+    ) -> Result<()> {
         let mut pos = 0;
         while pos < len {
-            let e = self.core().map(offset + pos, len - pos)?;
-            if e.len == 0 {
+            let s = self.block_status(offset + pos, len - pos)?;
+            if s.len == 0 {
                 break;
             }
-            if e.kind != Kind::Zero {
-                self.write_gated(offset + pos, &[IoSlice::new(zeros(e.len))])?;
+            if !s.zero {
+                each(offset + pos, s.len)?;
             }
-            pos += e.len;
+            pos += s.len;
         }
         Ok(())
     }
