@@ -106,14 +106,10 @@ pub unsafe extern "C" fn addcow_block_status(
             return Err(bad_arg("pnum or flags is NULL"));
         }
         let s = image.block_status(offset, bytes)?;
-        let bits = match s.len {
-            0 => 0,
-            _ => {
-                u32::from(s.allocated) * ADDCOW_STATUS_ALLOCATED
-                    | u32::from(s.zero) * ADDCOW_STATUS_ZERO
-                    | u32::from(s.backing()) * ADDCOW_STATUS_BACKING
-            }
-        };
+        let bit = |on: bool, flag: u32| if on && s.len > 0 { flag } else { 0 };
+        let bits = bit(s.allocated, ADDCOW_STATUS_ALLOCATED)
+            | bit(s.zero, ADDCOW_STATUS_ZERO)
+            | bit(s.backing(), ADDCOW_STATUS_BACKING);
         // SAFETY: non-NULL and writable per the caller.
         unsafe {
             pnum.write(s.len);

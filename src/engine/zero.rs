@@ -245,8 +245,16 @@ impl Image {
     /// `ENOTSUP`).
     fn clear_data(&self, offset: u64, len: u64, clear: Clear) -> Result<()> {
         self.data_changed();
+        // A punch ending at the image end goes on to the cluster's end, past the end of the
+        // file: the file system then frees the file's last block even when the image size is
+        // not a multiple of it (it keeps the size).
+        let g = self.core().geometry();
+        let punch = match offset + len == g.size() {
+            true => g.cluster_start(g.cluster_of(offset + len - 1) + 1) - offset,
+            false => len,
+        };
         let (op, done) = match clear.unmap {
-            true => (Op::PunchHole, self.data().punch_hole(offset, len)),
+            true => (Op::PunchHole, self.data().punch_hole(offset, punch)),
             false => (Op::ZeroRange, self.data().zero_range(offset, len)),
         };
         match done {
