@@ -208,8 +208,16 @@ impl Storage for FileStorage {
         self.fallocate(libc::FALLOC_FL_PUNCH_HOLE, offset, len)
     }
 
+    /// `FALLOC_FL_ZERO_RANGE`; where the file system lacks it (tmpfs), QEMU's fallback
+    /// (file-posix.c): punch a hole, then allocate the space again.
     fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, len)
+        match self.fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, len) {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                self.fallocate(libc::FALLOC_FL_PUNCH_HOLE, offset, len)?;
+                self.fallocate(0, offset, len)
+            }
+            done => done,
+        }
     }
 }
 
@@ -324,6 +332,24 @@ mod tests {
         assert_eq!(s.next_hole(0).unwrap(), 1 << 16);
         assert_eq!(s.next_data(1 << 16).unwrap(), Some(2 << 16));
         assert_eq!(s.next_hole(5 << 16).unwrap(), 5 << 16, "past the end");
+    }
+
+    /// tmpfs has no `FALLOC_FL_ZERO_RANGE`: the range is punched and allocated again.
+    #[test]
+    fn zero_range_on_tmpfs_keeps_its_space() {
+        let tmp = tempfile::NamedTempFile::new_in("/dev/shm")
+            .expect("these tests need /dev/shm (tmpfs) for a file system without ZERO_RANGE");
+        let s = FileStorage::new(tmp.reopen().unwrap());
+        s.write_at(&[7u8; 3 << 16], 0).unwrap();
+        s.zero_range(1 << 16, 1 << 16).unwrap();
+        let mut back = vec![9u8; 3 << 16];
+        s.read_at(&mut back, 0).unwrap();
+        assert!(back[..1 << 16].iter().all(|&b| b == 7));
+        assert!(back[1 << 16..2 << 16].iter().all(|&b| b == 0));
+        assert!(back[2 << 16..].iter().all(|&b| b == 7));
+        assert_eq!(s.len().unwrap(), 3 << 16);
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&s.file().metadata().unwrap());
+        assert_eq!(blocks * 512, 3 << 16, "the zeroed range keeps its space");
     }
 
     #[test]
