@@ -125,8 +125,8 @@
     CASE(core_args) \
     CASE(core_reentrant) \
     CASE(core_threads) \
-    CASE(zero_write_zeroes) \
-    CASE(zero_discard) \
+    DIRECT_CASE(zero_write_zeroes) \
+    DIRECT_CASE(zero_discard) \
     CASE(zero_args) \
     CASE(zero_host_io_fallback) \
 
