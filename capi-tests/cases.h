@@ -3,7 +3,8 @@
  * per line, `CASE(name) \` or `DIRECT_CASE(name) \` (nothing else on the line): each is the
  * meson test `name`, and a DIRECT_CASE also `direct_name`, the case run again with
  * `capi-tests --direct` (its images opened with ADDCOW_OPEN_DIRECT through open_img: the
- * t_iotests.c cases). The case_list tests check that meson read exactly this list.
+ * t_iotests.c cases and layout 2's round trip). The case_list tests check that meson read
+ * exactly this list.
  */
 #ifndef CAPI_CASES_H
 #define CAPI_CASES_H
@@ -64,6 +65,12 @@
     CASE(header_read_missing_files) \
     CASE(header_read_errors) \
     CASE(header_null_accessors) \
+    CASE(header_accessors_layouts) \
+    CASE(header_feature_bits) \
+    CASE(layout2_create_reopen) \
+    DIRECT_CASE(layout2_round_trip) \
+    CASE(layout2_all_allocated) \
+    CASE(layout2_create_refusals) \
     DIRECT_CASE(iotest_004_bounds) \
     DIRECT_CASE(iotest_017_mixed_reads) \
     DIRECT_CASE(iotest_025_resize) \
@@ -125,6 +132,12 @@
     CASE(core_args) \
     CASE(core_reentrant) \
     CASE(core_threads) \
+    CASE(hydrate_basic) \
+    CASE(hydrate_job) \
+    CASE(hydrate_job_control) \
+    CASE(hydrate_job_with_writers) \
+    CASE(hydrate_job_fails) \
+    CASE(open_copy_on_read) \
     DIRECT_CASE(zero_write_zeroes) \
     DIRECT_CASE(zero_discard) \
     CASE(zero_args) \

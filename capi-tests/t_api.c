@@ -69,8 +69,12 @@ int case_probe_other(const char *dir)
     CHECK_RC(addcow_probe(zeros, sizeof zeros, NULL), 0);
     const uint8_t qcow2[12] = {'Q', 'F', 'I', 0xfb, 0, 0, 0, 3, 0, 0, 0, 0};
     CHECK_RC(addcow_probe(qcow2, sizeof qcow2, NULL), 0);
+    /* Layout 2's magic is "ACOW" (4 bytes decide); a near miss is not add-cow. */
+    const uint8_t acox[12] = {'A', 'C', 'O', 'X', 0, 0, 0, 0, 0, 0, 0, 0};
+    CHECK_RC(addcow_probe(acox, sizeof acox, NULL), 0);
     const uint8_t acow[12] = {'A', 'C', 'O', 'W', 0, 0, 0, 0, 0, 0, 0, 0};
-    CHECK_RC(addcow_probe(acow, sizeof acow, NULL), 0);
+    CHECK_RC(addcow_probe(acow, 3, NULL), 0);
+    CHECK_RC(addcow_probe(acow, sizeof acow, NULL), 100);
     return T_PASS;
 }
 
@@ -350,21 +354,21 @@ int case_create_layout(const char *dir)
     char meta[PATH_MAX];
     pj(meta, dir, "img.add-cow");
     AddCowCreateOptions o = create_opts("img.raw", NULL, CL);
-    o.layout = 2;
-    CHECK_RC(addcow_create(meta, &o), -ENOTSUP);
-    CHECK(file_len(meta) == -ENOENT);
     o.layout = 3;
     CHECK_RC(addcow_create(meta, &o), -ENOTSUP);
     o.layout = UINT32_MAX;
     CHECK_RC(addcow_create(meta, &o), -ENOTSUP);
     CHECK(file_len(meta) == -ENOENT);
-    for (uint32_t l = 0; l <= 1; l++) {
+    /* 0 is the default, layout 1. */
+    const uint32_t want[] = {1, 1, 2};
+    for (uint32_t l = 0; l <= 2; l++) {
         unlink(meta);
         o.layout = l;
         CHECK_OK(addcow_create(meta, &o));
         AddCowHeader *h = NULL;
         CHECK_OK(addcow_header_read(meta, &h));
-        CHECK_RC(addcow_header_layout(h), 1);
+        CHECKF(addcow_header_layout(h) == want[l], "layout %u created layout %u", l,
+               addcow_header_layout(h));
         addcow_header_free(h);
     }
     return T_PASS;
@@ -648,8 +652,9 @@ int case_open_unknown_flags(const char *dir)
     char meta[PATH_MAX];
     pj(meta, dir, "img.add-cow");
     CHECK_OK(create_img(meta, "img.raw", NULL, CL));
-    /* Bits 0-6 are ADDCOW_OPEN_*; the rest are unknown. */
-    const uint32_t bad[] = {1u << 7, 1u << 8, 1u << 16, 1u << 31, ADDCOW_OPEN_RDWR | 1u << 7,
+    /* Bits 0-7 are ADDCOW_OPEN_*; the rest are unknown (bit 7 alone: copy-on-read needs
+     * RDWR). */
+    const uint32_t bad[] = {1u << 7, 1u << 8, 1u << 16, 1u << 31, ADDCOW_OPEN_RDWR | 1u << 8,
                             ADDCOW_OPEN_FORCE_SHARE | 1u << 8};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         AddCowImage *img = SENTINEL;
@@ -1248,6 +1253,11 @@ int case_header_null_accessors(const char *dir)
     CHECK_RC(addcow_header_cluster_size(NULL), 0);
     CHECK(addcow_header_image_file(NULL) == NULL);
     CHECK(addcow_header_backing_file(NULL) == NULL);
+    CHECK(addcow_header_backing_format(NULL) == NULL);
+    CHECK(addcow_header_image_format(NULL) == NULL);
+    CHECK_RC(addcow_header_compatible_features(NULL), 0);
+    CHECK_RC(addcow_header_incompatible_features(NULL), 0);
+    CHECK_RC(addcow_header_bitmap_offset(NULL), 0);
     addcow_header_free(NULL);
     return T_PASS;
 }

@@ -357,7 +357,7 @@ int case_io_open_io_ext(const char *dir)
         CHECK(img == NULL);
     }
     o.struct_size = sizeof o;
-    const uint32_t bad[] = {1u << 7, 1u << 31, ADDCOW_OPEN_BACKING_ADDCOW, ADDCOW_OPEN_CONFINE,
+    const uint32_t bad[] = {1u << 8, 1u << 31, ADDCOW_OPEN_BACKING_ADDCOW, ADDCOW_OPEN_CONFINE,
                             ADDCOW_OPEN_DIRECT};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         o.flags = bad[i];

@@ -149,7 +149,7 @@ int case_open_ext_flags(const char *dir)
         CHECK_OK(addcow_close(img));
     }
     /* Unknown flags: -EINVAL, *out NULL. */
-    const uint32_t bad[] = {1u << 7, 1u << 31, ADDCOW_OPEN_RDWR | 1u << 9};
+    const uint32_t bad[] = {1u << 8, 1u << 31, ADDCOW_OPEN_RDWR | 1u << 9};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         o = open_opts(bad[i]);
         img = SENTINEL;

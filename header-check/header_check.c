@@ -28,6 +28,7 @@ ADDCOW_CHECK(ADDCOW_OPEN_FORCE_SHARE == 16, open_force_share);
 ADDCOW_CHECK(ADDCOW_OPEN_CONFINE == 32, open_confine);
 ADDCOW_CHECK(ADDCOW_OPEN_DIRECT == 64, open_direct);
 ADDCOW_CHECK(ADDCOW_CREATE_CONFINE == 1, create_confine);
+ADDCOW_CHECK(ADDCOW_COMPAT_ALL_ALLOCATED == 1, compat_all_allocated);
 ADDCOW_CHECK(ADDCOW_MAX_SIZE == 1ULL << 56, max_size);
 ADDCOW_CHECK(ADDCOW_IOV_MAX == 1024, iov_max);
 
@@ -61,6 +62,21 @@ ADDCOW_CHECK(offsetof(AddCowWriteStep, tail_backing) == 56, step_tail_backing);
 ADDCOW_CHECK(offsetof(AddCowWriteStep, tail_zero) == 64, step_tail_zero);
 ADDCOW_CHECK(offsetof(AddCowWriteStep, txn) == 72, step_txn);
 ADDCOW_CHECK(sizeof(void *) != 8 || sizeof(AddCowWriteStep) == 80, step_size_lp64);
+ADDCOW_CHECK(offsetof(AddCowHydrateOptions, struct_size) == 0, hydrate_struct_size_first);
+ADDCOW_CHECK(offsetof(AddCowHydrateOptions, flags) == 4, hydrate_flags);
+ADDCOW_CHECK(offsetof(AddCowHydrateOptions, offset) == 8, hydrate_offset);
+ADDCOW_CHECK(offsetof(AddCowHydrateOptions, bytes) == 16, hydrate_bytes);
+ADDCOW_CHECK(offsetof(AddCowHydrateOptions, rate) == 24, hydrate_rate);
+ADDCOW_CHECK(offsetof(AddCowHydrateOptions, batch) == 32, hydrate_batch);
+ADDCOW_CHECK(sizeof(AddCowHydrateOptions) == 40, hydrate_options_size);
+ADDCOW_CHECK(offsetof(AddCowJobProgress, struct_size) == 0, progress_struct_size_first);
+ADDCOW_CHECK(offsetof(AddCowJobProgress, state) == 4, progress_state);
+ADDCOW_CHECK(offsetof(AddCowJobProgress, total_clusters) == 8, progress_total);
+ADDCOW_CHECK(offsetof(AddCowJobProgress, done_clusters) == 16, progress_done);
+ADDCOW_CHECK(offsetof(AddCowJobProgress, copied_clusters) == 24, progress_copied);
+ADDCOW_CHECK(offsetof(AddCowJobProgress, bytes_per_sec) == 32, progress_rate);
+ADDCOW_CHECK(offsetof(AddCowJobProgress, error) == 40, progress_error);
+ADDCOW_CHECK(sizeof(AddCowJobProgress) == 48, progress_size);
 
 /* Each prototype, spelled out independently of the header. */
 struct addcow_prototypes {
@@ -93,6 +109,11 @@ struct addcow_prototypes {
     uint32_t (*header_cluster_size)(const AddCowHeader *);
     const char *(*header_image_file)(const AddCowHeader *);
     const char *(*header_backing_file)(const AddCowHeader *);
+    const char *(*header_backing_format)(const AddCowHeader *);
+    const char *(*header_image_format)(const AddCowHeader *);
+    uint64_t (*header_compatible_features)(const AddCowHeader *);
+    uint64_t (*header_incompatible_features)(const AddCowHeader *);
+    uint64_t (*header_bitmap_offset)(const AddCowHeader *);
     void (*header_free)(AddCowHeader *);
     int (*core_open)(const AddCowIo *, uint64_t, const AddCowOpenOptions *, AddCowCore **);
     int (*core_close)(AddCowCore *);
@@ -108,6 +129,14 @@ struct addcow_prototypes {
     int64_t (*writeback_pages)(const AddCowWriteBack *);
     int (*core_writeback_write)(AddCowCore *, AddCowWriteBack *);
     int (*core_writeback_end)(AddCowCore *, AddCowWriteBack *, int);
+    int (*hydrate)(AddCowImage *, uint64_t, uint64_t, uint64_t *);
+    int (*hydrate_start)(AddCowImage *, const AddCowHydrateOptions *, AddCowJob **);
+    int (*job_progress)(AddCowJob *, AddCowJobProgress *);
+    int (*job_pause)(AddCowJob *);
+    int (*job_resume)(AddCowJob *);
+    int (*job_cancel)(AddCowJob *);
+    int (*job_wait)(AddCowJob *, int64_t);
+    void (*job_free)(AddCowJob *);
 };
 
 int main(void)
@@ -145,7 +174,20 @@ int main(void)
     p.header_cluster_size = addcow_header_cluster_size;
     p.header_image_file = addcow_header_image_file;
     p.header_backing_file = addcow_header_backing_file;
+    p.header_backing_format = addcow_header_backing_format;
+    p.header_image_format = addcow_header_image_format;
+    p.header_compatible_features = addcow_header_compatible_features;
+    p.header_incompatible_features = addcow_header_incompatible_features;
+    p.header_bitmap_offset = addcow_header_bitmap_offset;
     p.header_free = addcow_header_free;
+    p.hydrate = addcow_hydrate;
+    p.hydrate_start = addcow_hydrate_start;
+    p.job_progress = addcow_job_progress;
+    p.job_pause = addcow_job_pause;
+    p.job_resume = addcow_job_resume;
+    p.job_cancel = addcow_job_cancel;
+    p.job_wait = addcow_job_wait;
+    p.job_free = addcow_job_free;
     p.core_open = addcow_core_open;
     p.core_close = addcow_core_close;
     p.core_get_length = addcow_core_get_length;

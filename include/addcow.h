@@ -19,8 +19,11 @@
  * conflicting lock. addcow_open_io locks nothing: the host owns its files.
  *
  * Threads: every function may be called from many threads at once on one image, except
- * addcow_close (no other call on the image may run during or after it). addcow_truncate waits
- * for the calls in flight on the image, and calls made meanwhile wait for it.
+ * addcow_close (no other call on the image may run during or after it; it stops the image's
+ * hydration jobs first). addcow_truncate waits for the calls in flight on the image, and calls
+ * made meanwhile wait for it. Hydration (addcow_hydrate, the jobs of addcow_hydrate_start,
+ * ADDCOW_OPEN_COPY_ON_READ) runs beside guest I/O: guest writes always win, and a guest request
+ * waits for at most one hydration batch.
  *
  * The mapping core (addcow_core_*: the format logic without data I/O, for block layers that do
  * their own from an event loop) has its own contract, at AddCowCore: concurrency, "busy", and
@@ -49,6 +52,38 @@
  * directory, as `ADDCOW_OPEN_CONFINE` checks them at open (-EACCES otherwise).
  */
 #define ADDCOW_CREATE_CONFINE (1 << 0)
+
+/**
+ * Compatible feature bit 0 of layout 2 (`addcow_header_compatible_features`): every cluster
+ * is allocated, so the image file alone is the disk and the backing file is not needed.
+ */
+#define ADDCOW_COMPAT_ALL_ALLOCATED (1 << 0)
+
+/**
+ * `AddCowJobProgress.state`: copying.
+ */
+#define ADDCOW_JOB_RUNNING 1
+
+/**
+ * `AddCowJobProgress.state`: paused by `addcow_job_pause`.
+ */
+#define ADDCOW_JOB_PAUSED 2
+
+/**
+ * `AddCowJobProgress.state`: every cluster of the range is allocated, and flushed.
+ */
+#define ADDCOW_JOB_COMPLETED 3
+
+/**
+ * `AddCowJobProgress.state`: stopped by `addcow_job_cancel`, `addcow_job_free` or
+ * `addcow_close` (what it did is flushed).
+ */
+#define ADDCOW_JOB_CANCELLED 4
+
+/**
+ * `AddCowJobProgress.state`: stopped by an error (`error`).
+ */
+#define ADDCOW_JOB_FAILED 5
 
 /**
  * The most iovecs one call accepts (`addcow_readv`, `addcow_writev`: -EINVAL beyond it), and
@@ -147,6 +182,16 @@
 #define ADDCOW_OPEN_DIRECT (1 << 6)
 
 /**
+ * Copy-on-read (QEMU's `copy-on-read`): a read of unallocated clusters within the backing
+ * data also hydrates them (as `addcow_hydrate` does): it copies them into the image file and
+ * marks them allocated, so the next read of them comes from the image file. A read that does
+ * so returns only after the copy (and its error, if the copy fails); it is durable as a write
+ * is. Clusters past the backing file's end are left alone. Read-write opens only: -EINVAL with
+ * a read-only open.
+ */
+#define ADDCOW_OPEN_COPY_ON_READ (1 << 7)
+
+/**
  * `addcow_write_zeroes`: whole clusters may become holes in the image file (QEMU's
  * `BDRV_REQ_MAY_UNMAP`); without it they are zeroed keeping their space (`FALLOC_FL_ZERO_RANGE`).
  */
@@ -173,6 +218,16 @@
  * `addcow_block_status`: the run is unallocated and reads the backing file.
  */
 #define ADDCOW_STATUS_BACKING (1 << 2)
+
+/**
+ * The batch when none is given: 1 MiB.
+ */
+#define DEFAULT_BATCH (1 << 20)
+
+/**
+ * The largest batch: 64 MiB (the buffer of a hydration is one batch).
+ */
+#define MAX_BATCH (64 << 20)
 
 /**
  * The mapping core of one image, for a host that does the data I/O itself (a QEMU block
@@ -219,7 +274,7 @@
 typedef struct AddCowCore AddCowCore;
 
 /**
- * A parsed `.add-cow` header. Opaque: read it with `addcow_header_read` or
+ * A parsed `.add-cow` header of either layout. Opaque: read it with `addcow_header_read` or
  * `addcow_header_read_io`, free it with `addcow_header_free`.
  */
 typedef struct AddCowHeader AddCowHeader;
@@ -229,6 +284,12 @@ typedef struct AddCowHeader AddCowHeader;
  * with `addcow_close`.
  */
 typedef struct AddCowImage AddCowImage;
+
+/**
+ * A background hydration job from `addcow_hydrate_start`. Opaque: free it with
+ * `addcow_job_free`.
+ */
+typedef struct AddCowJob AddCowJob;
 
 /**
  * An allocation in flight: clusters claimed by one `addcow_core_begin_write` step. Opaque:
@@ -326,6 +387,78 @@ typedef struct AddCowIo {
 } AddCowIo;
 
 /**
+ * What `addcow_hydrate_start` hydrates, and how fast. Set `struct_size` to
+ * `sizeof(AddCowHydrateOptions)` as compiled by the caller: fields past it take their zero
+ * default, and a larger struct from a newer header is accepted when its extra bytes are zero.
+ */
+typedef struct AddCowHydrateOptions {
+  /**
+   * sizeof(AddCowHydrateOptions) as the caller compiled it.
+   */
+  uint32_t struct_size;
+  /**
+   * None defined yet: 0.
+   */
+  uint32_t flags;
+  /**
+   * Start of the range in bytes (rounded down to a cluster).
+   */
+  uint64_t offset;
+  /**
+   * Length of the range in bytes (rounded up to whole clusters); 0: to the end of the image.
+   */
+  uint64_t bytes;
+  /**
+   * Most bytes copied from the backing file per second of running time; 0: no limit.
+   */
+  uint64_t rate;
+  /**
+   * Bytes of contiguous clusters copied per batch: 0 = 1 MiB; rounded up to whole clusters,
+   * at most 64 MiB. A guest write to a cluster being copied waits for its batch.
+   */
+  uint64_t batch;
+} AddCowHydrateOptions;
+
+/**
+ * A job's progress, from `addcow_job_progress`. Set `struct_size` to
+ * `sizeof(AddCowJobProgress)` as compiled by the caller: the library fills the fields that
+ * size holds (and zeros the bytes of a newer, larger struct past its own). Clusters count in
+ * the job's range.
+ */
+typedef struct AddCowJobProgress {
+  /**
+   * sizeof(AddCowJobProgress) as the caller compiled it.
+   */
+  uint32_t struct_size;
+  /**
+   * `ADDCOW_JOB_*`.
+   */
+  uint32_t state;
+  /**
+   * Clusters in the range.
+   */
+  uint64_t total_clusters;
+  /**
+   * Clusters the job has passed that are allocated (copied by it, or allocated before it
+   * came, by a guest or an earlier job); `total_clusters` once completed.
+   */
+  uint64_t done_clusters;
+  /**
+   * Clusters the job copied from the backing file.
+   */
+  uint64_t copied_clusters;
+  /**
+   * Bytes copied per second of running time (paused time does not count).
+   */
+  uint64_t bytes_per_sec;
+  /**
+   * `ADDCOW_JOB_FAILED`: the negative errno it failed with (`addcow_job_wait` gives the
+   * message); 0 otherwise.
+   */
+  int32_t error;
+} AddCowJobProgress;
+
+/**
  * How `addcow_open_ext` and `addcow_open_io_ext` open an image. Set `struct_size` to
  * `sizeof(AddCowOpenOptions)` as compiled by the caller: fields past it take their zero
  * default, and a larger struct from a newer header is accepted when its extra bytes are zero.
@@ -421,7 +554,9 @@ extern "C" {
 int addcow_probe(const uint8_t *buf, size_t len, const char *filename);
 
 /**
- * Flushes and closes the image, freeing the handle even when the flush fails (then returns
+ * Stops the image's hydration jobs (cancels them and waits for their threads, one batch and
+ * a flush each; their handles stay valid for `addcow_job_*` until `addcow_job_free`), then
+ * flushes and closes the image, freeing the handle even when the flush fails (then returns
  * its -errno). NULL is a no-op returning 0. No other call on the handle may run during or
  * after this one.
  *
@@ -571,7 +706,7 @@ int addcow_header_read(const char *path, struct AddCowHeader **out);
 int addcow_header_read_io(const struct AddCowIo *meta, struct AddCowHeader **out);
 
 /**
- * The header's layout (1 = the seed's), or 0 for NULL.
+ * The header's layout: 1 (the seed's) or 2 (the series' final one); 0 for NULL.
  *
  * # Safety
  * `h` is NULL or a live header.
@@ -579,7 +714,8 @@ int addcow_header_read_io(const struct AddCowIo *meta, struct AddCowHeader **out
 uint32_t addcow_header_layout(const struct AddCowHeader *h);
 
 /**
- * The cluster size in bytes, or 0 for NULL.
+ * The cluster size in bytes: 65536 for layout 1, a power of two from 4096 to 2 MiB for
+ * layout 2; 0 for NULL.
  *
  * # Safety
  * `h` is NULL or a live header.
@@ -605,12 +741,164 @@ const char *addcow_header_image_file(const struct AddCowHeader *h);
 const char *addcow_header_backing_file(const struct AddCowHeader *h);
 
 /**
+ * The backing file's format as the header records it: "raw" or "add-cow" (layout 2). NULL
+ * when there is no backing file, for layout 1 (its header does not record the format: the
+ * opener chooses, raw unless `ADDCOW_OPEN_BACKING_ADDCOW`), and for a NULL header. Valid
+ * until `addcow_header_free`.
+ *
+ * # Safety
+ * `h` is NULL or a live header.
+ */
+const char *addcow_header_backing_format(const struct AddCowHeader *h);
+
+/**
+ * The image file's format: "raw" (the only one either layout allows); NULL for a NULL header.
+ * Valid until `addcow_header_free`.
+ *
+ * # Safety
+ * `h` is NULL or a live header.
+ */
+const char *addcow_header_image_format(const struct AddCowHeader *h);
+
+/**
+ * The compatible feature bits as stored, unknown bits included (`ADDCOW_COMPAT_ALL_ALLOCATED`
+ * is bit 0); always 0 for layout 1, which has none, and for a NULL header.
+ *
+ * # Safety
+ * `h` is NULL or a live header.
+ */
+uint64_t addcow_header_compatible_features(const struct AddCowHeader *h);
+
+/**
+ * The incompatible feature bits: always 0. None is defined, and a layout-2 header with any
+ * bit set is refused by `addcow_header_read` (-ENOTSUP, naming the bit); layout 1 has none.
+ * Callers that print a header's features can print both sets without a special case.
+ */
+uint64_t addcow_header_incompatible_features(const struct AddCowHeader *h);
+
+/**
+ * The header's length, where the COW bitmap starts in the `.add-cow` file: 2560 for layout 1,
+ * `header_size` = max(4096, cluster size) for layout 2; 0 for NULL.
+ *
+ * # Safety
+ * `h` is NULL or a live header.
+ */
+uint64_t addcow_header_bitmap_offset(const struct AddCowHeader *h);
+
+/**
  * Frees a header; NULL is a no-op.
  *
  * # Safety
  * `h` is NULL or a live header, not used afterwards.
  */
 void addcow_header_free(struct AddCowHeader *h);
+
+/**
+ * Hydrates every cluster that `offset..offset + bytes` touches, on the calling thread: copies
+ * the unallocated ones from the backing file into the image file, 1 MiB of contiguous clusters
+ * at a time, and marks them allocated (past the backing file's end they read zeros: they are
+ * marked without writing where the image file is a hole). Stores in `*done` (unless NULL) how
+ * many clusters it copied. Safe beside reads and writes on other threads: a cluster a guest
+ * writes first keeps the guest's data, and a guest write waits at most for one batch. Durable
+ * as a write is: with the next `addcow_flush`, or before it returns under
+ * `ADDCOW_OPEN_WRITETHROUGH`. Once every cluster is allocated, the raw image file alone reads
+ * what the image reads. 0, or -EPERM (read-only), -EINVAL (NULL handle, beyond the end, or an
+ * image opened with `ADDCOW_OPEN_NO_BACKING` whose header names a backing file), or the
+ * host's -errno (what was copied before stays copied).
+ *
+ * # Safety
+ * `img` is NULL or a live handle; `done` is NULL or writable.
+ */
+int addcow_hydrate(struct AddCowImage *img, uint64_t offset, uint64_t bytes, uint64_t *done);
+
+/**
+ * Starts a background job that hydrates a range of the image (as `addcow_hydrate` does) on a
+ * thread of the library, and stores its handle in `*out` (NULL on failure). `opts` NULL: the
+ * whole image, no rate limit, 1 MiB batches.
+ *
+ * The job:
+ * - copies a batch at a time; a guest request waits for at most one batch (the clusters it
+ *   hits, or a truncate), and guest writes always win;
+ * - sleeps between batches to stay under `opts->rate`;
+ * - flushes the image about every second and when it ends (completed or cancelled), so a crash
+ *   loses at most the last second of copying; the bitmap is the progress: a new job over the
+ *   same range copies only what is left. On completion that flush marks a layout-2 image whose
+ *   every cluster is allocated as such (its backing file is then no longer opened);
+ * - stops at the first error (`ADDCOW_JOB_FAILED`); start a new one to retry.
+ *
+ * Threads and lifetime: the `addcow_job_*` calls may come from any thread, concurrently,
+ * except `addcow_job_free` (no other call on the job during or after it). `addcow_close`
+ * cancels the image's jobs and waits for them (one batch each) before it closes; their handles
+ * stay valid (their state is final) until `addcow_job_free`. Several jobs may run on one image.
+ *
+ * 0, or -EPERM (read-only), -EINVAL (NULL `img` or `out`, unknown `flags`, a range beyond the
+ * end, an image opened with `ADDCOW_OPEN_NO_BACKING` whose header names a backing file),
+ * -ENOTSUP (a newer struct with fields this library does not know), or -errno.
+ *
+ * # Safety
+ * `img` is NULL or a live handle; `opts` is NULL or points at `opts->struct_size` readable
+ * bytes; `out` is NULL or writable.
+ */
+int addcow_hydrate_start(struct AddCowImage *img,
+                         const struct AddCowHydrateOptions *opts,
+                         struct AddCowJob **out);
+
+/**
+ * Fills `*progress` (its `struct_size` set by the caller) with the job's state and counts.
+ * 0, or -EINVAL (NULL argument, `struct_size` too small).
+ *
+ * # Safety
+ * `job` is NULL or a live handle; `progress` is NULL or points at `progress->struct_size`
+ * writable bytes.
+ */
+int addcow_job_progress(struct AddCowJob *job, struct AddCowJobProgress *progress);
+
+/**
+ * Pauses the job after the batch in flight (`ADDCOW_JOB_PAUSED`); nothing once it ended.
+ * 0, or -EINVAL for NULL.
+ *
+ * # Safety
+ * `job` is NULL or a live handle.
+ */
+int addcow_job_pause(struct AddCowJob *job);
+
+/**
+ * Resumes a paused job; nothing once it ended. 0, or -EINVAL for NULL.
+ *
+ * # Safety
+ * `job` is NULL or a live handle.
+ */
+int addcow_job_resume(struct AddCowJob *job);
+
+/**
+ * Asks the job to stop after the batch in flight, and returns at once; `addcow_job_wait` waits
+ * for it (it flushes what it did, then ends `ADDCOW_JOB_CANCELLED`). Nothing once it ended.
+ * 0, or -EINVAL for NULL.
+ *
+ * # Safety
+ * `job` is NULL or a live handle.
+ */
+int addcow_job_cancel(struct AddCowJob *job);
+
+/**
+ * Waits until the job ends, at most `timeout_ms` milliseconds (negative: without limit; 0:
+ * just look). Returns 0 when it completed, -ECANCELED when it was cancelled, -ETIMEDOUT when it
+ * is still running or paused at the timeout, the job's -errno when it failed (with its message
+ * for `addcow_last_error`), or -EINVAL for NULL. Any number of threads may wait at once.
+ *
+ * # Safety
+ * `job` is NULL or a live handle.
+ */
+int addcow_job_wait(struct AddCowJob *job, int64_t timeout_ms);
+
+/**
+ * Cancels the job unless it ended, waits for its thread (at most one batch and a flush), and
+ * frees the handle. NULL is a no-op. No other call on the job may run during or after it.
+ *
+ * # Safety
+ * `job` is NULL or a live handle, not used again afterwards.
+ */
+void addcow_job_free(struct AddCowJob *job);
 
 /**
  * Opens the mapping core of an image whose files the host owns: reads and validates the

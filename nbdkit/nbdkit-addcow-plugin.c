@@ -2,7 +2,8 @@
  *
  *   nbdkit ./nbdkit-addcow-plugin.so file=vm.add-cow [backing_fmt=raw|add-cow]
  *          [writethrough=true|false] [readonly=true|false] [confine=true|false]
- *          [direct=true|false]
+ *          [direct=true|false] [copy-on-read=true|false]
+ *          [hydrate=true|false] [hydrate-rate=SIZE]
  *
  * The image is opened, and locked as QEMU locks its images, once, in .get_ready: before
  * nbdkit serves anything (and before it forks into the background, so that the error reaches
@@ -22,12 +23,20 @@
  * parallel calls on one handle, so the thread model is PARALLEL; and since a flush on any
  * connection flushes that shared handle, i.e. every completed write of every connection,
  * multi-conn is safe to advertise. When the last connection closes, the handle is flushed.
+ *
+ * hydrate=true starts libaddcow's background hydration job on that handle in .after_fork (a
+ * thread started before nbdkit forks into the background would not exist in the server): it
+ * copies the backing file into the image file while clients read and write, at most
+ * hydrate-rate bytes per second, flushing every second, and once done the image file stands
+ * alone. .cleanup / .unload stop it (within one batch) before closing the image; a server
+ * started again resumes where it stopped (the bitmap is the progress).
  */
 
 #define NBDKIT_API_VERSION 2
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -44,6 +53,10 @@ static bool readonly;            /* readonly=true */
 
 static AddCowImage *image;       /* opened by .get_ready, closed by .cleanup or .unload */
 
+static bool hydrate;             /* hydrate=true */
+static uint64_t hydrate_rate;    /* hydrate-rate=, bytes per second; 0: no limit */
+static AddCowJob *job;           /* started by .after_fork, freed before the image closes */
+
 static pthread_mutex_t users_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned users;           /* open connections; guarded by users_lock */
 
@@ -57,10 +70,32 @@ fail (int r)
   return -1;
 }
 
+/* Stops the hydration job (cancels it unless it finished, waits for its thread), reporting
+ * how far it got; idempotent. */
+static void
+stop_job (void)
+{
+  AddCowJobProgress p = { .struct_size = sizeof p };
+  int r;
+
+  if (job == NULL)
+    return;
+  addcow_job_cancel (job);
+  r = addcow_job_wait (job, -1);
+  if (r < 0 && r != -ECANCELED)
+    nbdkit_error ("hydrating %s: %s", filename, addcow_last_error ());
+  if (addcow_job_progress (job, &p) == 0)
+    nbdkit_debug ("hydration of %s: %" PRIu64 " of %" PRIu64 " clusters (state %u)",
+                  filename, p.done_clusters, p.total_clusters, p.state);
+  addcow_job_free (job);
+  job = NULL;
+}
+
 /* Closes (and so flushes) the image; idempotent. */
 static void
 close_image (void)
 {
+  stop_job ();
   if (image != NULL) {
     int r = addcow_close (image);
     image = NULL;
@@ -119,6 +154,22 @@ plugin_config (const char *key, const char *value)
     return config_flag (value, ADDCOW_OPEN_CONFINE);
   if (strcmp (key, "direct") == 0)
     return config_flag (value, ADDCOW_OPEN_DIRECT);
+  if (strcmp (key, "copy-on-read") == 0)
+    return config_flag (value, ADDCOW_OPEN_COPY_ON_READ);
+  if (strcmp (key, "hydrate") == 0) {
+    int b = nbdkit_parse_bool (value);
+    if (b == -1)
+      return -1;
+    hydrate = b;
+    return 0;
+  }
+  if (strcmp (key, "hydrate-rate") == 0) {
+    int64_t r = nbdkit_parse_size (value);
+    if (r == -1)
+      return -1;
+    hydrate_rate = (uint64_t) r;
+    return 0;
+  }
   if (strcmp (key, "readonly") == 0) {
     int b = nbdkit_parse_bool (value);
     if (b == -1)
@@ -137,12 +188,17 @@ plugin_config_complete (void)
     nbdkit_error ("the file parameter (the .add-cow file) is required");
     return -1;
   }
+  if (readonly && (hydrate || (open_flags & ADDCOW_OPEN_COPY_ON_READ))) {
+    nbdkit_error ("hydrate=true and copy-on-read=true write the image: not with readonly=true");
+    return -1;
+  }
   return 0;
 }
 
 #define plugin_config_help \
   "file=<FILENAME>     (required) The .add-cow file.\n" \
-  "backing_fmt=raw|add-cow       Format of its backing file (default raw).\n" \
+  "backing_fmt=raw|add-cow       Format of its backing file (default raw); layout 1\n" \
+  "                              only: a layout-2 header records it, and that wins.\n" \
   "writethrough=true|false       Make every write durable on return (default false).\n" \
   "readonly=true|false           Open read-only: read locks, so other readers may share\n" \
   "                              the image; served read-only. Use it with -r (without it\n" \
@@ -153,7 +209,14 @@ plugin_config_complete (void)
   "                              for images you did not make (default false).\n" \
   "direct=true|false             Direct I/O (O_DIRECT, QEMU's cache=none): bypass the\n" \
   "                              host's page cache; the file system must support it\n" \
-  "                              (default false)."
+  "                              (default false).\n" \
+  "copy-on-read=true|false       Reads of the backing file also copy what they read into\n" \
+  "                              the image file (default false).\n" \
+  "hydrate=true|false            Copy the whole backing file into the image file in the\n" \
+  "                              background while serving; resumes where a previous run\n" \
+  "                              stopped (default false).\n" \
+  "hydrate-rate=SIZE             Most bytes hydrated per second, e.g. 50M (default: no\n" \
+  "                              limit)."
 
 /* Opens and locks the image before serving: a conflict fails the server at startup. */
 static int
@@ -165,6 +228,23 @@ plugin_get_ready (void)
       nbdkit_error ("%s (readonly=true opens it read-only)", addcow_last_error ());
     else
       nbdkit_error ("%s", addcow_last_error ());
+    return -1;
+  }
+  return 0;
+}
+
+/* Starts the hydration job in the process that serves (after nbdkit forked, if it did). */
+static int
+plugin_after_fork (void)
+{
+  AddCowHydrateOptions o = { .struct_size = sizeof o, .rate = hydrate_rate };
+  int r;
+
+  if (!hydrate)
+    return 0;
+  r = addcow_hydrate_start (image, &o, &job);
+  if (r < 0) {
+    nbdkit_error ("hydrating %s: %s", filename, addcow_last_error ());
     return -1;
   }
   return 0;
@@ -333,6 +413,7 @@ static struct nbdkit_plugin plugin = {
   .config_help       = plugin_config_help,
   .magic_config_key  = "file",
   .get_ready         = plugin_get_ready,
+  .after_fork        = plugin_after_fork,
   .cleanup           = plugin_cleanup,
   .open              = plugin_open,
   .close             = plugin_close,

@@ -104,6 +104,10 @@ pub enum Error {
     /// A size beyond what the library supports.
     #[error("{0}")]
     TooLarge(String),
+    /// What a background job failed with, as it recorded it (its own error's errno and
+    /// message), reported again to whoever asks for the job's outcome.
+    #[error("{message}")]
+    Job { errno: i32, message: String },
 }
 
 /// The library's result type.
@@ -120,6 +124,7 @@ impl Error {
             Error::Busy(_) => libc::EBUSY,
             Error::Confined(_) => libc::EACCES,
             Error::TooLarge(_) => libc::EFBIG,
+            Error::Job { errno, .. } => *errno,
         }
     }
 

@@ -17,7 +17,8 @@
 //! - [`capi`]: the C boundary.
 //!
 //! The public Rust API is what a Rust host needs: [`Image`] with [`OpenOptions`], [`Parts`],
-//! [`Backing`] and [`BackingFormat`]; [`create`] with [`CreateOptions`]; [`read_header`],
+//! [`Backing`] and [`BackingFormat`]; hydration ([`Image::hydrate`], the background
+//! [`HydrateJob`] with [`HydrateOptions`], [`Progress`], [`JobState`], [`Outcome`]); [`create`] with [`CreateOptions`]; [`read_header`],
 //! [`probe`]; [`Error`], [`Op`], [`Result`]; the [`storage::Storage`] trait with
 //! [`storage::MemStorage`] and [`storage::FileStorage`]; the [`mapping`] core; the header
 //! ([`layout::Header`]) and [`cluster::Cluster`]; and [`capi`], the C exports (the fuzz targets
@@ -38,5 +39,6 @@ pub use engine::{
     create, read_header, Backing, BackingFormat, CreateOptions, Image, OpenOptions, Parts, Status,
     ZeroFlags,
 };
+pub use engine::{HydrateJob, HydrateOptions, JobState, Outcome, Progress};
 pub use error::{Error, Op, Result};
 pub use layout::probe;

@@ -67,6 +67,11 @@ fn crash_all_allocated_cleared() {
     );
 }
 
+#[test]
+fn crash_hydrate() {
+    crash("hydration", workloads::hydrate());
+}
+
 // ---------------------------------------------------------------------------------------------
 // The crash model itself.
 

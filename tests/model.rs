@@ -228,6 +228,26 @@ impl Model {
         Ok(())
     }
 
+    /// Hydration: every unallocated cluster the range touches is completed from the backing
+    /// data and allocated; how many. `EINVAL` past the end, or with the backing file not opened
+    /// (`refused`).
+    fn hydrate(&mut self, offset: u64, len: u64, refused: bool) -> Result<u64, i32> {
+        if !self.in_range(offset, len) || refused {
+            return Err(libc::EINVAL);
+        }
+        let mut copied = 0;
+        for c in (offset / self.cs) as usize..(offset + len).div_ceil(self.cs) as usize {
+            if !self.alloc[c] {
+                for i in self.cluster_range(c) {
+                    self.image[i] = self.backing_at(i as u64);
+                }
+                self.alloc[c] = true;
+                copied += 1;
+            }
+        }
+        Ok(copied)
+    }
+
     fn is_allocated(&self, offset: u64, bytes: u64) -> (bool, u64) {
         let size = self.size();
         if offset >= size || bytes == 0 {
@@ -438,6 +458,12 @@ enum Op {
     Truncate {
         size: Pos,
     },
+    /// `Image::hydrate` over the range, in batches of `batch` clusters (0: the default).
+    Hydrate {
+        pos: Pos,
+        len: Len,
+        batch: u8,
+    },
     Flush,
     /// Close and open again; with `peek`, first open read-only in between and check that.
     Reopen {
@@ -493,6 +519,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(pos, len, unmap)| Op::WriteZeroes { pos, len, unmap }),
         2 => (pos(), query_len()).prop_map(|(pos, len)| Op::Discard { pos, len }),
         2 => truncate_size().prop_map(|size| Op::Truncate { size }),
+        2 => (pos(), query_len(), 0u8..4).prop_map(|(pos, len, batch)| Op::Hydrate { pos, len, batch }),
         1 => Just(Op::Flush),
         1 => any::<bool>().prop_map(|peek| Op::Reopen { peek }),
         1 => Just(Op::Check),
@@ -883,6 +910,20 @@ fn run(case: &Case, ops: &[Op], backend: &dyn Backend) {
                 let to = to.at(size, cs);
                 img.truncate(to).unwrap();
                 model.truncate(to);
+                mutated = true;
+            }
+            Op::Hydrate { pos, len, batch } => {
+                let offset = pos.at(size, cs);
+                let len = len.of(size, offset, cs);
+                let got = img.hydrate(offset, len, u64::from(*batch) * cs);
+                let bit = matches!(case.layout, Layout::V2(_)) && model.all_allocated;
+                assert_eq!(
+                    got.map_err(|e| e.errno()),
+                    // Refused without the backing file, unless layout 2's bit says that every
+                    // cluster is allocated.
+                    model.hydrate(offset, len, case.no_backing() && !bit),
+                    "{when}: hydrate {offset}+{len}"
+                );
                 mutated = true;
             }
             Op::Flush => {

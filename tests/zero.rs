@@ -284,3 +284,30 @@ fn guest_writes_racing_zeroes_and_discards_on_the_same_clusters_stay_whole() {
         assert!(piece.iter().all(|&b| b == first), "piece {i} is mixed");
     }
 }
+
+#[test]
+fn parts_of_2_mib_clusters_longer_than_a_cluster_are_written_in_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let m2 = 2 << 20;
+    std::fs::write(dir.path().join("base.raw"), vec![5u8; 4 * m2]).unwrap();
+    let c = CreateOptions {
+        image_file: "disk.raw".into(),
+        backing_file: Some("base.raw".into()),
+        size: 4 * m2 as u64,
+        layout: 2,
+        cluster_size: m2 as u64,
+        ..CreateOptions::default()
+    };
+    create(dir.path().join("disk.add-cow"), &c).unwrap();
+    let img = Image::open(dir.path().join("disk.add-cow"), &rw()).unwrap();
+    // No whole cluster: the end of cluster 0 and most of cluster 1, 3 MiB of zeros.
+    img.write_zeroes(1000, 3 << 20, UNMAP).unwrap();
+    let got = read(&img, 0, 2 * m2 as u64);
+    assert!(got[..1000].iter().all(|&b| b == 5));
+    assert!(got[1000..1000 + (3 << 20)].iter().all(|&b| b == 0));
+    assert!(got[1000 + (3 << 20)..].iter().all(|&b| b == 5));
+    assert_eq!(
+        img.is_allocated(0, u64::MAX).unwrap(),
+        (true, 2 * m2 as u64)
+    );
+}

@@ -1023,7 +1023,10 @@ impl Harness {
                 expect_err("addcow_get_backing_length", bl, &[libc::EINVAL]);
             }
             Some(_) => {
-                assert_eq!(cs, CS as i64);
+                // The header's cluster size: 64 KiB for the layout-1 headers this harness
+                // writes, whatever a fuzzed layout-2 header says.
+                let want = Header::parse(&self.meta.bytes).map_or(CS, |h| 1 << h.cluster_bits());
+                assert_eq!(cs, want as i64);
                 assert!(bl >= 0 || !self.hosts_honest(), "backing length {bl}");
             }
         }
@@ -1138,8 +1141,12 @@ impl Harness {
         }
         // SAFETY: a live header until freed below.
         unsafe {
-            assert_eq!(addcow_header_layout(out), 1);
-            assert_eq!(addcow_header_cluster_size(out), CS as u32);
+            let (layout, cs) = (addcow_header_layout(out), addcow_header_cluster_size(out));
+            match layout {
+                1 => assert_eq!(cs, CS as u32),
+                2 => assert!(cs.is_power_of_two() && (4096..=2 << 20).contains(&cs)),
+                _ => panic!("addcow_header_layout {layout}"),
+            }
             let image = CStr::from_ptr(addcow_header_image_file(out))
                 .to_bytes()
                 .to_vec();
@@ -1149,6 +1156,7 @@ impl Harness {
                 let h = Header::parse(&self.meta.bytes).expect("a header the library parsed");
                 assert_eq!(image, h.image_file);
                 assert_eq!(backing, h.backing_file);
+                assert_eq!((layout, cs), (h.layout_number(), 1 << h.cluster_bits()));
             }
             addcow_header_free(out);
         }
@@ -1317,11 +1325,23 @@ fn create(plan: &CreatePlan) {
         errnos.push(libc::EINVAL);
     }
     if !plan.null_opts && struct_size >= min_size {
-        if extra_nonzero || seen.layout > 1 {
+        if extra_nonzero || seen.layout > 2 {
             errnos.push(libc::ENOTSUP);
         }
-        if (seen.cluster_size != 0 && seen.cluster_size != 65536)
-            || seen.flags & !ADDCOW_CREATE_CONFINE != 0
+        let cs = seen.cluster_size;
+        let cluster_ok = match seen.layout {
+            2 => cs == 0 || (cs.is_power_of_two() && (4096..=2 << 20).contains(&cs)),
+            _ => cs == 0 || cs == 65536,
+        };
+        if !cluster_ok || seen.flags & !ADDCOW_CREATE_CONFINE != 0 {
+            errnos.push(libc::EINVAL);
+        }
+        // Layout 2 refuses one name for both files before looking at any file.
+        if seen.layout == 2
+            && plan
+                .backing
+                .is_some_and(|b| b.bytes(dir) == plan.image.bytes(dir))
+            && !matches!(plan.image, Name::Empty)
         {
             errnos.push(libc::EINVAL);
         }
@@ -1329,9 +1349,11 @@ fn create(plan: &CreatePlan) {
             errnos.push(libc::EINVAL);
         }
         let normal = plan.path == CPath::Normal;
-        if matches!(plan.image, Name::Empty | Name::Long1024)
-            || matches!(plan.backing, Some(Name::Long1024))
-            || (normal && matches!(plan.image, Name::Meta))
+        // 1024-byte names do not fit layout 1's fields; layout 2's name area takes both.
+        let long = seen.layout != 2
+            && (matches!(plan.image, Name::Long1024)
+                || matches!(plan.backing, Some(Name::Long1024)));
+        if matches!(plan.image, Name::Empty) || long || (normal && matches!(plan.image, Name::Meta))
         {
             errnos.push(libc::EINVAL);
         }
@@ -1362,6 +1384,12 @@ fn create(plan: &CreatePlan) {
     assert_eq!(r, 0, "header_read after create: {}", last_error());
     // SAFETY: a live header, freed once.
     unsafe {
+        assert_eq!(addcow_header_layout(h), seen.layout.max(1));
+        let want_cs = match seen.cluster_size {
+            0 => 65536,
+            cs => cs,
+        };
+        assert_eq!(addcow_header_cluster_size(h), want_cs);
         assert_eq!(
             CStr::from_ptr(addcow_header_image_file(h)),
             image.as_c_str()

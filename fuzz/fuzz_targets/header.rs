@@ -1,18 +1,19 @@
 //! Header parsing and probing on arbitrary bytes.
 //!
-//! - `probe` scores 100 exactly when the bytes start with the magic and version 1, else 0;
-//!   the C `addcow_probe` agrees with it.
-//! - `Header::parse` never panics; a parsed header's first 2560 bytes are canonical (equal to
-//!   its re-serialization) and re-parse to the same header; errors are EINVAL, or ENOTSUP for
-//!   the magic with another version.
-//! - `read_header` over a `MemStorage` holding the bytes agrees with `parse` of their first
-//!   2560 bytes.
+//! - `probe` scores 100 exactly when the bytes start with layout 1's magic and version 1 or
+//!   with layout 2's magic "ACOW", else 0; the C `addcow_probe` agrees with it.
+//! - `Header::parse` never panics. A parsed layout-1 header's first 2560 bytes are canonical
+//!   (equal to its re-serialization); a parsed header of either layout re-parses from its
+//!   bytes to the same header. Errors are EINVAL, or ENOTSUP for layout 1's magic with another
+//!   version; layout 2 refuses with EINVAL or ENOTSUP (feature bits, formats).
+//! - `read_header` over a `MemStorage` holding the bytes agrees with `parse` of them.
 //! - Names cut from the bytes: `Header::new` accepts exactly the names that fit, and what it
 //!   builds round-trips.
 #![no_main]
 
 use addcow::layout::v1::{HEADER_SIZE, MAGIC, NAME_FIELD, VERSION};
 use addcow::layout::Header;
+use addcow::layout::Layout;
 use addcow::storage::MemStorage;
 use libfuzzer_sys::fuzz_target;
 
@@ -20,9 +21,17 @@ fn has_magic_and_version(data: &[u8]) -> bool {
     data.len() >= 12 && data[..8] == MAGIC && data[8..12] == VERSION.to_be_bytes()
 }
 
+fn is_layout2(data: &[u8]) -> bool {
+    data.starts_with(b"ACOW")
+}
+
 fn check_probe(data: &[u8]) {
     let score = addcow::probe(data);
-    let want = if has_magic_and_version(data) { 100 } else { 0 };
+    let want = if has_magic_and_version(data) || is_layout2(data) {
+        100
+    } else {
+        0
+    };
     assert_eq!(score, want, "probe score");
     // SAFETY: `data` is `data.len()` readable bytes; the filename may be NULL.
     let c = unsafe { addcow::capi::addcow_probe(data.as_ptr(), data.len(), std::ptr::null()) };
@@ -32,13 +41,22 @@ fn check_probe(data: &[u8]) {
 fn check_parse(data: &[u8]) -> Result<Header, i32> {
     match Header::parse(data) {
         Ok(h) => {
-            assert!(has_magic_and_version(data));
             let bytes = h.to_bytes();
-            assert_eq!(
-                &bytes[..],
-                &data[..HEADER_SIZE],
-                "a parsed header is canonical"
-            );
+            match h.layout() {
+                Layout::V1 => {
+                    assert!(has_magic_and_version(data));
+                    assert_eq!(
+                        &bytes[..],
+                        &data[..HEADER_SIZE],
+                        "a parsed layout-1 header is canonical"
+                    );
+                }
+                // Names may lie anywhere in the name area, so only the round trip holds.
+                Layout::V2 { .. } => {
+                    assert!(is_layout2(data));
+                    assert_eq!(bytes.len() as u64, h.bitmap_offset());
+                }
+            }
             assert_eq!(Header::parse(&bytes).expect("re-parse"), h);
             assert!(!h.image_file.is_empty() && !h.image_file.contains(&0));
             assert!(h.backing_file.as_ref().is_none_or(|b| !b.is_empty()));
@@ -48,12 +66,19 @@ fn check_parse(data: &[u8]) -> Result<Header, i32> {
             let errno = e.errno();
             let version_only =
                 data.len() >= 12 && data[..8] == MAGIC && !has_magic_and_version(data);
-            let want = if version_only {
-                libc::ENOTSUP
+            if is_layout2(data) {
+                assert!(
+                    errno == libc::EINVAL || errno == libc::ENOTSUP,
+                    "layout-2 parse error {e}"
+                );
             } else {
-                libc::EINVAL
-            };
-            assert_eq!(errno, want, "parse error {e}");
+                let want = if version_only {
+                    libc::ENOTSUP
+                } else {
+                    libc::EINVAL
+                };
+                assert_eq!(errno, want, "parse error {e}");
+            }
             assert!(!e.to_string().is_empty());
             Err(errno)
         }

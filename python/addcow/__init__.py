@@ -1,9 +1,10 @@
 """Python bindings for libaddcow, the add-cow disk-image format, over its C ABI (ctypes).
 
 add-cow gives a raw image a backing file: a small ``.add-cow`` file names the raw *image
-file* and a *backing file* and keeps one bit per 64 KiB cluster (0: read the backing file,
-1: read the image file). The first write to a cluster copies the rest of it from the backing
-file.
+file* and a *backing file* and keeps one bit per cluster (0: read the backing file, 1: read
+the image file). The first write to a cluster copies the rest of it from the backing file.
+Two on-disk layouts: 1 (the default; 64 KiB clusters) and 2 (clusters of 4 KiB to 2 MiB,
+feature bits): ``create(..., layout=2, cluster_size=4096)``.
 
 Example::
 
@@ -30,19 +31,24 @@ from ._image import (
     read_header,
     version,
 )
-from ._lib import IOV_MAX, MAX_SIZE, LibraryNotFoundError, library_path
+from ._job import HydrateJob, JobState, Progress
+from ._lib import COMPAT_ALL_ALLOCATED, IOV_MAX, MAX_SIZE, LibraryNotFoundError, library_path
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BlockStatus",
+    "COMPAT_ALL_ALLOCATED",
     "Extent",
     "Header",
+    "HydrateJob",
     "IOV_MAX",
     "Image",
     "ImageFile",
+    "JobState",
     "LibraryNotFoundError",
     "MAX_SIZE",
+    "Progress",
     "create",
     "library_path",
     "open",

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator, List, NamedTuple, Optional, Tuple, U
 
 from . import _lib
 from ._buffers import pin_readable, pin_writable
+from ._job import HydrateJob
 from ._lib import check, invalid, lib
 
 __all__ = [
@@ -52,7 +53,8 @@ def version() -> str:
 
 def probe(data: Any) -> int:
     """How sure libaddcow is that ``data`` (any bytes-like object) starts an add-cow file:
-    100 for the add-cow magic and version 1 (12 bytes are enough), 0 otherwise."""
+    100 for layout 1's magic and version 1 (12 bytes are enough) or layout 2's magic
+    ``b"ACOW"`` (4 bytes), 0 otherwise."""
     with pin_readable(data, "data") as (addr, n):
         return check(lib.addcow_probe(addr, n, None), "addcow_probe")
 
@@ -61,6 +63,14 @@ def _u64(value: Any, what: str, operation: str) -> int:
     """``value`` as an unsigned 64-bit integer; OSError(EINVAL) when negative or too large."""
     v = operator.index(value)
     if v < 0 or v > _U64_MAX:
+        invalid(operation, f"{what} {v} is out of range")
+    return v
+
+
+def _u32(value: Any, what: str, operation: str) -> int:
+    """``value`` as an unsigned 32-bit integer; OSError(EINVAL) when negative or too large."""
+    v = operator.index(value)
+    if v < 0 or v > 0xFFFFFFFF:
         invalid(operation, f"{what} {v} is out of range")
     return v
 
@@ -76,6 +86,8 @@ def create(
     size: Optional[int] = None,
     backing_fmt: Optional[str] = None,
     confine: bool = False,
+    layout: int = 1,
+    cluster_size: Optional[int] = None,
 ) -> None:
     """Creates the ``.add-cow`` file at ``path`` (replacing any file there that is not in use)
     and, as ``size`` says, the raw image file. Atomic: the ``.add-cow`` file appears complete
@@ -89,6 +101,12 @@ def create(
     both names must resolve beneath ``path``'s directory (as :func:`open` checks them with
     ``confine=True``).
 
+    ``layout``: 1 (default; the 2012 layout, 64 KiB clusters) or 2 (the 2013 layout: names by
+    offset and length, feature bits, the backing format recorded in the header so that
+    :func:`open` needs no ``backing_fmt``). ``cluster_size`` in bytes: ``None`` or 0 for the
+    layout's default (65536); layout 1 allows only 65536, layout 2 a power of two from 4096
+    to 2 MiB (``OSError(EINVAL)`` otherwise). Other layouts raise ``OSError(ENOTSUP)``.
+
     Raises ``OSError(EBUSY)`` when the ``.add-cow`` file being replaced or the image file is
     in use (locked by another open image, here or in another process), ``OSError(EFBIG)`` for
     a size above :data:`addcow.MAX_SIZE`, :class:`PermissionError` (EACCES) for a name that
@@ -96,28 +114,43 @@ def create(
     """
     opts = _lib.AddCowCreateOptions()
     opts.struct_size = ctypes.sizeof(_lib.AddCowCreateOptions)
-    opts.layout = 0
+    opts.layout = _u32(layout, "layout", "addcow_create")
     opts.image_file = _fs(image_file)
     opts.backing_file = _fs(backing_file) if backing_file is not None else None
     opts.backing_fmt = backing_fmt.encode() if backing_fmt is not None else None
     opts.size = _u64(0 if size is None else size, "size", "addcow_create")
-    opts.cluster_size = 0
+    opts.cluster_size = _u32(cluster_size or 0, "cluster_size", "addcow_create")
     opts.flags = _lib.CREATE_CONFINE if confine else 0
     check(lib.addcow_create(_fs(path), ctypes.byref(opts)), "addcow_create", path)
 
 
 @dataclass(frozen=True)
 class Header:
-    """A parsed ``.add-cow`` header (see :func:`read_header`)."""
+    """A parsed ``.add-cow`` header of either layout (see :func:`read_header`). The fields
+    after ``backing_file`` default to what every layout-1 header reports."""
 
-    #: 1 for the 2012 v9 layout.
+    #: 1 for the 2012 v9 layout, 2 for the 2013 one.
     layout: int
-    #: Cluster size in bytes (65536 for layout 1).
+    #: Cluster size in bytes (65536 for layout 1; 4096 to 2 MiB for layout 2).
     cluster_size: int
     #: The raw image file's name as stored (relative to the ``.add-cow`` file's directory).
     image_file: str
     #: The backing file's name as stored, or ``None``.
     backing_file: Optional[str]
+    #: The backing file's format as the header records it (``"raw"`` or ``"add-cow"``);
+    #: ``None`` without a backing file and for layout 1, whose header does not record it (the
+    #: opener chooses: :func:`open`'s ``backing_fmt``).
+    backing_format: Optional[str] = None
+    #: The image file's format: ``"raw"``.
+    image_format: str = "raw"
+    #: Compatible feature bits as stored (layout 2; 0 for layout 1):
+    #: :data:`addcow.COMPAT_ALL_ALLOCATED` is set once every cluster is allocated.
+    compatible_features: int = 0
+    #: Incompatible feature bits: always 0 (a header with any set is refused, ENOTSUP).
+    incompatible_features: int = 0
+    #: Where the COW bitmap starts in the ``.add-cow`` file: the header's length (2560 for
+    #: layout 1, max(4096, cluster size) for layout 2).
+    bitmap_offset: int = 2560
 
 
 def read_header(path: PathType) -> Header:
@@ -128,11 +161,17 @@ def read_header(path: PathType) -> Header:
     try:
         image = lib.addcow_header_image_file(h)
         backing = lib.addcow_header_backing_file(h)
+        backing_format = lib.addcow_header_backing_format(h)
         return Header(
             layout=int(lib.addcow_header_layout(h)),
             cluster_size=int(lib.addcow_header_cluster_size(h)),
             image_file=os.fsdecode(image) if image is not None else "",
             backing_file=os.fsdecode(backing) if backing is not None else None,
+            backing_format=backing_format.decode("ascii") if backing_format is not None else None,
+            image_format=lib.addcow_header_image_format(h).decode("ascii"),
+            compatible_features=int(lib.addcow_header_compatible_features(h)),
+            incompatible_features=int(lib.addcow_header_incompatible_features(h)),
+            bitmap_offset=int(lib.addcow_header_bitmap_offset(h)),
         )
     finally:
         lib.addcow_header_free(h)
@@ -171,6 +210,7 @@ def open(  # noqa: A001 - mirrors io.open / gzip.open
     confine: bool = False,
     bitmap_cache_size: Optional[int] = None,
     direct: bool = False,
+    copy_on_read: bool = False,
 ) -> "Image":
     """Opens the ``.add-cow`` file at ``path`` and the files its header names, and locks them
     as QEMU locks its images.
@@ -200,6 +240,10 @@ def open(  # noqa: A001 - mirrors io.open / gzip.open
     buffer works (unaligned requests are copied through aligned buffers inside the library;
     page-aligned buffers such as an ``mmap`` of whole blocks at block-aligned offsets are not
     copied). A file system without direct I/O raises ``OSError(EINVAL)``.
+
+    ``copy_on_read=True`` (``"r+"`` only, ``OSError(EINVAL)`` with ``"r"``): a read of
+    unallocated clusters within the backing data also hydrates them (QEMU's
+    ``copy-on-read``), as :meth:`Image.hydrate` does.
     """
     try:
         writable = _MODES[mode]
@@ -221,6 +265,8 @@ def open(  # noqa: A001 - mirrors io.open / gzip.open
         flags |= _lib.OPEN_CONFINE
     if direct:
         flags |= _lib.OPEN_DIRECT
+    if copy_on_read:
+        flags |= _lib.OPEN_COPY_ON_READ
     opts = _lib.AddCowOpenOptions()
     opts.struct_size = ctypes.sizeof(_lib.AddCowOpenOptions)
     opts.flags = flags
@@ -516,6 +562,56 @@ class Image:
             check(lib.addcow_flush(h), "addcow_flush")
         finally:
             self._release()
+
+    def _range(self, offset: int, length: Optional[int], operation: str) -> Tuple[int, int]:
+        off = _u64(offset, "offset", operation)
+        if length is None:
+            return off, max(0, self.size - off)
+        return off, _u64(length, "length", operation)
+
+    def hydrate(self, offset: int = 0, length: Optional[int] = None) -> int:
+        """Hydrates every cluster that ``offset .. offset + length`` touches (default: to the
+        end of the image) on this thread: copies the unallocated ones from the backing file
+        into the image file and marks them allocated; returns how many it copied. Safe beside
+        reads and writes on other threads (a guest write always wins). Durable as writes are
+        (with :meth:`flush`). :class:`PermissionError` on a read-only image,
+        ``OSError(EINVAL)`` past the end or when opened with ``backing=False``."""
+        off, n = self._range(offset, length, "addcow_hydrate")
+        done = ctypes.c_uint64()
+        h = self._acquire()
+        try:
+            check(lib.addcow_hydrate(h, off, n, ctypes.byref(done)), "addcow_hydrate")
+        finally:
+            self._release()
+        return int(done.value)
+
+    def hydrate_start(
+        self, offset: int = 0, length: Optional[int] = None, rate: int = 0, batch: int = 0
+    ) -> HydrateJob:
+        """Starts hydrating ``offset .. offset + length`` (default: to the end of the image)
+        in the background, on a thread of the library, and returns the job. ``rate``: most
+        bytes copied per second (0: no limit); ``batch``: bytes of contiguous clusters per
+        copy (0: 1 MiB), the longest a guest write waits for it. ``OSError(EINVAL)`` for an
+        empty range. The job flushes about every
+        second and when it ends; a new job over the same range copies only what is left.
+        :meth:`close` cancels the image's jobs first. Errors as :meth:`hydrate`."""
+        off, n = self._range(offset, length, "addcow_hydrate_start")
+        opts = _lib.AddCowHydrateOptions()
+        opts.struct_size = ctypes.sizeof(_lib.AddCowHydrateOptions)
+        if n == 0:
+            invalid("addcow_hydrate_start", "an empty range (length=None: to the end)")
+        opts.offset = off
+        opts.bytes = n
+        opts.rate = _u64(rate, "rate", "addcow_hydrate_start")
+        opts.batch = _u64(batch, "batch", "addcow_hydrate_start")
+        job = ctypes.c_void_p()
+        h = self._acquire()
+        try:
+            rc = lib.addcow_hydrate_start(h, ctypes.byref(opts), ctypes.byref(job))
+            check(rc, "addcow_hydrate_start")
+        finally:
+            self._release()
+        return HydrateJob(int(job.value or 0))
 
     def as_file(self) -> "ImageFile":
         """A seekable :class:`io.RawIOBase` view of the image (its own position, starting

@@ -55,7 +55,11 @@ __all__ = [
     "OPEN_FORCE_SHARE",
     "OPEN_CONFINE",
     "OPEN_DIRECT",
+    "OPEN_COPY_ON_READ",
+    "AddCowHydrateOptions",
+    "AddCowJobProgress",
     "CREATE_CONFINE",
+    "COMPAT_ALL_ALLOCATED",
     "MAX_SIZE",
     "IOV_MAX",
     "declare",
@@ -80,9 +84,21 @@ OPEN_BACKING_ADDCOW = 1 << 3
 OPEN_FORCE_SHARE = 1 << 4
 OPEN_CONFINE = 1 << 5
 OPEN_DIRECT = 1 << 6
+OPEN_COPY_ON_READ = 1 << 7
+
+# Hydration job states (ADDCOW_JOB_*): addcow.JobState.
+JOB_RUNNING = 1
+JOB_PAUSED = 2
+JOB_COMPLETED = 3
+JOB_CANCELLED = 4
+JOB_FAILED = 5
 
 # Create flags (ADDCOW_CREATE_*).
 CREATE_CONFINE = 1 << 0
+
+#: Layout 2's compatible feature bit 0 (ADDCOW_COMPAT_ALL_ALLOCATED): every cluster is
+#: allocated, the image file alone is the disk.
+COMPAT_ALL_ALLOCATED = 1 << 0
 
 # Write-zeroes flags (ADDCOW_ZERO_*) and block-status flags (ADDCOW_STATUS_*).
 ZERO_MAY_UNMAP = 1 << 0
@@ -195,6 +211,35 @@ class AddCowOpenOptions(Structure):
     ]
 
 
+class AddCowHydrateOptions(Structure):
+    """``struct AddCowHydrateOptions`` (for ``addcow_hydrate_start``); set ``struct_size`` to
+    ``ctypes.sizeof`` of it."""
+
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("flags", c_uint32),
+        ("offset", c_uint64),
+        ("bytes", c_uint64),
+        ("rate", c_uint64),
+        ("batch", c_uint64),
+    ]
+
+
+class AddCowJobProgress(Structure):
+    """``struct AddCowJobProgress`` (filled by ``addcow_job_progress``); set ``struct_size``
+    to ``ctypes.sizeof`` of it."""
+
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("state", c_uint32),
+        ("total_clusters", c_uint64),
+        ("done_clusters", c_uint64),
+        ("copied_clusters", c_uint64),
+        ("bytes_per_sec", c_uint64),
+        ("error", c_int),
+    ]
+
+
 # (name, restype, argtypes, required). Optional functions are declared when the loaded
 # library exports them (newer additions to the header).
 _DECLARATIONS: List[Tuple[str, object, List[object], bool]] = [
@@ -247,7 +292,26 @@ _DECLARATIONS: List[Tuple[str, object, List[object], bool]] = [
     ("addcow_header_cluster_size", c_uint32, [HeaderPtr], True),
     ("addcow_header_image_file", c_char_p, [HeaderPtr], True),
     ("addcow_header_backing_file", c_char_p, [HeaderPtr], True),
+    ("addcow_header_backing_format", c_char_p, [HeaderPtr], True),
+    ("addcow_header_image_format", c_char_p, [HeaderPtr], True),
+    ("addcow_header_compatible_features", c_uint64, [HeaderPtr], True),
+    ("addcow_header_incompatible_features", c_uint64, [HeaderPtr], True),
+    ("addcow_header_bitmap_offset", c_uint64, [HeaderPtr], True),
     ("addcow_header_free", None, [HeaderPtr], True),
+    # Hydration (opaque job handles as void pointers): optional, newer than the rest.
+    ("addcow_hydrate", c_int, [ImagePtr, c_uint64, c_uint64, POINTER(c_uint64)], False),
+    (
+        "addcow_hydrate_start",
+        c_int,
+        [ImagePtr, POINTER(AddCowHydrateOptions), POINTER(c_void_p)],
+        False,
+    ),
+    ("addcow_job_progress", c_int, [c_void_p, POINTER(AddCowJobProgress)], False),
+    ("addcow_job_pause", c_int, [c_void_p], False),
+    ("addcow_job_resume", c_int, [c_void_p], False),
+    ("addcow_job_cancel", c_int, [c_void_p], False),
+    ("addcow_job_wait", c_int, [c_void_p, c_int64], False),
+    ("addcow_job_free", None, [c_void_p], False),
     # The mapping core (opaque handles as void pointers): optional, unused by this package.
     (
         "addcow_core_open",

@@ -86,7 +86,13 @@ def test_constants_match_the_header() -> None:
 
 _C_TYPES = {"uint32_t": ctypes.c_uint32, "uint64_t": ctypes.c_uint64, "const char *": ctypes.c_char_p}
 # The structs the package declares, with their LP64 sizes (header_check pins the same).
-_STRUCTS = {"AddCowCreateOptions": 48, "AddCowOpenOptions": 16, "AddCowIo": 48}
+_STRUCTS = {
+    "AddCowCreateOptions": 48,
+    "AddCowOpenOptions": 16,
+    "AddCowIo": 48,
+    "AddCowHydrateOptions": 40,
+    "AddCowJobProgress": 48,
+}
 # Structs of addcow.h the package does not declare, and why.
 _NOT_DECLARED = {"AddCowWriteStep": "the core's functions are declared with void pointers"}
 
@@ -131,6 +137,8 @@ def test_probe(overlay: Path) -> None:
     assert addcow.probe(b"QFI\xfb" + bytes(508)) == 0
     v2 = head[:8] + (2).to_bytes(4, "big") + head[12:]
     assert addcow.probe(v2) == 0
+    assert addcow.probe(b"ACOW") == 100  # layout 2's magic: 4 bytes decide
+    assert addcow.probe(b"ACO") == 0
 
 
 def test_create_sizes_and_paths(tmp_path: Path, base: Base) -> None:
@@ -628,5 +636,9 @@ def test_header_read_io_through_python_callbacks(overlay: Path) -> None:
     # NULL handles: the documented defaults, no crash
     assert _lib.lib.addcow_header_layout(None) == 0
     assert _lib.lib.addcow_header_image_file(None) is None
+    assert _lib.lib.addcow_header_backing_format(None) is None
+    assert _lib.lib.addcow_header_image_format(None) is None
+    assert _lib.lib.addcow_header_compatible_features(None) == 0
+    assert _lib.lib.addcow_header_bitmap_offset(None) == 0
     assert _lib.lib.addcow_get_length(None) == -errno.EINVAL
     assert _lib.lib.addcow_close(None) == 0

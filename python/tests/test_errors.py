@@ -197,7 +197,7 @@ def test_raw_abi_argument_checks(tmp_path: Path, overlay: Path) -> None:
     assert lib.addcow_header_read(str(tmp_path / "missing").encode(), ctypes.byref(hdr)) == -errno.ENOENT
     assert not bool(hdr)
     assert lib.addcow_open(None, 0, ctypes.byref(h)) == EINVAL
-    assert lib.addcow_open(bytes(overlay), 1 << 7, ctypes.byref(h)) == EINVAL
+    assert lib.addcow_open(bytes(overlay), 1 << 8, ctypes.byref(h)) == EINVAL
     assert "flags" in _lib.last_error()
     assert lib.addcow_open(bytes(overlay), 0, None) == EINVAL
     assert lib.addcow_probe(None, 1, None) == EINVAL
@@ -220,7 +220,7 @@ def test_raw_abi_argument_checks(tmp_path: Path, overlay: Path) -> None:
         ctypes.sizeof(_lib.AddCowCreateOptions), 0, b"o.raw", None, None, CLUSTER, 0, 0
     )
     path = bytes(tmp_path / "o.add-cow")
-    opts.layout = 2
+    opts.layout = 3
     assert lib.addcow_create(path, ctypes.byref(opts)) == -errno.ENOTSUP
     opts.layout, opts.cluster_size = 1, 4096
     assert lib.addcow_create(path, ctypes.byref(opts)) == EINVAL

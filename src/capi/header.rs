@@ -10,13 +10,40 @@ use std::ffi::{c_char, c_int, CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// A parsed `.add-cow` header. Opaque: read it with `addcow_header_read` or
+/// Compatible feature bit 0 of layout 2 (`addcow_header_compatible_features`): every cluster
+/// is allocated, so the image file alone is the disk and the backing file is not needed.
+pub const ADDCOW_COMPAT_ALL_ALLOCATED: u64 = 1 << 0;
+const _: () = assert!(ADDCOW_COMPAT_ALL_ALLOCATED == crate::layout::v2::ALL_ALLOCATED);
+
+/// A parsed `.add-cow` header of either layout. Opaque: read it with `addcow_header_read` or
 /// `addcow_header_read_io`, free it with `addcow_header_free`.
 pub struct AddCowHeader {
     layout: u32,
     cluster_size: u32,
+    bitmap_offset: u64,
+    compatible: u64,
     image_file: CString,
+    image_format: CString,
     backing_file: Option<CString>,
+    backing_format: Option<CString>,
+}
+
+impl AddCowHeader {
+    fn new(h: &crate::layout::Header) -> Result<AddCowHeader> {
+        let name =
+            |b: &[u8]| CString::new(b).map_err(|_| Error::invalid("a name holds a NUL byte"));
+        let format = |f: &str| CString::new(f).expect("format names hold no NUL");
+        Ok(AddCowHeader {
+            layout: h.layout_number(),
+            cluster_size: 1 << h.cluster_bits(),
+            bitmap_offset: h.bitmap_offset(),
+            compatible: h.compatible_features(),
+            image_file: name(&h.image_file)?,
+            image_format: format(h.image_format()),
+            backing_file: h.backing_file.as_deref().map(name).transpose()?,
+            backing_format: h.backing_format.map(|f| format(f.name())),
+        })
+    }
 }
 
 /// Reads a header and stores a new handle for it in `*out` (NULL on failure).
@@ -32,14 +59,7 @@ unsafe fn store(
     }
     // SAFETY: non-NULL and writable per the caller; cleared so that failure leaves NULL.
     unsafe { out.write(std::ptr::null_mut()) };
-    let h = read()?;
-    let name = |b: &[u8]| CString::new(b).map_err(|_| Error::invalid("a name holds a NUL byte"));
-    let header = AddCowHeader {
-        layout: 1,
-        cluster_size: 1 << h.cluster_bits(),
-        image_file: name(&h.image_file)?,
-        backing_file: h.backing_file.as_deref().map(name).transpose()?,
-    };
+    let header = AddCowHeader::new(&read()?)?;
     // SAFETY: as above.
     unsafe { out.write(Box::into_raw(Box::new(header))) };
     Ok(0)
@@ -96,7 +116,7 @@ unsafe fn get<'a>(h: *const AddCowHeader) -> Option<&'a AddCowHeader> {
     unsafe { h.as_ref() }
 }
 
-/// The header's layout (1 = the seed's), or 0 for NULL.
+/// The header's layout: 1 (the seed's) or 2 (the series' final one); 0 for NULL.
 ///
 /// # Safety
 /// `h` is NULL or a live header.
@@ -108,7 +128,8 @@ pub unsafe extern "C" fn addcow_header_layout(h: *const AddCowHeader) -> u32 {
     })
 }
 
-/// The cluster size in bytes, or 0 for NULL.
+/// The cluster size in bytes: 65536 for layout 1, a power of two from 4096 to 2 MiB for
+/// layout 2; 0 for NULL.
 ///
 /// # Safety
 /// `h` is NULL or a live header.
@@ -148,6 +169,73 @@ pub unsafe extern "C" fn addcow_header_backing_file(h: *const AddCowHeader) -> *
     })
 }
 
+/// The backing file's format as the header records it: "raw" or "add-cow" (layout 2). NULL
+/// when there is no backing file, for layout 1 (its header does not record the format: the
+/// opener chooses, raw unless `ADDCOW_OPEN_BACKING_ADDCOW`), and for a NULL header. Valid
+/// until `addcow_header_free`.
+///
+/// # Safety
+/// `h` is NULL or a live header.
+#[no_mangle]
+pub unsafe extern "C" fn addcow_header_backing_format(h: *const AddCowHeader) -> *const c_char {
+    ffi("addcow_header_backing_format", || {
+        // SAFETY: the caller's guarantee.
+        Ok(unsafe { get(h) }
+            .and_then(|h| h.backing_format.as_ref())
+            .map_or(std::ptr::null(), |f| f.as_ptr()))
+    })
+}
+
+/// The image file's format: "raw" (the only one either layout allows); NULL for a NULL header.
+/// Valid until `addcow_header_free`.
+///
+/// # Safety
+/// `h` is NULL or a live header.
+#[no_mangle]
+pub unsafe extern "C" fn addcow_header_image_format(h: *const AddCowHeader) -> *const c_char {
+    ffi("addcow_header_image_format", || {
+        // SAFETY: the caller's guarantee.
+        Ok(unsafe { get(h) }.map_or(std::ptr::null(), |h| h.image_format.as_ptr()))
+    })
+}
+
+/// The compatible feature bits as stored, unknown bits included (`ADDCOW_COMPAT_ALL_ALLOCATED`
+/// is bit 0); always 0 for layout 1, which has none, and for a NULL header.
+///
+/// # Safety
+/// `h` is NULL or a live header.
+#[no_mangle]
+pub unsafe extern "C" fn addcow_header_compatible_features(h: *const AddCowHeader) -> u64 {
+    ffi("addcow_header_compatible_features", || {
+        // SAFETY: the caller's guarantee.
+        Ok(unsafe { get(h) }.map_or(0, |h| h.compatible))
+    })
+}
+
+/// The incompatible feature bits: always 0. None is defined, and a layout-2 header with any
+/// bit set is refused by `addcow_header_read` (-ENOTSUP, naming the bit); layout 1 has none.
+/// Callers that print a header's features can print both sets without a special case.
+#[no_mangle]
+pub extern "C" fn addcow_header_incompatible_features(h: *const AddCowHeader) -> u64 {
+    ffi("addcow_header_incompatible_features", || {
+        let _ = h;
+        Ok(0)
+    })
+}
+
+/// The header's length, where the COW bitmap starts in the `.add-cow` file: 2560 for layout 1,
+/// `header_size` = max(4096, cluster size) for layout 2; 0 for NULL.
+///
+/// # Safety
+/// `h` is NULL or a live header.
+#[no_mangle]
+pub unsafe extern "C" fn addcow_header_bitmap_offset(h: *const AddCowHeader) -> u64 {
+    ffi("addcow_header_bitmap_offset", || {
+        // SAFETY: the caller's guarantee.
+        Ok(unsafe { get(h) }.map_or(0, |h| h.bitmap_offset))
+    })
+}
+
 /// Frees a header; NULL is a no-op.
 ///
 /// # Safety
@@ -166,15 +254,18 @@ pub unsafe extern "C" fn addcow_header_free(h: *mut AddCowHeader) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::ffi::c_void;
+    use crate::layout::{BackingFormat, Header};
+    use std::ffi::{c_void, CStr};
 
+    /// Reads from the header bytes `opaque` points at (a `Vec<u8>`), zeros past them.
     unsafe extern "C" fn preadv(
-        _: *mut c_void,
+        opaque: *mut c_void,
         offset: u64,
         iov: *const libc::iovec,
         iovcnt: c_int,
     ) -> c_int {
-        let header = crate::layout::Header::new(b"img", None).unwrap().to_bytes();
+        // SAFETY: the tests pass a live Vec<u8> as opaque.
+        let header = unsafe { &*opaque.cast::<Vec<u8>>() };
         let mut at = offset as usize;
         // SAFETY: the library passes `iovcnt` valid, writable iovecs.
         for v in unsafe { std::slice::from_raw_parts(iov, iovcnt as usize) } {
@@ -188,20 +279,33 @@ mod tests {
         0
     }
 
-    unsafe extern "C" fn get_length(_: *mut c_void) -> i64 {
-        2560
+    unsafe extern "C" fn get_length(opaque: *mut c_void) -> i64 {
+        // SAFETY: as in preadv.
+        unsafe { &*opaque.cast::<Vec<u8>>() }.len() as i64
     }
 
-    #[test]
-    fn header_read_io_needs_only_preadv_and_get_length() {
-        let io = AddCowIo {
-            opaque: std::ptr::null_mut(),
+    fn table(bytes: &mut Vec<u8>) -> AddCowIo {
+        AddCowIo {
+            opaque: (bytes as *mut Vec<u8>).cast(),
             preadv: Some(preadv),
             pwritev: None,
             flush: None,
             get_length: Some(get_length),
             truncate: None,
-        };
+        }
+    }
+
+    /// # Safety
+    /// `s` is NULL or NUL-terminated.
+    unsafe fn text<'a>(s: *const c_char) -> Option<&'a str> {
+        // SAFETY: the caller's guarantee.
+        (!s.is_null()).then(|| unsafe { CStr::from_ptr(s) }.to_str().unwrap())
+    }
+
+    #[test]
+    fn header_read_io_needs_only_preadv_and_get_length() {
+        let mut bytes = Header::new(b"img", None).unwrap().to_bytes();
+        let io = table(&mut bytes);
         let mut h = std::ptr::null_mut();
         // SAFETY: a valid table and a writable out pointer.
         assert_eq!(unsafe { addcow_header_read_io(&io, &mut h) }, 0);
@@ -215,5 +319,43 @@ mod tests {
         let r = unsafe { addcow_header_read_io(&no_read, &mut h) };
         assert_eq!(r, -libc::EINVAL);
         assert!(h.is_null());
+    }
+
+    #[test]
+    fn accessors_report_either_layout() {
+        let v1 = Header::new(b"img", Some(b"base")).unwrap();
+        let mut v2 = Header::new_v2(b"img", Some((b"base", BackingFormat::AddCow)), 21).unwrap();
+        assert!(v2.set_all_allocated(true));
+        // (header, layout, cluster size, bitmap offset, backing format, compatible features)
+        let cases = [
+            (v1, 1, 65536, 2560, None, 0),
+            (
+                v2,
+                2,
+                2 << 20,
+                2 << 20,
+                Some("add-cow"),
+                ADDCOW_COMPAT_ALL_ALLOCATED,
+            ),
+        ];
+        for (header, layout, cluster, bitmap, backing_format, compat) in cases {
+            let mut bytes = header.to_bytes();
+            let io = table(&mut bytes);
+            let mut h = std::ptr::null_mut();
+            // SAFETY: a valid table and a writable out pointer; then a live header, freed once.
+            unsafe {
+                assert_eq!(addcow_header_read_io(&io, &mut h), 0);
+                assert_eq!(addcow_header_layout(h), layout);
+                assert_eq!(addcow_header_cluster_size(h), cluster);
+                assert_eq!(addcow_header_bitmap_offset(h), bitmap);
+                assert_eq!(text(addcow_header_image_file(h)), Some("img"));
+                assert_eq!(text(addcow_header_backing_file(h)), Some("base"));
+                assert_eq!(text(addcow_header_backing_format(h)), backing_format);
+                assert_eq!(text(addcow_header_image_format(h)), Some("raw"));
+                assert_eq!(addcow_header_compatible_features(h), compat);
+                assert_eq!(addcow_header_incompatible_features(h), 0);
+                addcow_header_free(h);
+            }
+        }
     }
 }

@@ -9,7 +9,8 @@
 //! library returns `-EIO`; none unwinds into C.
 //!
 //! Threads: every function may be called from many threads at once on one image, except
-//! `addcow_close` (the caller makes sure no other call on the image is running or follows).
+//! `addcow_close` (the caller makes sure no other call on the image is running or follows;
+//! it stops the image's hydration jobs first, `hydrate.rs`).
 //! `addcow_truncate` waits for the calls in flight, and calls made meanwhile wait for it.
 //!
 //! The mapping core (`addcow_core_*`, `mapping.rs`) is the format logic without data I/O, for
@@ -20,6 +21,7 @@ mod boundary;
 mod create;
 mod header;
 mod host;
+mod hydrate;
 mod iov;
 mod mapping;
 mod open;
@@ -28,11 +30,19 @@ mod zero;
 
 pub use create::{addcow_create, AddCowCreateOptions, ADDCOW_CREATE_CONFINE};
 pub use header::{
-    addcow_header_backing_file, addcow_header_cluster_size, addcow_header_free,
-    addcow_header_image_file, addcow_header_layout, addcow_header_read, addcow_header_read_io,
-    AddCowHeader,
+    addcow_header_backing_file, addcow_header_backing_format, addcow_header_bitmap_offset,
+    addcow_header_cluster_size, addcow_header_compatible_features, addcow_header_free,
+    addcow_header_image_file, addcow_header_image_format, addcow_header_incompatible_features,
+    addcow_header_layout, addcow_header_read, addcow_header_read_io, AddCowHeader,
+    ADDCOW_COMPAT_ALL_ALLOCATED,
 };
 pub use host::AddCowIo;
+pub use hydrate::{
+    addcow_hydrate, addcow_hydrate_start, addcow_job_cancel, addcow_job_free, addcow_job_pause,
+    addcow_job_progress, addcow_job_resume, addcow_job_wait, AddCowHydrateOptions, AddCowJob,
+    AddCowJobProgress, ADDCOW_JOB_CANCELLED, ADDCOW_JOB_COMPLETED, ADDCOW_JOB_FAILED,
+    ADDCOW_JOB_PAUSED, ADDCOW_JOB_RUNNING,
+};
 pub use iov::ADDCOW_IOV_MAX;
 
 pub use mapping::{
@@ -45,8 +55,8 @@ pub use mapping::{
 };
 pub use open::{
     addcow_open, addcow_open_ext, addcow_open_io, addcow_open_io_ext, AddCowOpenOptions,
-    ADDCOW_OPEN_BACKING_ADDCOW, ADDCOW_OPEN_CONFINE, ADDCOW_OPEN_DIRECT, ADDCOW_OPEN_FORCE_SHARE,
-    ADDCOW_OPEN_NO_BACKING, ADDCOW_OPEN_RDWR, ADDCOW_OPEN_WRITETHROUGH,
+    ADDCOW_OPEN_BACKING_ADDCOW, ADDCOW_OPEN_CONFINE, ADDCOW_OPEN_COPY_ON_READ, ADDCOW_OPEN_DIRECT,
+    ADDCOW_OPEN_FORCE_SHARE, ADDCOW_OPEN_NO_BACKING, ADDCOW_OPEN_RDWR, ADDCOW_OPEN_WRITETHROUGH,
 };
 pub use zero::{
     addcow_block_status, addcow_discard, addcow_write_zeroes, ADDCOW_STATUS_ALLOCATED,
@@ -57,6 +67,7 @@ use crate::engine::Image;
 use crate::error::{Error, Result};
 use boundary::{bad_arg, ffi};
 use std::ffi::{c_char, c_int, c_void};
+use std::sync::Arc;
 
 /// The largest virtual size the library supports: 2^56 bytes (64 PiB). Larger sizes give
 /// -EFBIG at open, create and truncate.
@@ -67,7 +78,19 @@ const _: () = assert!(ADDCOW_MAX_SIZE == crate::layout::MAX_SIZE);
 /// An open add-cow image. Opaque: create it with `addcow_open` or `addcow_open_io`, free it
 /// with `addcow_close`.
 pub struct AddCowImage {
-    image: Image,
+    /// Shared with the threads of its hydration jobs.
+    image: Arc<Image>,
+    /// Its hydration jobs, stopped by `addcow_close`.
+    jobs: hydrate::Jobs,
+}
+
+impl AddCowImage {
+    fn new(image: Image) -> AddCowImage {
+        AddCowImage {
+            image: Arc::new(image),
+            jobs: hydrate::Jobs::default(),
+        }
+    }
 }
 
 /// # Safety
@@ -75,7 +98,7 @@ pub struct AddCowImage {
 unsafe fn image<'a>(img: *mut AddCowImage) -> Result<&'a Image> {
     // SAFETY: the caller's guarantee; NULL is refused.
     unsafe { img.as_ref() }
-        .map(|h| &h.image)
+        .map(|h| &*h.image)
         .ok_or_else(|| bad_arg("img is NULL"))
 }
 
@@ -99,7 +122,9 @@ pub unsafe extern "C" fn addcow_probe(
     })
 }
 
-/// Flushes and closes the image, freeing the handle even when the flush fails (then returns
+/// Stops the image's hydration jobs (cancels them and waits for their threads, one batch and
+/// a flush each; their handles stay valid for `addcow_job_*` until `addcow_job_free`), then
+/// flushes and closes the image, freeing the handle even when the flush fails (then returns
 /// its -errno). NULL is a no-op returning 0. No other call on the handle may run during or
 /// after this one.
 ///
@@ -113,7 +138,11 @@ pub unsafe extern "C" fn addcow_close(img: *mut AddCowImage) -> c_int {
         }
         // SAFETY: a live handle from Box::into_raw, handed back exactly once.
         let handle = unsafe { Box::from_raw(img) };
-        handle.image.close().map(|()| 0)
+        handle.jobs.stop_all();
+        // Every job thread has ended and dropped its reference.
+        let image = Arc::try_unwrap(handle.image)
+            .map_err(|_| Error::invalid("the image is still held by a hydration job"))?;
+        image.close().map(|()| 0)
     })
 }
 

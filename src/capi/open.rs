@@ -39,13 +39,22 @@ pub const ADDCOW_OPEN_CONFINE: u32 = 1 << 5;
 /// `addcow_open_io` (-EINVAL: the host does its own I/O).
 pub const ADDCOW_OPEN_DIRECT: u32 = 1 << 6;
 
+/// Copy-on-read (QEMU's `copy-on-read`): a read of unallocated clusters within the backing
+/// data also hydrates them (as `addcow_hydrate` does): it copies them into the image file and
+/// marks them allocated, so the next read of them comes from the image file. A read that does
+/// so returns only after the copy (and its error, if the copy fails); it is durable as a write
+/// is. Clusters past the backing file's end are left alone. Read-write opens only: -EINVAL with
+/// a read-only open.
+pub const ADDCOW_OPEN_COPY_ON_READ: u32 = 1 << 7;
+
 const KNOWN_FLAGS: u32 = ADDCOW_OPEN_RDWR
     | ADDCOW_OPEN_WRITETHROUGH
     | ADDCOW_OPEN_NO_BACKING
     | ADDCOW_OPEN_BACKING_ADDCOW
     | ADDCOW_OPEN_FORCE_SHARE
     | ADDCOW_OPEN_CONFINE
-    | ADDCOW_OPEN_DIRECT;
+    | ADDCOW_OPEN_DIRECT
+    | ADDCOW_OPEN_COPY_ON_READ;
 
 /// How `addcow_open_ext` and `addcow_open_io_ext` open an image. Set `struct_size` to
 /// `sizeof(AddCowOpenOptions)` as compiled by the caller: fields past it take their zero
@@ -91,6 +100,7 @@ fn open_options(o: &AddCowOpenOptions) -> Result<OpenOptions> {
         confine: has(ADDCOW_OPEN_CONFINE),
         bitmap_cache_bytes: o.bitmap_cache_size,
         direct: has(ADDCOW_OPEN_DIRECT),
+        copy_on_read: has(ADDCOW_OPEN_COPY_ON_READ),
     })
 }
 
@@ -127,7 +137,7 @@ unsafe fn hand_out(
     }
     // SAFETY: non-NULL and writable per the caller; cleared first so that failure leaves NULL.
     unsafe { out.write(std::ptr::null_mut()) };
-    let handle = Box::into_raw(Box::new(AddCowImage { image: open()? }));
+    let handle = Box::into_raw(Box::new(AddCowImage::new(open()?)));
     // SAFETY: as above.
     unsafe { out.write(handle) };
     Ok(0)

@@ -42,14 +42,18 @@ impl Backing {
                 .read_vectored_at(bufs, offset)
                 .map_err(|e| Error::io(Op::Read, name, offset, e)),
             Backing::AddCow(image) => {
+                // Only the part inside the lower image is asked of it, and only when there is
+                // one: it refuses a request past its end, even of 0 bytes.
                 let len = iov_len(bufs);
                 let inside = image.size().saturating_sub(offset).min(len);
+                if inside == 0 {
+                    zero_fill(bufs);
+                    return Ok(());
+                }
                 if inside == len {
                     return image.read(offset, bufs);
                 }
-                if inside > 0 {
-                    image.read(offset, &mut iov::slice_mut(bufs, 0, inside))?;
-                }
+                image.read(offset, &mut iov::slice_mut(bufs, 0, inside))?;
                 zero_fill(&mut iov::slice_mut(bufs, inside, len - inside));
                 Ok(())
             }

@@ -46,6 +46,8 @@ pub struct Image {
     deferred: Option<Deferred>,
     late: OnceLock<Backing>,
     pub(super) writethrough: bool,
+    /// Reads of unallocated clusters within the backing data hydrate them (`hydrate.rs`).
+    pub(super) copy_on_read: bool,
     released: (Mutex<()>, Condvar),
     /// Requests sleeping in [`Image::wait`].
     waiting: AtomicUsize,
@@ -84,6 +86,7 @@ impl Image {
             deferred: None,
             late: OnceLock::new(),
             writethrough,
+            copy_on_read: false,
             released: (Mutex::new(()), Condvar::new()),
             waiting: AtomicUsize::new(0),
             unsynced_data: AtomicBool::new(false),
@@ -176,7 +179,10 @@ impl Image {
                 .data
                 .read_vectored_at(bufs, offset)
                 .map_err(|e| Error::io(Op::Read, &self.data_name, offset, e)),
-            Kind::Backing => self.read_backing(bufs, offset),
+            Kind::Backing => {
+                self.read_backing(bufs, offset)?;
+                self.copy_on_read(offset, crate::storage::iov_len(bufs))
+            }
             Kind::Zero => {
                 zero_fill(bufs);
                 Ok(())
@@ -247,13 +253,13 @@ impl Image {
     /// end), the guest data between, one vectored write, then the bits.
     fn allocate(&self, core: &Core, txn: Txn, data: &[IoSlice<'_>]) -> Result<()> {
         let written = self.write_cluster(&txn, data);
-        self.finish(core, txn, written)
+        self.settle(core, txn, written)
     }
 
-    /// Finishes an allocation transaction whose image-file write gave `written`: (writethrough:
+    /// Ends an allocation transaction whose image-file write returned `written`: (writethrough:
     /// sync the image file) → commit, or abort on failure → wake the waiters → (writethrough:
     /// a metadata write-back).
-    pub(super) fn finish(&self, core: &Core, txn: Txn, written: Result<()>) -> Result<()> {
+    pub(super) fn settle(&self, core: &Core, txn: Txn, written: Result<()>) -> Result<()> {
         let written = written.and_then(|()| match self.writethrough {
             true => self.sync_data(),
             false => Ok(()),
@@ -325,17 +331,18 @@ impl Image {
             .map_err(|e| Error::io(Op::Resize, &self.data_name, len, e))
     }
 
-    /// Records an image-file change made without [`Image::write_data`] (a punched hole): the
-    /// next flush must sync it.
-    pub(super) fn data_changed(&self) {
-        self.unsynced_data.store(true, Ordering::Release);
-    }
-
     pub(super) fn write_data(&self, bufs: &[IoSlice<'_>], offset: u64) -> Result<()> {
         self.unsynced_data.store(true, Ordering::Release);
         self.data
             .write_vectored_at(bufs, offset)
             .map_err(|e| Error::io(Op::Write, &self.data_name, offset, e))
+    }
+
+    /// Records an image-file write made around [`Image::write_data`] (an in-kernel copy, a
+    /// punched hole): the next flush must sync it. Call it before the write, as `write_data`
+    /// does.
+    pub(super) fn wrote_data(&self) {
+        self.unsynced_data.store(true, Ordering::Release);
     }
 
     pub(super) fn sync_data(&self) -> Result<()> {
@@ -363,7 +370,7 @@ impl Image {
 
     /// Wakes the requests sleeping in [`Image::wait`] (the core's generation just moved); costs
     /// one atomic load when nobody sleeps.
-    fn signal(&self) {
+    pub(super) fn signal(&self) {
         fence(Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) == 0 {
             return;
@@ -394,13 +401,13 @@ impl Image {
         let _gate = self.shared();
         // Layout 2 records "every cluster allocated" in its header. Looked at before the
         // write-back copies the dirty pages, so that every bit it saw is in the copies and
-        // durable before the header says so.
-        let all = core.header().layout_number() == 2
-            && !core.all_allocated()
-            && core.fully_allocated()?;
+        // durable before the header says so. A header left unsynced by a failed write of the
+        // bit is rewritten as the image now reads (`mapping::features`).
+        let layout2 = core.header().layout_number() == 2;
+        let all = layout2 && (core.all_allocated() || core.fully_allocated()?);
         self.write_back(core, true)?;
-        match all {
-            true => core.set_all_allocated(true),
+        match layout2 {
+            true => core.set_all_allocated(all),
             false => Ok(()),
         }
     }

@@ -6,8 +6,10 @@
 mod backing;
 mod create;
 mod files;
+mod hydrate;
 mod image;
 mod iov;
+mod job;
 mod open;
 mod truncate;
 mod zero;
@@ -16,6 +18,7 @@ pub use crate::layout::BackingFormat;
 pub use backing::Backing;
 pub use create::{create, CreateOptions};
 pub use image::Image;
+pub use job::{HydrateJob, HydrateOptions, JobState, Outcome, Progress};
 pub use open::{read_header, OpenOptions, Parts};
 pub use zero::{Status, ZeroFlags};
 

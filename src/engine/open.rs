@@ -43,14 +43,22 @@ pub struct OpenOptions {
     /// (`DirectStorage`). A file system without direct I/O refuses the open
     /// (`EINVAL`).
     pub direct: bool,
+    /// Copy-on-read (QEMU's `copy-on-read`): a read of unallocated clusters within the backing
+    /// data also hydrates them (`Image::hydrate`). Writable opens only.
+    pub copy_on_read: bool,
 }
 
 impl OpenOptions {
     /// Refuses combinations that make no sense: force share on a writable open.
     fn check(&self) -> Result<()> {
-        match self.writable && self.force_share {
-            true => Err(Error::invalid(
+        if self.writable && self.force_share {
+            return Err(Error::invalid(
                 "force share is for read-only opens: a writer must lock its files",
+            ));
+        }
+        match self.copy_on_read && !self.writable {
+            true => Err(Error::invalid(
+                "copy-on-read writes the image file: it needs a writable open",
             )),
             false => Ok(()),
         }
@@ -136,7 +144,9 @@ impl Image {
         };
         let core = Core::new((meta, meta_name), header, size, core_opts);
         let backing = if opts.no_backing { None } else { backing };
-        Image::from_core(core, (data, data_name), backing, opts.writethrough)
+        let mut image = Image::from_core(core, (data, data_name), backing, opts.writethrough)?;
+        image.copy_on_read = opts.copy_on_read;
+        Ok(image)
     }
 }
 
@@ -267,6 +277,7 @@ pub(super) fn open_backing(
         writable: false,
         writethrough: false,
         no_backing: false,
+        copy_on_read: false,
         ..opts.clone()
     };
     let dir = dir.of_name(name, opts.confine)?;

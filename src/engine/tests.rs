@@ -332,3 +332,22 @@ fn open_reads_the_header_only_and_queries_load_one_page() {
     );
     assert_eq!(meta.read_bytes.load(SeqCst), 4096 + 4096, "one bitmap page");
 }
+
+/// An add-cow backing image reads zeros past its end at any length, 0 bytes included: a
+/// read past the end must never become a request to the lower image (which refuses one past
+/// its end with EINVAL, even of 0 bytes).
+#[test]
+fn an_add_cow_backing_image_reads_zeros_past_its_end_at_any_length() {
+    let f = Fixture::new(CS, CS);
+    let backing = Backing::AddCow(Box::new(f.open(&OpenOptions::default())));
+    for (offset, len) in [(2 * CS, 0), (CS, 0), (CS + 1, 10), (CS - 3, 10), (0, 0)] {
+        let mut buf = vec![0xFFu8; len];
+        backing
+            .read(&mut [IoSliceMut::new(&mut buf)], offset)
+            .unwrap_or_else(|e| panic!("{len} bytes at {offset}: {e}"));
+        let want: Vec<u8> = (offset..offset + len as u64)
+            .map(|i| if i < CS { pattern(i) } else { 0 })
+            .collect();
+        assert_eq!(buf, want, "{len} bytes at {offset}");
+    }
+}

@@ -4,20 +4,27 @@
 //! The virtual size is the image file's length, so the order of the two files' changes decides
 //! what a crash leaves:
 //!
-//! - **Shrink**: the image file is cut and made durable *first*, then the bitmap is cut. A crash
+//! - **Shrink**: the image file is cut and made durable *first*, then the bitmap is cut (after
+//!   the last cluster's byte, so that layout 2's padding keeps no cut cluster's bit). A crash
 //!   before the cut is durable leaves the old size with all of its content; after it, the new
 //!   size with the old content up to it (the longer bitmap's bits past the end are masked at
-//!   load and cleaned by the next grow). The reverse order would let a crash keep the old size
+//!   load and cut by the next resize). The reverse order would let a crash keep the old size
 //!   with a shortened bitmap: allocated clusters in the cut area would read backing data again.
 //!   Nothing fallible comes before the cut; if syncing it or cutting the bitmap fails, the image
 //!   already has its new size and the error is returned.
-//! - **Grow** never exposes backing data. The bitmap grows first (zeros: every whatever lay past
-//!   the old bitmap is cut first). Over a backing file longer than the old size, the partial
-//!   cluster at the old end is completed from the backing file and every new cluster is
-//!   allocated. Then *every* bitmap change, the page at the old end included, is made durable
-//!   (image data first) before the image file grows: until it does, new bits lie past the end
-//!   and are masked at load. A failure at any step gives the bitmap back its old length in
-//!   memory and on disk, and the image file keeps its old length.
+//! - **Grow** never exposes backing data. The bitmap grows first (zeros: whatever lay past the
+//!   old last cluster's byte, stale bits in layout 2's padding included, is cut first). Over a
+//!   backing file longer than the old size, the partial cluster at the old end is completed
+//!   from the backing file and every new cluster is allocated. Then *every* bitmap change, the
+//!   page at the old end included, is made durable (image data first) before the image file
+//!   grows: until it does, new bits lie past the end and are masked at load. A failure at any
+//!   step gives the bitmap back its old length in memory and on disk, and the image file keeps
+//!   its old length.
+//! - **Layout 2's "all allocated" bit**: a grow that leaves new clusters unallocated (a backing
+//!   file no longer than the old size) first clears it, durably and in the order of
+//!   `mapping::features`: the bitmap says "allocated" for every existing cluster, written back
+//!   durably, and only then the header without the bit. A failure there fails the truncate
+//!   before the size changes.
 
 use super::Image;
 use crate::cluster::Cluster;
@@ -66,13 +73,14 @@ impl Image {
 
     fn grow(&self, core: &Core, size: u64) -> Result<()> {
         let old = core.size();
-        if core.all_allocated() {
-            // The grow rule needs the backing file's length, which an all-allocated image did
-            // not open (ENOENT when it is missing). Over a backing file no longer than the
-            // image, the new clusters stay unallocated: the bit goes first, durably.
-            if self.backing_len_now()?.unwrap_or(0) <= old {
-                core.set_all_allocated(false)?;
-            }
+        // The disk may hold the bit when it is set or when a failed write of it left the
+        // header unsynced. The grow rule needs the backing file's length, which an
+        // all-allocated image did not open (ENOENT when it is missing). Over a backing file no
+        // longer than the image, the new clusters stay unallocated: the bit goes first.
+        if (core.all_allocated() || core.header_unsynced())
+            && self.backing_len_now()?.unwrap_or(0) <= old
+        {
+            self.clear_all_allocated(core)?;
         }
         core.grow_begin(size)?;
         let grown = (|| {
@@ -95,6 +103,19 @@ impl Image {
         }
         core.grow_commit(size);
         Ok(())
+    }
+
+    /// Clears the "all allocated" bit durably, in the order of `mapping::features`: the bitmap
+    /// says "allocated" for every existing cluster (while the bit is set, it may say anything)
+    /// and is written back, durably, step by step (bounded memory); only then the header.
+    fn clear_all_allocated(&self, core: &Core) -> Result<()> {
+        if core.all_allocated() {
+            while !core.fill_step()? {
+                self.write_back(core, true)?;
+            }
+        }
+        self.write_back(core, true)?;
+        core.set_all_allocated(false)
     }
 
     /// Grows the image file; bytes past the old size read zeros even if the file held stale

@@ -172,7 +172,13 @@ impl Image {
     /// zeros already (a hole, or unallocated past the backing data's end).
     fn zero_partial(&self, offset: u64, len: u64) -> Result<()> {
         self.nonzero_runs(offset, len, |at, n| {
-            self.write_gated(at, &[IoSlice::new(zeros(n))])
+            let mut pos = 0;
+            while pos < n {
+                let chunk = (n - pos).min(ZEROS as u64);
+                self.write_gated(at + pos, &[IoSlice::new(zeros(chunk))])?;
+                pos += chunk;
+            }
+            Ok(())
         })
     }
 
@@ -229,7 +235,7 @@ impl Image {
                 Begin::Ready(Step::Allocate(txn)) => {
                     let n = txn.len();
                     let cleared = self.clear_data(txn.cluster_start(), n, clear);
-                    self.finish(core, txn, cleared)?;
+                    self.settle(core, txn, cleared)?;
                     pos += n;
                 }
             }
@@ -244,7 +250,7 @@ impl Image {
     /// zeros written where the file cannot do either (unless `clear.fallback` is off:
     /// `ENOTSUP`).
     fn clear_data(&self, offset: u64, len: u64, clear: Clear) -> Result<()> {
-        self.data_changed();
+        self.wrote_data();
         // A punch ending at the image end goes on to the cluster's end, past the end of the
         // file: the file system then frees the file's last block even when the image size is
         // not a multiple of it (it keeps the size).

@@ -219,6 +219,20 @@ impl Header {
         }
     }
 
+    /// Where the compatible feature field lies in the `.add-cow` file, and its bytes (layout 2;
+    /// `None` for layout 1). A feature bit is changed by writing these 8 bytes alone: one
+    /// sector-atomic write that leaves every other byte of the header, the names above all,
+    /// where it is (a whole-header rewrite would re-lay out the names of a header another
+    /// writer made, and a torn one would point them at zeros).
+    pub fn features_field(&self) -> Option<(u64, [u8; 8])> {
+        match self.layout {
+            Layout::V1 => None,
+            Layout::V2 { compatible, .. } => {
+                Some((v2::COMPATIBLE_AT as u64, compatible.to_le_bytes()))
+            }
+        }
+    }
+
     /// The image file's format name ("raw").
     pub fn image_format(&self) -> &'static str {
         "raw"

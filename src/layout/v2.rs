@@ -33,6 +33,10 @@ pub(crate) const DEFAULT_CLUSTER_BITS: u32 = 16;
 /// Compatible feature bit 0: every cluster is allocated.
 pub(crate) const ALL_ALLOCATED: u64 = 1 << 0;
 
+/// Where the compatible feature field (8 bytes) lies: inside the first sector, so rewriting it
+/// alone is one sector-atomic write.
+pub(super) const COMPATIBLE_AT: usize = 32;
+
 const FORMAT_LEN: usize = 16;
 const BACKING_FORMAT_AT: usize = 44;
 const IMAGE_FORMAT_AT: usize = 60;
@@ -162,7 +166,7 @@ pub(super) fn parse(buf: &[u8]) -> Result<Header> {
     let mut header = Header::new_v2(image, backing, u32_at(buf, 20))?;
     header.layout = Layout::V2 {
         cluster_bits: u32_at(buf, 20),
-        compatible: u64_at(buf, 32),
+        compatible: u64_at(buf, COMPATIBLE_AT),
     };
     Ok(header)
 }
@@ -233,7 +237,7 @@ pub(super) fn to_bytes(h: &Header, cluster_bits: u32, compatible: u64) -> Vec<u8
         buf[BACKING_FORMAT_AT..BACKING_FORMAT_AT + name.len()].copy_from_slice(name);
     }
     put32(&mut buf, 20, cluster_bits);
-    buf[32..40].copy_from_slice(&compatible.to_le_bytes());
+    buf[COMPATIBLE_AT..COMPATIBLE_AT + 8].copy_from_slice(&compatible.to_le_bytes());
     put32(&mut buf, 40, size as u32);
     buf[IMAGE_FORMAT_AT..IMAGE_FORMAT_AT + 3].copy_from_slice(b"raw");
     buf

@@ -25,6 +25,9 @@
 //!   [`Core::writeback_end`] (the pages turn clean only if all that succeeded). Every
 //!   bit in a copy had its data written before the copy, so before the image file was flushed:
 //!   the disk never holds a set bit whose data is not durable.
+//! - Layout 2's "all allocated" bit (`features.rs`): set only once every bit is durable;
+//!   cleared only once every existing cluster's bit is set and durable
+//!   ([`Core::fill_step`] and write-backs), and before any cluster becomes unallocated.
 
 #![forbid(unsafe_code)]
 
@@ -88,8 +91,10 @@ pub struct Core {
     meta_unsynced: std::sync::atomic::AtomicBool,
     /// A write-back is between [`Core::writeback_begin`] and [`Core::writeback_end`].
     writeback_open: std::sync::atomic::AtomicBool,
-    /// Layout 2's "all allocated" bit, as the header on disk has it (`features.rs`).
+    /// Layout 2's "all allocated" bit, as lookups use it: set only once durable (`features.rs`).
     all_allocated: std::sync::atomic::AtomicBool,
+    /// The feature field on disk may differ from `all_allocated` (`features.rs`).
+    header_unsynced: std::sync::atomic::AtomicBool,
     /// Every cluster below it was allocated when [`Core::fully_allocated`] last looked.
     scan_from: std::sync::atomic::AtomicU64,
     writable: bool,
@@ -120,6 +125,7 @@ impl Core {
             meta_unsynced: false.into(),
             writeback_open: false.into(),
             all_allocated: all_allocated.into(),
+            header_unsynced: false.into(),
             scan_from: 0.into(),
             writable: opts.writable,
         }

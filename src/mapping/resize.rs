@@ -32,9 +32,12 @@ impl Core {
     }
 
     /// Shrink, once the cut of the image file is durable: cuts the bitmap in the metadata
-    /// source (bits past the end, should it stay longer, are masked at load).
+    /// source, the cut clusters' bits in layout 2's padding included (bits past the end, should
+    /// a crash leave them, are masked at load). The byte of the last cluster is rewritten by
+    /// the next write-back (its page is dirty since [`Core::shrink_commit`]).
     pub fn shrink_finish(&self) -> Result<()> {
-        self.resize_meta(self.bitmap_len(self.geometry().clusters()))
+        let clusters = self.geometry().clusters();
+        self.cut_meta(clusters, clusters)
     }
 
     /// Grow, first step: the bitmap grows (zeros) in the metadata source and in memory; the size
@@ -43,13 +46,10 @@ impl Core {
         self.writable_for(Op::Truncate)?;
         let old = self.geometry();
         let new = old.with_size(size);
-        let grown = self.grow_meta(
-            self.bitmap_len(old.clusters()),
-            self.bitmap_len(new.clusters()),
-        );
+        let grown = self.cut_meta(old.clusters(), new.clusters());
         let grown = grown.and_then(|()| self.bitmap.resize(new.clusters(), &self.store()));
         grown.inspect_err(|_| {
-            let _ = self.resize_meta(self.bitmap_len(old.clusters()));
+            let _ = self.cut_meta(old.clusters(), old.clusters());
         })
     }
 
@@ -71,7 +71,7 @@ impl Core {
     pub fn grow_abort(&self) -> Result<()> {
         let old = self.geometry();
         let resized = self.bitmap.resize(old.clusters(), &self.store());
-        let cut = self.resize_meta(self.bitmap_len(old.clusters()));
+        let cut = self.cut_meta(old.clusters(), old.clusters());
         resized.and(cut)
     }
 
@@ -103,16 +103,17 @@ impl Core {
             .map_err(|e| Error::io(Op::Resize, &self.meta_name, at, e))
     }
 
-    /// Grows the bitmap in the metadata source with zeros: whatever lies past the old bitmap is
-    /// stale (a crash during a shrink leaves it) and is cut first.
-    fn grow_meta(&self, old_len: u64, new_len: u64) -> Result<()> {
-        let meta_len = self
-            .meta
-            .len()
-            .map_err(|e| Error::io(Op::GetLength, &self.meta_name, 0, e))?;
-        if meta_len > self.header.bitmap_offset() + old_len {
-            self.resize_meta(old_len)?;
+    /// Gives the bitmap in the metadata source its length for `clusters` clusters, with zeros
+    /// past the byte of the last of the first `keep` clusters (`keep` ≤ `clusters`, and ≤ the
+    /// clusters the source holds bits of): whatever lay there is stale (bits of clusters a
+    /// shrink cut, in layout 2's padding, or left by a crash during one, or by a failed grow)
+    /// and is cut first, so that no bit past the end survives on disk.
+    fn cut_meta(&self, keep: u64, clusters: u64) -> Result<()> {
+        self.resize_meta(keep.div_ceil(8))?;
+        let len = self.bitmap_len(clusters);
+        match len == keep.div_ceil(8) {
+            true => Ok(()),
+            false => self.resize_meta(len),
         }
-        self.resize_meta(new_len)
     }
 }

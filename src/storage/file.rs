@@ -111,6 +111,17 @@ fn to_off(offset: u64) -> io::Result<libc::off_t> {
 }
 
 impl Storage for FileStorage {
+    fn as_file(&self) -> Option<&File> {
+        Some(&self.file)
+    }
+
+    fn copy_from(&self, src: &dyn Storage, offset: u64, len: u64) -> io::Result<u64> {
+        match src.as_file() {
+            Some(file) => super::copy::copy_file_range(file, &self.file, offset, len),
+            None => Ok(0),
+        }
+    }
+
     fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], mut offset: u64) -> io::Result<()> {
         let mut done = self.read_once(bufs, offset)?;
         if done == iov_len(bufs) {

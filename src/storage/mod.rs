@@ -14,9 +14,11 @@
 //!   `next_hole` never reports a hole over a nonzero byte;
 //! - `punch_hole` and `zero_range` make a range read zeros without changing the length, or
 //!   fail with `EOPNOTSUPP` (the default) so that the caller writes zeros instead.
+//! - `copy_from` copies a prefix of the range (maybe none) or fails; the caller copies the rest.
 
 mod align;
 mod bounce;
+mod copy;
 mod direct;
 mod file;
 mod lock;
@@ -83,6 +85,21 @@ pub trait Storage: Send + Sync {
     /// Convenience: one buffer.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.write_vectored_at(&[IoSlice::new(buf)], offset)
+    }
+
+    /// The open regular file behind this source, when the kernel may move its bytes without
+    /// going through the source (`copy_from`): `None` (the default) for memory, host callbacks
+    /// and direct I/O.
+    fn as_file(&self) -> Option<&std::fs::File> {
+        None
+    }
+
+    /// Copies `len` bytes at `offset` of `src` to the same offset here inside the kernel,
+    /// where both are files: how many bytes from `offset` it copied. Fewer than `len` (0, the
+    /// default) when the rest must be copied another way (read, then write).
+    fn copy_from(&self, src: &dyn Storage, offset: u64, len: u64) -> io::Result<u64> {
+        let _ = (src, offset, len);
+        Ok(0)
     }
 }
 

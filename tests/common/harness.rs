@@ -338,6 +338,22 @@ impl Step {
         )
     }
 
+    /// Hydrates the clusters `offset..offset + len` touches, `batch` bytes at a time: they
+    /// become allocated and read what they read before.
+    pub fn hydrate(offset: u64, len: u64, batch: u64) -> Step {
+        Step::new(
+            format!("hydrate {offset:#x}+{len:#x} by {batch:#x}"),
+            false,
+            move |img| img.hydrate(offset, len, batch).map(|_| ()),
+            move |s, _| {
+                let end = (offset + len).div_ceil(CS).min(s.alloc.len() as u64);
+                for c in offset / CS..end {
+                    s.alloc[c as usize] = true;
+                }
+            },
+        )
+    }
+
     pub fn flush() -> Step {
         Step::new("flush", true, |img| img.flush(), |_, _| {})
     }
@@ -393,6 +409,10 @@ impl Scenario {
 
     pub fn flush(self) -> Scenario {
         self.then(Step::flush())
+    }
+
+    pub fn hydrate(self, offset: u64, len: u64, batch: u64) -> Scenario {
+        self.then(Step::hydrate(offset, len, batch))
     }
 
     pub fn truncate(self, size: u64) -> Scenario {

@@ -228,3 +228,21 @@ pub fn all_allocated_cleared() -> Vec<Scenario> {
     )
     .collect()
 }
+
+/// Hydration (clusters 1 and 3 allocated): batches of two clusters over runs of one and two,
+/// the partial last cluster, clusters past the backing file's end; with a write before it (its
+/// cluster is passed over) and after it (in place), then a flush (layout 2: the all-allocated
+/// bit). A sub-range, then the rest in one batch.
+pub fn hydrate() -> Vec<Scenario> {
+    let setups = || setups(SIZE, &WRITE_BACKINGS, &[1, 3]);
+    each("hydrate everything", setups(), |s| {
+        s.write(4 * CS + 10, 100)
+            .hydrate(0, SIZE, 2 * CS)
+            .write(2 * CS + 5, 50)
+            .flush()
+    })
+    .chain(each("hydrate in two parts", setups(), |s| {
+        s.hydrate(CS + 7, CS, 0).flush().hydrate(0, SIZE, 0).flush()
+    }))
+    .collect()
+}
