@@ -143,5 +143,9 @@
     CASE(life_commit) \
     CASE(life_check) \
     CASE(life_open_refuses_short_bitmap) \
+    DIRECT_CASE(zero_write_zeroes) \
+    DIRECT_CASE(zero_discard) \
+    CASE(zero_args) \
+    CASE(zero_host_io_fallback) \
 
 #endif

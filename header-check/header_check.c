@@ -103,6 +103,9 @@ struct addcow_prototypes {
     int (*pread)(AddCowImage *, uint64_t, void *, size_t);
     int (*pwrite)(AddCowImage *, uint64_t, const void *, size_t);
     int (*is_allocated)(AddCowImage *, uint64_t, uint64_t, uint64_t *);
+    int (*write_zeroes)(AddCowImage *, uint64_t, uint64_t, uint32_t);
+    int (*discard)(AddCowImage *, uint64_t, uint64_t);
+    int (*block_status)(AddCowImage *, uint64_t, uint64_t, uint64_t *, uint32_t *);
     int (*truncate)(AddCowImage *, uint64_t);
     int (*flush)(AddCowImage *);
     const char *(*last_error)(void);
@@ -172,6 +175,9 @@ int main(void)
     p.pread = addcow_pread;
     p.pwrite = addcow_pwrite;
     p.is_allocated = addcow_is_allocated;
+    p.write_zeroes = addcow_write_zeroes;
+    p.discard = addcow_discard;
+    p.block_status = addcow_block_status;
     p.truncate = addcow_truncate;
     p.flush = addcow_flush;
     p.last_error = addcow_last_error;

@@ -272,6 +272,34 @@
 #define ADDCOW_OPEN_COPY_ON_READ (1 << 7)
 
 /**
+ * `addcow_write_zeroes`: whole clusters may become holes in the image file (QEMU's
+ * `BDRV_REQ_MAY_UNMAP`); without it they are zeroed keeping their space (`FALLOC_FL_ZERO_RANGE`).
+ */
+#define ADDCOW_ZERO_MAY_UNMAP (1 << 0)
+
+/**
+ * `addcow_write_zeroes`: fail with -ENOTSUP rather than write zero bytes (QEMU's
+ * `BDRV_REQ_NO_FALLBACK`, NBD's fast zero).
+ */
+#define ADDCOW_ZERO_NO_FALLBACK (1 << 1)
+
+/**
+ * `addcow_block_status`: the run lives in the image file.
+ */
+#define ADDCOW_STATUS_ALLOCATED (1 << 0)
+
+/**
+ * `addcow_block_status`: the run reads zeros (a hole of the image file, or unallocated past the
+ * backing file's end).
+ */
+#define ADDCOW_STATUS_ZERO (1 << 1)
+
+/**
+ * `addcow_block_status`: the run is unallocated and reads the backing file.
+ */
+#define ADDCOW_STATUS_BACKING (1 << 2)
+
+/**
  * The batch when none is given: 1 MiB.
  */
 #define DEFAULT_BATCH (1 << 20)
@@ -1292,6 +1320,61 @@ int addcow_open_io_ext(const struct AddCowIo *meta,
                        const struct AddCowIo *backing,
                        const struct AddCowOpenOptions *opts,
                        struct AddCowImage **out);
+
+/**
+ * Makes `bytes` bytes at `offset` read zeros. Whole clusters are made to without writing zero
+ * bytes: punched out of the image file with `ADDCOW_ZERO_MAY_UNMAP`, zeroed in place
+ * (`FALLOC_FL_ZERO_RANGE`) without; unallocated ones are marked allocated without copying the
+ * backing file, except those past the backing file's end, which read zeros already and stay
+ * unallocated. Parts of clusters that do not read zeros already are written with zeros
+ * (copy-on-write). Where the image file
+ * cannot punch or zero a range (a host image: `AddCowIo` has no such callback), zeros are
+ * written, unless `ADDCOW_ZERO_NO_FALLBACK`: then -ENOTSUP, returned before anything changed
+ * when parts of clusters would need zeros written.
+ *
+ * Returns 0, -EPERM (read-only), -EINVAL (NULL handle, unknown flags, beyond the end), -ENOTSUP
+ * (above), or the host's -errno; on failure some clusters may read zeros already. Threads: as
+ * `addcow_writev` (guest writes to the same clusters are ordered one way or the other, never
+ * mixed within a cluster). Durability: as a write (image data before the bitmap bit that
+ * points at it; with `ADDCOW_OPEN_WRITETHROUGH` durable on return).
+ *
+ * # Safety
+ * `img` is NULL or a live handle.
+ */
+int addcow_write_zeroes(struct AddCowImage *img, uint64_t offset, uint64_t bytes, uint32_t flags);
+
+/**
+ * Discards the whole clusters of `bytes` bytes at `offset` (parts of clusters are left as they
+ * are, as qcow2 does): afterwards they read zeros — never backing data — and are allocated,
+ * punched out of the image file where it can punch (zeros written where it cannot). Unallocated
+ * clusters are not copied from the backing file first.
+ *
+ * Returns 0, -EPERM (read-only), -EINVAL (NULL handle, beyond the end), or the host's -errno.
+ * Threads and durability: as `addcow_write_zeroes`.
+ *
+ * # Safety
+ * `img` is NULL or a live handle.
+ */
+int addcow_discard(struct AddCowImage *img, uint64_t offset, uint64_t bytes);
+
+/**
+ * What the bytes from `offset` read: stores in `*flags` a combination of
+ * `ADDCOW_STATUS_ALLOCATED` (the image file), `ADDCOW_STATUS_ZERO` (zeros: an allocated hole
+ * of the image file, found with `SEEK_DATA`/`SEEK_HOLE`, or unallocated past the backing
+ * file's end) and `ADDCOW_STATUS_BACKING` (unallocated: the backing file), and in `*pnum` the
+ * length of the run in that state (at least 1, at most `bytes`, never past the end; it may be
+ * shorter than the state's: loop). Returns 0; `offset` at or past the end, or `bytes` 0: 0 with
+ * `*pnum` = 0 and `*flags` = 0. -EINVAL for NULL `img`, `pnum` or `flags`, or the host's -errno.
+ * Threads: any number, beside every other call.
+ *
+ * # Safety
+ * `img` is NULL or a live handle; `pnum` and `flags` are NULL or writable.
+ */
+int addcow_block_status(struct AddCowImage *img,
+                        uint64_t offset,
+                        uint64_t bytes,
+                        uint64_t *pnum,
+                        uint32_t *flags);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -47,9 +47,6 @@
 
 #include <addcow.h>
 
-/* Zeroes are written in chunks of this size when emulating write_zeroes. */
-#define ZERO_CHUNK (1024 * 1024)
-
 static char *filename;
 static uint32_t open_flags;      /* ADDCOW_OPEN_* from the keys, without RDWR */
 static bool readonly;            /* readonly=true */
@@ -63,7 +60,6 @@ static AddCowJob *job;           /* started by .after_fork, freed before the ima
 static pthread_mutex_t users_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned users;           /* open connections; guarded by users_lock */
 
-static const unsigned char zeroes[ZERO_CHUNK];
 
 /* Reports a failed libaddcow call to nbdkit: errno for the client, message for the log. */
 static int
@@ -291,7 +287,8 @@ plugin_get_size (void *handle)
   return r < 0 ? fail ((int) r) : r;
 }
 
-/* can_multi_conn, can_flush, can_zero, can_trim, can_extents: all supported. */
+/* can_multi_conn, can_flush, can_zero, can_fast_zero, can_trim, can_extents: all supported
+ * (a fast zero that would have to write zeroes fails with ENOTSUP, as NBD asks). */
 static int
 plugin_can_yes (void *handle)
 {
@@ -346,74 +343,57 @@ plugin_flush (void *handle, uint32_t flags)
   return r < 0 ? fail (r) : 0;
 }
 
-/* Write zeroes by writing zeroes (add-cow has no zero clusters): an unallocated range must
- * become allocated, or it would keep showing backing data. The one range already reading
- * zeroes without allocation -- unallocated and past the backing file's end -- is skipped. */
+/* Write zeroes: addcow_write_zeroes punches (NBD_CMD_FLAG_NO_HOLE unset: may trim) or zeroes
+ * in place the whole clusters, allocating them without copying the backing file, and writes
+ * zeroes into parts of clusters. A fast zero (NBD_CMD_FLAG_FAST_ZERO) is ADDCOW_ZERO_NO_FALLBACK:
+ * -ENOTSUP, before anything changed, when zeroes would have to be written. */
 static int
 plugin_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  int64_t backing_len = addcow_get_backing_length (handle);
-  uint64_t end = offset + count;
+  uint32_t zflags = 0;
+  int r;
 
-  if (backing_len < 0)
-    return fail ((int) backing_len);
-  while (offset < end) {
-    uint64_t n;
-    int allocated = addcow_is_allocated (handle, offset, end - offset, &n);
-    if (allocated < 0)
-      return fail (allocated);
-    if (n == 0)
-      break;
-    if (allocated || offset < (uint64_t) backing_len) {
-      int r;
-      if (!allocated && offset + n > (uint64_t) backing_len)
-        n = (uint64_t) backing_len - offset;
-      if (n > ZERO_CHUNK)
-        n = ZERO_CHUNK;
-      r = addcow_pwrite (handle, offset, zeroes, n);
-      if (r < 0)
-        return fail (r);
-    }
-    offset += n;
+  if (flags & NBDKIT_FLAG_MAY_TRIM)
+    zflags |= ADDCOW_ZERO_MAY_UNMAP;
+  if (flags & NBDKIT_FLAG_FAST_ZERO)
+    zflags |= ADDCOW_ZERO_NO_FALLBACK;
+  r = addcow_write_zeroes (handle, offset, count, zflags);
+  if (r == -ENOTSUP && (flags & NBDKIT_FLAG_FAST_ZERO)) {
+    /* The client falls back to writing zeroes itself: not an error worth logging. */
+    nbdkit_set_error (ENOTSUP);
+    return -1;
   }
-  return finish_write (handle, flags);
+  return r < 0 ? fail (r) : finish_write (handle, flags);
 }
 
-/* Trim is advisory in NBD: the contents of a trimmed range are unspecified, so leaving them as
- * they are is correct (and allocating a whole disk on fstrim would not be). */
+/* Trim: the whole clusters are discarded -- punched out of the image file and marked allocated
+ * without copying, so that they read zeroes rather than backing data again. Parts of clusters
+ * are left as they are (NBD trim is advisory). */
 static int
 plugin_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  (void) count;
-  (void) offset;
-  return finish_write (handle, flags);
+  int r = addcow_discard (handle, offset, count);
+  return r < 0 ? fail (r) : finish_write (handle, flags);
 }
 
-/* Block status: allocated clusters are data; unallocated ones read the backing file (data)
- * up to its end, and zeroes past it (a hole). */
+/* Block status: data where the bytes live in the image file or the backing file; a zero hole
+ * where they read zeroes (an allocated hole of the image file, or unallocated past the backing
+ * file's end), as QEMU shows qcow2 zero clusters. */
 static int
 plugin_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
                 struct nbdkit_extents *extents)
 {
-  int64_t backing_len = addcow_get_backing_length (handle);
   uint64_t end = offset + count;
 
-  if (backing_len < 0)
-    return fail ((int) backing_len);
   while (offset < end) {
     uint64_t n;
-    uint32_t type = 0;
-    int allocated = addcow_is_allocated (handle, offset, end - offset, &n);
-    if (allocated < 0)
-      return fail (allocated);
+    uint32_t status, type;
+    int r = addcow_block_status (handle, offset, end - offset, &n, &status);
+    if (r < 0)
+      return fail (r);
     if (n == 0)
       break;
-    if (!allocated) {
-      if (offset >= (uint64_t) backing_len)
-        type = NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO;
-      else if (offset + n > (uint64_t) backing_len)
-        n = (uint64_t) backing_len - offset;
-    }
+    type = (status & ADDCOW_STATUS_ZERO) ? NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO : 0;
     if (nbdkit_add_extent (extents, offset, n, type) == -1)
       return -1;
     offset += n;
@@ -443,6 +423,7 @@ static struct nbdkit_plugin plugin = {
   .can_fua           = plugin_can_fua,
   .can_flush         = plugin_can_yes,
   .can_zero          = plugin_can_yes,
+  .can_fast_zero     = plugin_can_yes,
   .can_trim          = plugin_can_yes,
   .can_extents       = plugin_can_yes,
   .pread             = plugin_pread,

@@ -3,7 +3,8 @@
 #   - meson and ninja: with pip into a virtualenv under build-tools/ (ignored by git like every
 #     build*/ directory; `rm -rf build build-asan` keeps it), or with `pip install --user` when
 #     the venv module is missing.
-#   - pkg-config, nbdkit, nbdkit-plugin-dev, qemu-utils: with apt-get (as root, or through sudo).
+#   - pkg-config, nbdkit, nbdkit-plugin-dev, qemu-utils, libnbd-bin (nbdinfo for the plugin's
+#     extents test): with apt-get (as root, or through sudo).
 # Set ADDCOW_NO_BOOTSTRAP=1 to only check, never install.
 
 addcow_bootstrap_die() {
@@ -50,6 +51,7 @@ addcow_bootstrap() {
     command -v nbdkit >/dev/null 2>&1 || apt+=(nbdkit)
     command -v qemu-img >/dev/null 2>&1 && command -v qemu-io >/dev/null 2>&1 || apt+=(qemu-utils)
     [[ -f /usr/include/nbdkit-plugin.h ]] || apt+=(nbdkit-plugin-dev)
+    command -v nbdinfo >/dev/null 2>&1 || apt+=(libnbd-bin)
     if ((${#apt[@]})); then
         [[ -z ${ADDCOW_NO_BOOTSTRAP:-} ]] || addcow_bootstrap_die "missing: ${apt[*]}" || return 1
         local sudo=()

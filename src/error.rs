@@ -38,8 +38,8 @@ pub enum Op {
     Truncate,
     /// Unlinking a file (and syncing its directory).
     Remove,
-    /// Deallocating a range of a file.
-    Punch,
+    PunchHole,
+    ZeroRange,
 }
 
 impl std::fmt::Display for Op {
@@ -63,7 +63,8 @@ impl std::fmt::Display for Op {
             Op::Rename => "rename into place",
             Op::Truncate => "truncate",
             Op::Remove => "remove",
-            Op::Punch => "punch a hole in",
+            Op::PunchHole => "punch a hole in",
+            Op::ZeroRange => "zero a range of",
         })
     }
 }

@@ -37,7 +37,8 @@ pub mod storage;
 
 pub use engine::{check, commit, detach, Allocation, CheckReport, Finding, Severity};
 pub use engine::{
-    create, read_header, Backing, BackingFormat, CreateOptions, Image, OpenOptions, Parts,
+    create, read_header, Backing, BackingFormat, CreateOptions, Image, OpenOptions, Parts, Status,
+    ZeroFlags,
 };
 pub use engine::{HydrateJob, HydrateOptions, JobState, Outcome, Progress};
 pub use error::{Error, Op, Result};

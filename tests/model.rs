@@ -1,5 +1,5 @@
-//! Model-based property test: random sequences of writes, reads, allocation queries,
-//! truncates, flushes and reopens, run against a libaddcow image and against a plain in-memory
+//! Model-based property test: random sequences of writes, write-zeroes, discards, reads,
+//! allocation queries, truncates, flushes and reopens, run against a libaddcow image and against a plain in-memory
 //! model of the add-cow semantics, checked after every operation.
 //!
 //! The model keeps the image file's bytes (only meaningful for allocated clusters), one bit per
@@ -19,7 +19,7 @@
 
 use addcow::layout::Header;
 use addcow::storage::MemStorage;
-use addcow::{create, Backing, BackingFormat, CreateOptions, Image, OpenOptions, Parts};
+use addcow::{create, Backing, BackingFormat, CreateOptions, Image, OpenOptions, Parts, ZeroFlags};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use std::io::{IoSlice, IoSliceMut};
@@ -159,6 +159,72 @@ impl Model {
             }
         }
         self.image[offset as usize..(offset + len) as usize].copy_from_slice(data);
+        Ok(())
+    }
+
+    /// The whole clusters of `offset..offset + len` (the last one whole when the range
+    /// reaches the end), as a cluster range, and the byte ranges outside them.
+    fn whole_clusters(&self, offset: u64, len: u64) -> (std::ops::Range<usize>, [(u64, u64); 2]) {
+        let (cs, end) = (self.cs, offset + len);
+        let start = offset.div_ceil(cs) * cs;
+        let stop = if end == self.size() {
+            end
+        } else {
+            end / cs * cs
+        };
+        match start < stop {
+            true => (
+                (start / cs) as usize..stop.div_ceil(cs) as usize,
+                [(offset, start - offset), (stop, end - stop)],
+            ),
+            false => (0..0, [(offset, len), (offset, 0)]),
+        }
+    }
+
+    /// Allocates cluster `c` without copying, reading zeros.
+    fn allocate_zeros(&mut self, c: usize) {
+        for i in self.cluster_range(c) {
+            self.image[i] = 0;
+        }
+        self.alloc[c] = true;
+    }
+
+    /// Whole clusters read zeros and are allocated without copying, except unallocated ones
+    /// past the backing data (left); parts of clusters that do not read zeros unallocated are
+    /// written with zeros (copy-on-write).
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), i32> {
+        if !self.in_range(offset, len) {
+            return Err(libc::EINVAL);
+        }
+        let backing = self.backing.len() as u64;
+        let (whole, parts) = self.whole_clusters(offset, len);
+        for c in whole {
+            if self.alloc[c] || c as u64 * self.cs < backing {
+                self.allocate_zeros(c);
+            }
+        }
+        for (at, n) in parts {
+            let mut pos = at;
+            while pos < at + n {
+                let c = (pos / self.cs) as usize;
+                let end = ((c as u64 + 1) * self.cs).min(at + n);
+                if self.alloc[c] || pos < backing {
+                    self.write(pos, &vec![0; (end - pos) as usize])?;
+                }
+                pos = end;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whole clusters read zeros and are allocated without copying; parts are left.
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), i32> {
+        if !self.in_range(offset, len) {
+            return Err(libc::EINVAL);
+        }
+        for c in self.whole_clusters(offset, len).0 {
+            self.allocate_zeros(c);
+        }
         Ok(())
     }
 
@@ -380,6 +446,15 @@ enum Op {
         pos: Pos,
         len: Len,
     },
+    WriteZeroes {
+        pos: Pos,
+        len: Len,
+        unmap: bool,
+    },
+    Discard {
+        pos: Pos,
+        len: Len,
+    },
     Truncate {
         size: Pos,
     },
@@ -440,6 +515,9 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(pos, len, seed, cuts)| Op::Write { pos, len, seed, cuts }),
         4 => (pos(), io_len(), cuts()).prop_map(|(pos, len, cuts)| Op::Read { pos, len, cuts }),
         4 => (pos(), query_len()).prop_map(|(pos, len)| Op::IsAllocated { pos, len }),
+        2 => (pos(), query_len(), any::<bool>())
+            .prop_map(|(pos, len, unmap)| Op::WriteZeroes { pos, len, unmap }),
+        2 => (pos(), query_len()).prop_map(|(pos, len)| Op::Discard { pos, len }),
         2 => truncate_size().prop_map(|size| Op::Truncate { size }),
         2 => (pos(), query_len(), 0u8..4).prop_map(|(pos, len, batch)| Op::Hydrate { pos, len, batch }),
         1 => Just(Op::Flush),
@@ -801,6 +879,32 @@ fn run(case: &Case, ops: &[Op], backend: &dyn Backend) {
                     model.is_allocated(offset, bytes),
                     "{when}: is_allocated({offset}, {bytes})"
                 );
+            }
+            Op::WriteZeroes { pos, len, unmap } => {
+                let offset = pos.at(size, cs);
+                let len = len.of(size, offset, cs);
+                let flags = ZeroFlags {
+                    may_unmap: *unmap,
+                    no_fallback: false,
+                };
+                let got = img.write_zeroes(offset, len, flags).map_err(|e| e.errno());
+                assert_eq!(
+                    got,
+                    model.write_zeroes(offset, len),
+                    "{when}: write_zeroes {offset}+{len}"
+                );
+                mutated = true;
+            }
+            Op::Discard { pos, len } => {
+                let offset = pos.at(size, cs);
+                let len = len.of(size, offset, cs);
+                let got = img.discard(offset, len).map_err(|e| e.errno());
+                assert_eq!(
+                    got,
+                    model.discard(offset, len),
+                    "{when}: discard {offset}+{len}"
+                );
+                mutated = true;
             }
             Op::Truncate { size: to } => {
                 let to = to.at(size, cs);

@@ -20,6 +20,7 @@ package, then the system loader (see :mod:`addcow._lib`); importing fails with
 """
 
 from ._image import (
+    BlockStatus,
     Extent,
     Header,
     Image,
@@ -37,6 +38,7 @@ from ._lifecycle import CheckResult, Finding, check, commit, detach
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockStatus",
     "COMPAT_ALL_ALLOCATED",
     "CheckResult",
     "Extent",

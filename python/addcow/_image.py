@@ -185,6 +185,17 @@ class Extent(NamedTuple):
     allocated: bool
 
 
+class BlockStatus(NamedTuple):
+    """What a run of bytes reads, from :meth:`Image.block_status`: the image file
+    (``allocated``), zeros (``zero``: a hole of the image file, or unallocated past the
+    backing file's end), or the backing file (``backing``)."""
+
+    length: int
+    allocated: bool
+    zero: bool
+    backing: bool
+
+
 _MODES = {"r": False, "rb": False, "r+": True, "rb+": True, "r+b": True}
 _BACKING_FMTS = {"raw": 0, "add-cow": _lib.OPEN_BACKING_ADDCOW}
 
@@ -462,6 +473,55 @@ class Image:
         finally:
             self._release()
         return bool(rc), int(pnum.value)
+
+    def write_zeroes(self, offset: int, length: int, may_unmap: bool = False, no_fallback: bool = False) -> None:
+        """Makes ``length`` bytes at ``offset`` read zeros without writing zero bytes where
+        whole clusters allow it: punched out of the image file (``may_unmap``) or zeroed in
+        place, and allocated without copying the backing file. ``no_fallback``: raise
+        ``OSError(ENOTSUP)`` rather than write zeros. :class:`PermissionError` on a read-only
+        image, ``OSError(EINVAL)`` past the end."""
+        off = _u64(offset, "offset", "addcow_write_zeroes")
+        n = _u64(length, "length", "addcow_write_zeroes")
+        flags = (_lib.ZERO_MAY_UNMAP if may_unmap else 0) | (_lib.ZERO_NO_FALLBACK if no_fallback else 0)
+        h = self._acquire()
+        try:
+            check(lib.addcow_write_zeroes(h, off, n, flags), "addcow_write_zeroes")
+        finally:
+            self._release()
+
+    def discard(self, offset: int, length: int) -> None:
+        """Discards the whole clusters of ``length`` bytes at ``offset`` (parts of clusters
+        are left): they read zeros afterwards, never backing data, and are punched out of the
+        image file. :class:`PermissionError` on a read-only image."""
+        off = _u64(offset, "offset", "addcow_discard")
+        n = _u64(length, "length", "addcow_discard")
+        h = self._acquire()
+        try:
+            check(lib.addcow_discard(h, off, n), "addcow_discard")
+        finally:
+            self._release()
+
+    def block_status(self, offset: int, length: int) -> BlockStatus:
+        """The :class:`BlockStatus` of the run of bytes from ``offset`` (at most ``length``,
+        never past the end; ``length`` 0 at or past the end)."""
+        off = _u64(offset, "offset", "addcow_block_status")
+        n = _u64(length, "length", "addcow_block_status")
+        pnum, flags = ctypes.c_uint64(), ctypes.c_uint32()
+        h = self._acquire()
+        try:
+            check(
+                lib.addcow_block_status(h, off, n, ctypes.byref(pnum), ctypes.byref(flags)),
+                "addcow_block_status",
+            )
+        finally:
+            self._release()
+        f = flags.value
+        return BlockStatus(
+            int(pnum.value),
+            bool(f & _lib.STATUS_ALLOCATED),
+            bool(f & _lib.STATUS_ZERO),
+            bool(f & _lib.STATUS_BACKING),
+        )
 
     def map(self, offset: int = 0, length: Optional[int] = None) -> Iterator[Extent]:
         """Yields :class:`Extent` ``(offset, length, allocated)`` runs covering

@@ -100,6 +100,13 @@ CREATE_CONFINE = 1 << 0
 #: allocated, the image file alone is the disk.
 COMPAT_ALL_ALLOCATED = 1 << 0
 
+# Write-zeroes flags (ADDCOW_ZERO_*) and block-status flags (ADDCOW_STATUS_*).
+ZERO_MAY_UNMAP = 1 << 0
+ZERO_NO_FALLBACK = 1 << 1
+STATUS_ALLOCATED = 1 << 0
+STATUS_ZERO = 1 << 1
+STATUS_BACKING = 1 << 2
+
 # The mapping core's answers (ADDCOW_MAP_*, ADDCOW_STEP_*, ADDCOW_BUSY). The core is for block
 # layers doing their own I/O; this package does not use it, but declares its functions.
 MAP_DATA = 1
@@ -284,6 +291,14 @@ _DECLARATIONS: List[Tuple[str, object, List[object], bool]] = [
     ("addcow_pwrite", c_int, [ImagePtr, c_uint64, c_void_p, c_size_t], True),
     ("addcow_is_allocated", c_int, [ImagePtr, c_uint64, c_uint64, POINTER(c_uint64)], True),
     ("addcow_truncate", c_int, [ImagePtr, c_uint64], True),
+    ("addcow_write_zeroes", c_int, [ImagePtr, c_uint64, c_uint64, c_uint32], False),
+    ("addcow_discard", c_int, [ImagePtr, c_uint64, c_uint64], False),
+    (
+        "addcow_block_status",
+        c_int,
+        [ImagePtr, c_uint64, c_uint64, POINTER(c_uint64), POINTER(c_uint32)],
+        False,
+    ),
     ("addcow_flush", c_int, [ImagePtr], True),
     ("addcow_last_error", c_char_p, [], True),
     ("addcow_version", c_char_p, [], True),

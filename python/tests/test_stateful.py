@@ -1,5 +1,6 @@
-"""A hypothesis state machine: random writes, reads, truncates, flushes and reopens against a
-plain in-memory model of add-cow semantics (README, "Semantics")."""
+"""A hypothesis state machine: random writes, write-zeroes, discards, reads, block status,
+truncates, flushes and reopens against a plain in-memory model of add-cow semantics (README,
+"Semantics")."""
 
 from __future__ import annotations
 
@@ -42,6 +43,34 @@ class Model:
             return
         self.data[offset : offset + len(data)] = data
         self.alloc.update(range(offset // CLUSTER, (offset + len(data) - 1) // CLUSTER + 1))
+
+    def whole_clusters(self, offset: int, length: int) -> Tuple[range, List[Tuple[int, int]]]:
+        """The whole clusters of the range (the last one whole when the range reaches the
+        end), and the byte ranges outside them."""
+        end = offset + length
+        start = -(-offset // CLUSTER) * CLUSTER
+        stop = end if end == self.size else end // CLUSTER * CLUSTER
+        if start >= stop:
+            return range(0), [(offset, end)]
+        return range(start // CLUSTER, -(-stop // CLUSTER)), [(offset, start), (stop, end)]
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        """Whole clusters are allocated without copying, except unallocated ones past the
+        backing data; parts of clusters over backing data or allocated are written."""
+        whole, parts = self.whole_clusters(offset, length)
+        self.alloc.update(c for c in whole if c in self.alloc or c * CLUSTER < len(self.backing))
+        for a, b in parts:
+            for c in range(a // CLUSTER, -(-b // CLUSTER)):
+                if max(a, c * CLUSTER) < len(self.backing):
+                    self.alloc.add(c)
+        self.data[offset : offset + length] = bytes(length)
+
+    def discard(self, offset: int, length: int) -> None:
+        """Whole clusters are allocated without copying and read zeros; parts are left."""
+        for c in self.whole_clusters(offset, length)[0]:
+            self.alloc.add(c)
+            end = min((c + 1) * CLUSTER, self.size)
+            self.data[c * CLUSTER : end] = bytes(end - c * CLUSTER)
 
     def truncate(self, new: int) -> None:
         old = self.size
@@ -166,6 +195,41 @@ class AddCowMachine(RuleBasedStateMachine):
         off = data.draw(st.integers(0, self.model.size + CLUSTER), label="offset")
         n = data.draw(st.integers(0, (MAX_CLUSTERS + 1) * CLUSTER), label="bytes")
         assert self.img.is_allocated(off, n) == self.model.is_allocated(off, n)
+
+    @rule(data=st.data())
+    def write_zeroes(self, data: st.DataObject) -> None:
+        assert self.img and self.model
+        off, n = _offset_and_length(data, self.model.size, 3 * CLUSTER)
+        self.img.write_zeroes(off, n, may_unmap=data.draw(st.booleans(), label="may_unmap"))
+        self.model.write_zeroes(off, n)
+
+    @rule(data=st.data())
+    def discard(self, data: st.DataObject) -> None:
+        assert self.img and self.model
+        off, n = _offset_and_length(data, self.model.size, 3 * CLUSTER)
+        self.img.discard(off, n)
+        self.model.discard(off, n)
+
+    @rule(data=st.data())
+    def block_status(self, data: st.DataObject) -> None:
+        """The run's flags agree with the model: allocation, zeros only where it reads zeros,
+        and unallocated bytes read zeros exactly past the backing data."""
+        assert self.img and self.model
+        size = self.model.size
+        off = data.draw(st.integers(0, size + CLUSTER), label="offset")
+        n = data.draw(st.integers(0, (MAX_CLUSTERS + 1) * CLUSTER), label="bytes")
+        s = self.img.block_status(off, n)
+        if off >= size or n == 0:
+            assert s.length == 0
+            return
+        assert 0 < s.length <= min(n, size - off)
+        run = range(off // CLUSTER, (off + s.length - 1) // CLUSTER + 1)
+        assert all((c in self.model.alloc) == s.allocated for c in run)
+        if s.zero:
+            assert not any(self.model.data[off : off + s.length])
+        if not s.allocated:
+            assert s.zero == (off >= len(self.model.backing))
+        assert s.backing == (not s.allocated and not s.zero)
 
     @rule()
     def map(self) -> None:

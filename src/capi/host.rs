@@ -109,6 +109,9 @@ struct Callbacks {
 
 /// An [`AddCowIo`] as a [`Storage`]. The length is read once, then tracked across writes and
 /// resizes, so that reads past the end can be zero-filled without asking the host again.
+/// `AddCowIo` has no punch or zero-range callback (adding one would change its layout): the
+/// trait's defaults answer `EOPNOTSUPP` and know no holes, so write-zeroes and discard write
+/// zeros through `pwritev`.
 pub(super) struct HostStorage {
     io: Callbacks,
     len: AtomicU64,

@@ -29,6 +29,7 @@ mod lifecycle;
 mod mapping;
 mod open;
 mod versioned;
+mod zero;
 
 pub use check::{
     addcow_check, addcow_check_count, addcow_check_finding, addcow_check_free, AddCowCheckResult,
@@ -70,6 +71,10 @@ pub use open::{
     addcow_open, addcow_open_ext, addcow_open_io, addcow_open_io_ext, AddCowOpenOptions,
     ADDCOW_OPEN_BACKING_ADDCOW, ADDCOW_OPEN_CONFINE, ADDCOW_OPEN_COPY_ON_READ, ADDCOW_OPEN_DIRECT,
     ADDCOW_OPEN_FORCE_SHARE, ADDCOW_OPEN_NO_BACKING, ADDCOW_OPEN_RDWR, ADDCOW_OPEN_WRITETHROUGH,
+};
+pub use zero::{
+    addcow_block_status, addcow_discard, addcow_write_zeroes, ADDCOW_STATUS_ALLOCATED,
+    ADDCOW_STATUS_BACKING, ADDCOW_STATUS_ZERO, ADDCOW_ZERO_MAY_UNMAP, ADDCOW_ZERO_NO_FALLBACK,
 };
 
 use crate::engine::Image;

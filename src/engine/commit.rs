@@ -137,7 +137,7 @@ impl Image {
         let size = self.size();
         match self.data().punch_hole(0, size) {
             Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(()),
-            other => other.map_err(|e| Error::io(Op::Punch, self.data_name(), 0, e)),
+            other => other.map_err(|e| Error::io(Op::PunchHole, self.data_name(), 0, e)),
         }
     }
 }

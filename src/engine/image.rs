@@ -57,9 +57,9 @@ pub struct Image {
 }
 
 /// The most zeros a head or tail needs: the largest cluster size.
-const ZEROS: usize = 2 << 20;
+pub(super) const ZEROS: usize = 2 << 20;
 
-fn zeros(len: u64) -> &'static [u8] {
+pub(super) fn zeros(len: u64) -> &'static [u8] {
     static ZERO: OnceLock<Box<[u8]>> = OnceLock::new();
     &ZERO.get_or_init(|| vec![0u8; ZEROS].into_boxed_slice())[..len as usize]
 }
@@ -204,8 +204,13 @@ impl Image {
     /// backing file, written whole to the image file, and only then marked allocated.
     /// `EPERM` on a read-only image, `EINVAL` past the end.
     pub fn write(&self, offset: u64, bufs: &[IoSlice<'_>]) -> Result<()> {
-        let len = iov::total(bufs)?;
         let _gate = self.shared();
+        self.write_gated(offset, bufs)
+    }
+
+    /// [`Image::write`] under the shared gate the caller holds.
+    pub(super) fn write_gated(&self, offset: u64, bufs: &[IoSlice<'_>]) -> Result<()> {
+        let len = iov::total(bufs)?;
         let core = &self.core;
         if !core.is_writable() {
             return Err(Error::ReadOnly(Op::Write));
@@ -333,8 +338,9 @@ impl Image {
             .map_err(|e| Error::io(Op::Write, &self.data_name, offset, e))
     }
 
-    /// Records an image-file write made around [`Image::write_data`] (an in-kernel copy): the
-    /// next flush must sync it. Call it before the write, as `write_data` does.
+    /// Records an image-file write made around [`Image::write_data`] (an in-kernel copy, a
+    /// punched hole): the next flush must sync it. Call it before the write, as `write_data`
+    /// does.
     pub(super) fn wrote_data(&self) {
         self.unsynced_data.store(true, Ordering::Release);
     }

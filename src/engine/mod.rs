@@ -15,6 +15,7 @@ mod iov;
 mod job;
 mod open;
 mod truncate;
+mod zero;
 
 pub use crate::layout::BackingFormat;
 pub use backing::Backing;
@@ -25,6 +26,7 @@ pub use detach::{detach, Allocation};
 pub use image::Image;
 pub use job::{HydrateJob, HydrateOptions, JobState, Outcome, Progress};
 pub use open::{read_header, OpenOptions, Parts};
+pub use zero::{Status, ZeroFlags};
 
 #[cfg(test)]
 mod tests;

@@ -37,6 +37,7 @@ mod features;
 mod resize;
 mod write;
 mod writeback;
+mod zero;
 
 pub use crate::bitmap::PAGE_COST;
 pub use write::{Begin, Step, Txn};

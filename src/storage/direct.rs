@@ -274,8 +274,29 @@ impl Storage for DirectStorage {
         self.file.next_data(offset)
     }
 
+    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        self.file.next_hole(offset)
+    }
+
+    /// Under the range lock of its aligned span, like a write: a read-modify-write of a block
+    /// it touches never brings back the bytes it cleared.
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let (start, end) = self.span(offset, len)?;
+        let _held = self.writes.lock(start..end);
         self.file.punch_hole(offset, len)
+    }
+
+    /// As `punch_hole`.
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let (start, end) = self.span(offset, len)?;
+        let _held = self.writes.lock(start..end);
+        self.file.zero_range(offset, len)
     }
 }
 
@@ -582,5 +603,20 @@ mod tests {
         assert!(data > 4096 && data <= 600 << 20, "{data}");
         assert_eq!(s.next_data((600 << 20) + (1 << 20)).unwrap(), None);
         assert_eq!(s.len().unwrap(), 1 << 30);
+    }
+
+    #[test]
+    fn punch_and_zero_range_beside_unaligned_writes() {
+        let (_d, s) = storage(4096);
+        s.write_at(&[5u8; 3 << 16], 0).unwrap();
+        s.punch_hole(1 << 16, 1 << 16).unwrap();
+        s.zero_range(100, 50).unwrap();
+        s.write_at(b"ab", (1 << 16) + 7).unwrap();
+        let back = contents(&s);
+        assert_eq!(back.len(), 3 << 16);
+        assert!(back[100..150].iter().all(|&b| b == 0));
+        assert_eq!(&back[(1 << 16) + 5..(1 << 16) + 11], b"\0\0ab\0\0");
+        assert!(back[2 << 16..].iter().all(|&b| b == 5));
+        assert_eq!(s.next_hole(1 << 16).unwrap(), (1 << 16) + 4096);
     }
 }

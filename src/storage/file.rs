@@ -180,10 +180,6 @@ impl Storage for FileStorage {
         self.file.set_len(len)
     }
 
-    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        super::punch::punch_hole(&self.file, offset, len)
-    }
-
     /// `lseek(SEEK_DATA)`: moves the file offset, which nothing here uses. ENXIO (only holes
     /// from `offset` to the end, or past the end) is `None`; a file system without SEEK_DATA
     /// (EINVAL, EOPNOTSUPP) reports data everywhere.
@@ -199,6 +195,65 @@ impl Storage for FileStorage {
             Some(libc::ENXIO) => Ok(None),
             Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(Some(offset)),
             _ => Err(err),
+        }
+    }
+
+    /// `lseek(SEEK_HOLE)`; past the end (ENXIO) the offset itself, and a file system without
+    /// SEEK_HOLE (EINVAL, EOPNOTSUPP) has its only hole at the end.
+    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        let off = to_off(offset)?;
+        // SAFETY: lseek takes no pointers; the descriptor is open for as long as `self.file`.
+        let at = unsafe { libc::lseek(self.file.as_raw_fd(), off, libc::SEEK_HOLE) };
+        if at >= 0 {
+            return Ok(at as u64);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENXIO) => Ok(offset),
+            Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(self.len()?.max(offset)),
+            _ => Err(err),
+        }
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.fallocate(libc::FALLOC_FL_PUNCH_HOLE, offset, len)
+    }
+
+    /// `FALLOC_FL_ZERO_RANGE`; where the file system lacks it (tmpfs), QEMU's fallback
+    /// (file-posix.c): punch a hole, then allocate the space again.
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        match self.fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, len) {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                self.fallocate(libc::FALLOC_FL_PUNCH_HOLE, offset, len)?;
+                self.fallocate(0, offset, len)
+            }
+            done => done,
+        }
+    }
+}
+
+impl FileStorage {
+    /// `fallocate(mode | FALLOC_FL_KEEP_SIZE)`, retried on EINTR. File systems without the mode
+    /// answer EOPNOTSUPP, which callers treat as "write zeros instead".
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let (off, n) = (to_off(offset)?, to_off(len)?);
+        loop {
+            // SAFETY: fallocate takes no pointers; the descriptor is open for as long as
+            // `self.file`.
+            let r = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    mode | libc::FALLOC_FL_KEEP_SIZE,
+                    off,
+                    n,
+                )
+            };
+            if syscall_result(r as isize)?.is_some() {
+                return Ok(());
+            }
         }
     }
 }
@@ -269,6 +324,43 @@ mod tests {
         assert_eq!(s.next_data(600 << 20).unwrap(), Some(600 << 20));
         assert_eq!(s.next_data((600 << 20) + (1 << 20)).unwrap(), None);
         assert_eq!(s.next_data(2 << 30).unwrap(), None, "past the end");
+    }
+
+    #[test]
+    fn punch_and_zero_range_read_zeros_and_keep_the_length() {
+        let (_t, s) = storage();
+        s.write_at(&[7u8; 3 << 16], 0).unwrap();
+        s.punch_hole(1 << 16, 1 << 16).unwrap();
+        s.zero_range(2 << 16, 100).unwrap();
+        s.punch_hole(3 << 16, 1 << 16).unwrap();
+        assert_eq!(s.len().unwrap(), 3 << 16, "KEEP_SIZE");
+        let mut back = vec![9u8; 3 << 16];
+        s.read_at(&mut back, 0).unwrap();
+        assert!(back[..1 << 16].iter().all(|&b| b == 7));
+        assert!(back[1 << 16..(2 << 16) + 100].iter().all(|&b| b == 0));
+        assert!(back[(2 << 16) + 100..].iter().all(|&b| b == 7));
+        // A punched block is a hole (tmpfs, ext4, xfs, btrfs all punch 64 KiB).
+        assert_eq!(s.next_hole(0).unwrap(), 1 << 16);
+        assert_eq!(s.next_data(1 << 16).unwrap(), Some(2 << 16));
+        assert_eq!(s.next_hole(5 << 16).unwrap(), 5 << 16, "past the end");
+    }
+
+    /// tmpfs has no `FALLOC_FL_ZERO_RANGE`: the range is punched and allocated again.
+    #[test]
+    fn zero_range_on_tmpfs_keeps_its_space() {
+        let tmp = tempfile::NamedTempFile::new_in("/dev/shm")
+            .expect("these tests need /dev/shm (tmpfs) for a file system without ZERO_RANGE");
+        let s = FileStorage::new(tmp.reopen().unwrap());
+        s.write_at(&[7u8; 3 << 16], 0).unwrap();
+        s.zero_range(1 << 16, 1 << 16).unwrap();
+        let mut back = vec![9u8; 3 << 16];
+        s.read_at(&mut back, 0).unwrap();
+        assert!(back[..1 << 16].iter().all(|&b| b == 7));
+        assert!(back[1 << 16..2 << 16].iter().all(|&b| b == 0));
+        assert!(back[2 << 16..].iter().all(|&b| b == 7));
+        assert_eq!(s.len().unwrap(), 3 << 16);
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&s.file().metadata().unwrap());
+        assert_eq!(blocks * 512, 3 << 16, "the zeroed range keeps its space");
     }
 
     #[test]

@@ -69,6 +69,20 @@ impl Storage for MemStorage {
         Ok(self.bytes.read().unwrap_or_else(|e| e.into_inner()).len() as u64)
     }
 
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.zero_range(offset, len)
+    }
+
+    /// Zeros the bytes inside the current length.
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut bytes = self.bytes.write().unwrap_or_else(|e| e.into_inner());
+        let end = bytes.len();
+        let start = index(offset)?.min(end);
+        let stop = index(offset.saturating_add(len))?.min(end);
+        bytes[start..stop].fill(0);
+        Ok(())
+    }
+
     fn resize(&self, len: u64) -> io::Result<()> {
         let len = index(len)?;
         self.bytes
@@ -92,6 +106,8 @@ mod tests {
         let mut buf = [9u8; 6];
         s.read_at(&mut buf, 5).unwrap();
         assert_eq!(&buf, b"cd\0\0\0\0");
+        s.zero_range(4, 10).unwrap();
+        assert_eq!(s.to_vec(), b"\0\0\0a\0\0\0", "zeros inside the length only");
         s.resize(2).unwrap();
         assert_eq!(s.len().unwrap(), 2);
     }

@@ -11,6 +11,9 @@
 //! - `flush` makes every completed write durable;
 //! - `resize` grows with zeros or shrinks;
 //! - `next_data` never skips a nonzero byte (it may report data where there are zeros);
+//!   `next_hole` never reports a hole over a nonzero byte;
+//! - `punch_hole` and `zero_range` make a range read zeros without changing the length, or
+//!   fail with `EOPNOTSUPP` (the default) so that the caller writes zeros instead.
 //! - `copy_from` copies a prefix of the range (maybe none) or fails; the caller copies the rest.
 
 mod align;
@@ -21,7 +24,6 @@ mod file;
 mod lock;
 mod mem;
 mod open;
-mod punch;
 mod range_lock;
 
 pub(crate) use direct::DirectStorage;
@@ -55,12 +57,24 @@ pub trait Storage: Send + Sync {
         Ok(Some(offset))
     }
 
-    /// Deallocates `offset..offset + len` (it reads zeros afterwards; the length stays), to
-    /// give space back. `ENOTSUP` (the default) where the source cannot: callers that only
-    /// want the space back ignore it.
+    /// The first offset at or after `offset` where a hole (or the end) starts. The default
+    /// knows no holes: the end of the storage.
+    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        Ok(self.len()?.max(offset))
+    }
+
+    /// Makes `offset..offset + len` read zeros by giving its space back (a hole), keeping the
+    /// length (bytes past the end stay past it). `EOPNOTSUPP` where it cannot (the default).
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
         let _ = (offset, len);
-        Err(io::Error::from_raw_os_error(libc::ENOTSUP))
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
+
+    /// Makes `offset..offset + len` read zeros keeping (or allocating) its space, and the
+    /// length. `EOPNOTSUPP` where it cannot (the default).
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
     }
 
     /// Convenience: one buffer.

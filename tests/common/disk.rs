@@ -32,6 +32,9 @@
 //! sectors landed). A grow then a write inside the grown area gives the write's sectors only if
 //! the grow persisted.
 //!
+//! Punching a hole and zeroing a range (both keep the size) are writes of zeros inside the
+//! file's length: a crash keeps them whole, not at all, or torn, like any write.
+//!
 //! Enumerating every subset is exponential: [`Pick`] chooses one, as the two extremes (nothing
 //! unflushed, everything unflushed) or at random from a seeded [`Rng`].
 //!
@@ -364,6 +367,21 @@ impl DiskFile {
     fn name(&self, st: &State) -> String {
         st.files[self.file].name.clone()
     }
+
+    /// A punch or a zero-range: zeros written over the part of `offset..offset + len` inside
+    /// the file (one host call, like a write; none beyond the end).
+    fn clear(&self, offset: u64, len: u64) -> io::Result<()> {
+        let file_len = self.disk.lock().files[self.file].current.len() as u64;
+        let end = offset.saturating_add(len).min(file_len);
+        if offset >= end {
+            drop(
+                self.disk
+                    .enter(|st| format!("punch {} {offset:#x}+{len:#x}", self.name(st)))?,
+            );
+            return Ok(());
+        }
+        self.write_at(&vec![0; (end - offset) as usize], offset)
+    }
 }
 
 impl Storage for DiskFile {
@@ -425,6 +443,14 @@ impl Storage for DiskFile {
     fn len(&self) -> io::Result<u64> {
         let st = self.disk.enter(|st| format!("len {}", self.name(st)))?;
         Ok(st.files[self.file].current.len() as u64)
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.clear(offset, len)
+    }
+
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.clear(offset, len)
     }
 
     fn resize(&self, len: u64) -> io::Result<()> {
