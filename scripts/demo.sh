@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Builds the library and runs the demos: the Rust one (cargo) and the C quickstart, built with
-# meson in build/ against libaddcow.so (meson, ninja and pkg-config are installed if missing).
+# Builds the library and runs the demos: the product's walk-through (examples/demo.rs, checked
+# with qemu-img) and the C quickstart, built with meson in build/ against libaddcow.so (meson,
+# ninja and pkg-config are installed if missing; qemu-utils by scripts/bootstrap.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source scripts/bootstrap.sh
 
-echo "=== Rust demo (examples/demo.rs)"
-cargo run --quiet --example demo
+echo "=== The life of a VM disk (examples/demo.rs): create over a golden image, write while it hydrates, detach"
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+cargo run --quiet --example demo -- "$dir"
+echo
+echo "=== Checked by QEMU's tools: the detached vm.raw is a plain raw disk holding what the guest saw"
+qemu-img info -f raw "$dir/vm.raw" | head -3
+qemu-img compare -f raw -F raw "$dir/vm.raw" "$dir/expected.raw"
 
 echo
 echo "=== C quickstart (examples/quickstart.c), built with meson in build/"
