@@ -249,10 +249,17 @@ static int add_cow_open_data_file(BlockDriverState *bs, QDict *options,
         return -EINVAL;
     }
     if (!s->data_file) {
-        path = bdrv_get_full_backing_filename_from_filename(
-            bs->file->bs->filename, addcow_header_image_file(h), errp);
-        if (!path) {
-            return -EINVAL;
+        /* Relative names are relative to the .add-cow file's directory. */
+        const char *name = addcow_header_image_file(h);
+
+        if (path_is_absolute(name)) {
+            path = g_strdup(name);
+        } else {
+            g_autofree char *dir = bdrv_dirname(bs->file->bs, errp);
+            if (!dir) {
+                return -EINVAL;
+            }
+            path = g_strconcat(dir, name, NULL);
         }
         s->data_file = bdrv_open_child(path, options, "data-file", bs,
                                        &child_of_bds, BDRV_CHILD_DATA, false,
@@ -392,6 +399,7 @@ add_cow_do_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
         }
         switch (ret) {
         case ADDCOW_MAP_DATA:
+            BLKDBG_CO_EVENT(bs->file, BLKDBG_READ_AIO);
             ret = bdrv_co_preadv_part(s->data_file, offset, pnum, qiov,
                                       qiov_offset, 0);
             break;
@@ -514,6 +522,10 @@ add_cow_do_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
         case ADDCOW_STEP_BUSY:
             add_cow_wait_generation(s, st.generation);
             continue;
+        }
+        /* As qcow2 with a data file: blkdebug rules on bs->file see it. */
+        BLKDBG_CO_EVENT(bs->file, BLKDBG_WRITE_AIO);
+        switch (st.kind) {
         case ADDCOW_STEP_IN_PLACE:
             ret = bdrv_co_pwritev_part(s->data_file, offset, st.len, qiov,
                                        qiov_offset, 0);
@@ -760,13 +772,15 @@ add_cow_co_check(BlockDriverState *bs, BdrvCheckResult *result,
     for (i = 0; i < findings; i++) {
         const char *msg = NULL;
         int kind = addcow_check_finding(r, i, &msg);
-        const char *what = (kind & ~ADDCOW_CHECK_REPAIRED) ==
-                           ADDCOW_CHECK_CORRUPTION ? "ERROR" :
-                           (kind & ~ADDCOW_CHECK_REPAIRED) ==
-                           ADDCOW_CHECK_LEAK ? "Leaked" : "Note";
+        int what = kind & ~ADDCOW_CHECK_REPAIRED;
 
-        fprintf(stderr, "%s%s: %s\n", kind & ADDCOW_CHECK_REPAIRED ?
-                "Repaired " : "", what, msg);
+        /* Notes count nowhere (qemu-img check's output is compared). */
+        if (what != ADDCOW_CHECK_NOTE) {
+            fprintf(stderr, "%s%s: %s\n",
+                    kind & ADDCOW_CHECK_REPAIRED ? "Repaired " : "",
+                    what == ADDCOW_CHECK_CORRUPTION ? "ERROR" : "Leaked",
+                    msg);
+        }
     }
     result->corruptions = addcow_check_count(r, ADDCOW_CHECK_CORRUPTIONS);
     result->leaks = addcow_check_count(r, ADDCOW_CHECK_LEAKS);
@@ -834,8 +848,7 @@ add_cow_co_create_opts(BlockDriver *drv, const char *filename, QemuOpts *opts,
     AddCowCreateOptions co = { .struct_size = sizeof(co) };
     int ret;
 
-    strstart(path, "file:", &path);
-    if (path_has_protocol(path)) {
+    if (!strstart(filename, "file:", &path) && path_has_protocol(path)) {
         error_setg(errp, "add-cow can only create images on local files");
         return -ENOTSUP;
     }
