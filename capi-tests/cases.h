@@ -147,5 +147,10 @@
     DIRECT_CASE(zero_discard) \
     CASE(zero_args) \
     CASE(zero_host_io_fallback) \
+    CASE(core_begin_zero) \
+    CASE(core_all_allocated) \
+    CASE(core_set_backing_file) \
+    CASE(set_backing_file) \
+    CASE(core_reload) \
 
 #endif

@@ -53,6 +53,19 @@ fn to_path(s: &CStr) -> PathBuf {
     PathBuf::from(OsStr::from_bytes(s.to_bytes()))
 }
 
+/// A backing format argument: NULL (or "") and "raw" are raw, "add-cow" is add-cow; others
+/// give `EINVAL`.
+pub(super) fn backing_format(fmt: Option<&CStr>) -> Result<BackingFormat> {
+    match fmt.map(CStr::to_bytes) {
+        None | Some(b"raw") => Ok(BackingFormat::Raw),
+        Some(b"add-cow") => Ok(BackingFormat::AddCow),
+        Some(other) => Err(bad_arg(&format!(
+            "backing_fmt '{}' is not supported (raw or add-cow)",
+            String::from_utf8_lossy(other)
+        ))),
+    }
+}
+
 /// # Safety
 /// The string fields are NULL or NUL-terminated.
 unsafe fn to_options(o: &AddCowCreateOptions) -> Result<CreateOptions> {
@@ -70,20 +83,10 @@ unsafe fn to_options(o: &AddCowCreateOptions) -> Result<CreateOptions> {
             opt_c_str(o.backing_fmt),
         )
     };
-    let backing_format = match fmt.map(CStr::to_bytes) {
-        None | Some(b"raw") => BackingFormat::Raw,
-        Some(b"add-cow") => BackingFormat::AddCow,
-        Some(other) => {
-            return Err(bad_arg(&format!(
-                "backing_fmt '{}' is not supported (raw or add-cow)",
-                String::from_utf8_lossy(other)
-            )))
-        }
-    };
     Ok(CreateOptions {
         image_file: to_path(image),
         backing_file: backing.map(to_path),
-        backing_format,
+        backing_format: backing_format(fmt)?,
         size: o.size,
         confine: o.flags & ADDCOW_CREATE_CONFINE != 0,
         layout: o.layout,

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod backing;
+mod backing_name;
 mod check;
 mod commit;
 mod create;
