@@ -18,6 +18,7 @@
     CASE(create_size_resizes_existing) \
     CASE(create_size0_existing_image) \
     CASE(create_size0_from_backing) \
+    CASE(create_size0_exact) \
     CASE(create_size0_from_addcow_backing) \
     CASE(create_size0_missing_image) \
     CASE(create_replaces_meta) \

@@ -117,6 +117,13 @@
 #define ADDCOW_CREATE_CONFINE (1 << 0)
 
 /**
+ * Create flag: `size` is the virtual size even when it is 0: the image file is created if
+ * missing and resized to `size`, so 0 makes an empty image (`qemu-img create IMG 0`). Without
+ * it, a `size` of 0 takes the size from the image file or the backing file.
+ */
+#define ADDCOW_CREATE_SIZE_EXACT (1 << 1)
+
+/**
  * Compatible feature bit 0 of layout 2 (`addcow_header_compatible_features`): every cluster
  * is allocated, so the image file alone is the disk and the backing file is not needed.
  */
@@ -356,6 +363,13 @@ typedef struct AddCowCheckResult AddCowCheckResult;
  *   image file → `addcow_core_writeback_write` → flush the `.add-cow` file →
  *   `addcow_core_writeback_end` with `durable` = all of it succeeded. The image data is
  *   durable before any bit that points at it; pages not durable are written again next time.
+ *   `addcow_core_writeback_write` only writes (QEMU's "flush to OS"); the host's flush of
+ *   the `.add-cow` file is the "flush to disk", so the host's block layer sees it, and an
+ *   error injected there (QEMU's blkdebug `flush_to_disk`) ends the write-back with
+ *   `durable` = 0: the pages stay dirty and the flush fails. QEMU: `bdrv_co_flush_to_os` runs
+ *   the whole sequence, flushing the data child and `bs->file` with `bdrv_co_flush` (the
+ *   generic flush of `bs->file` after it then has nothing left to do); layout 2 adds
+ *   `addcow_core_set_all_allocated` at its end.
  * - **Size**: the size given at open, for the core's life. To resize, close the core, resize
  *   with `addcow_open_io` and `addcow_truncate`, and open a new core.
  */
@@ -420,9 +434,9 @@ typedef struct AddCowCreateOptions {
    */
   const char *backing_fmt;
   /**
-   * Above 0: the image file is created if missing and resized to `size`. 0: the image file
-   * must exist and gives the size, or, missing with a backing file, is created with its
-   * length.
+   * Above 0 (or with `ADDCOW_CREATE_SIZE_EXACT`): the image file is created if missing and
+   * resized to `size`. 0: the image file must exist and gives the size, or, missing with a
+   * backing file, is created with its length.
    */
   uint64_t size;
   /**

@@ -12,6 +12,11 @@ use std::path::PathBuf;
 /// Create flag: the image and backing names must resolve beneath the `.add-cow` file's
 /// directory, as `ADDCOW_OPEN_CONFINE` checks them at open (-EACCES otherwise).
 pub const ADDCOW_CREATE_CONFINE: u32 = 1 << 0;
+/// Create flag: `size` is the virtual size even when it is 0: the image file is created if
+/// missing and resized to `size`, so 0 makes an empty image (`qemu-img create IMG 0`). Without
+/// it, a `size` of 0 takes the size from the image file or the backing file.
+pub const ADDCOW_CREATE_SIZE_EXACT: u32 = 1 << 1;
+const CREATE_FLAGS: u32 = ADDCOW_CREATE_CONFINE | ADDCOW_CREATE_SIZE_EXACT;
 
 /// What `addcow_create` makes. Set `struct_size` to `sizeof(AddCowCreateOptions)` as compiled
 /// by the caller: fields past it take their zero default, and a larger struct from a newer
@@ -31,9 +36,9 @@ pub struct AddCowCreateOptions {
     pub backing_file: *const c_char,
     /// Format of the backing file: NULL = "raw"; "add-cow" allowed.
     pub backing_fmt: *const c_char,
-    /// Above 0: the image file is created if missing and resized to `size`. 0: the image file
-    /// must exist and gives the size, or, missing with a backing file, is created with its
-    /// length.
+    /// Above 0 (or with `ADDCOW_CREATE_SIZE_EXACT`): the image file is created if missing and
+    /// resized to `size`. 0: the image file must exist and gives the size, or, missing with a
+    /// backing file, is created with its length.
     pub size: u64,
     /// 0 = the layout's default (65536); layout 1 accepts only 0 or 65536, layout 2 a power of
     /// two from 4096 to 2 MiB (-EINVAL otherwise).
@@ -69,10 +74,10 @@ pub(super) fn backing_format(fmt: Option<&CStr>) -> Result<BackingFormat> {
 /// # Safety
 /// The string fields are NULL or NUL-terminated.
 unsafe fn to_options(o: &AddCowCreateOptions) -> Result<CreateOptions> {
-    if o.flags & !ADDCOW_CREATE_CONFINE != 0 {
+    if o.flags & !CREATE_FLAGS != 0 {
         return Err(bad_arg(&format!(
             "unknown create flags {:#x}",
-            o.flags & !ADDCOW_CREATE_CONFINE
+            o.flags & !CREATE_FLAGS
         )));
     }
     // SAFETY: the caller's guarantee on the string fields.
@@ -88,6 +93,7 @@ unsafe fn to_options(o: &AddCowCreateOptions) -> Result<CreateOptions> {
         backing_file: backing.map(to_path),
         backing_format: backing_format(fmt)?,
         size: o.size,
+        exact_size: o.flags & ADDCOW_CREATE_SIZE_EXACT != 0,
         confine: o.flags & ADDCOW_CREATE_CONFINE != 0,
         layout: o.layout,
         cluster_size: u64::from(o.cluster_size),

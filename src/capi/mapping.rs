@@ -83,6 +83,13 @@ pub const ADDCOW_BUSY: c_int = 1;
 ///   image file → `addcow_core_writeback_write` → flush the `.add-cow` file →
 ///   `addcow_core_writeback_end` with `durable` = all of it succeeded. The image data is
 ///   durable before any bit that points at it; pages not durable are written again next time.
+///   `addcow_core_writeback_write` only writes (QEMU's "flush to OS"); the host's flush of
+///   the `.add-cow` file is the "flush to disk", so the host's block layer sees it, and an
+///   error injected there (QEMU's blkdebug `flush_to_disk`) ends the write-back with
+///   `durable` = 0: the pages stay dirty and the flush fails. QEMU: `bdrv_co_flush_to_os` runs
+///   the whole sequence, flushing the data child and `bs->file` with `bdrv_co_flush` (the
+///   generic flush of `bs->file` after it then has nothing left to do); layout 2 adds
+///   `addcow_core_set_all_allocated` at its end.
 /// - **Size**: the size given at open, for the core's life. To resize, close the core, resize
 ///   with `addcow_open_io` and `addcow_truncate`, and open a new core.
 pub struct AddCowCore {

@@ -39,7 +39,9 @@ pub use check::{
     ADDCOW_CHECK_LEAKS_FIXED, ADDCOW_CHECK_NOTE, ADDCOW_CHECK_REPAIR, ADDCOW_CHECK_REPAIRED,
     ADDCOW_CHECK_TOTAL_CLUSTERS,
 };
-pub use create::{addcow_create, AddCowCreateOptions, ADDCOW_CREATE_CONFINE};
+pub use create::{
+    addcow_create, AddCowCreateOptions, ADDCOW_CREATE_CONFINE, ADDCOW_CREATE_SIZE_EXACT,
+};
 pub use header::{
     addcow_header_backing_file, addcow_header_backing_format, addcow_header_bitmap_offset,
     addcow_header_cluster_size, addcow_header_compatible_features, addcow_header_free,
