@@ -153,5 +153,6 @@
     CASE(core_set_backing_file) \
     CASE(set_backing_file) \
     CASE(core_reload) \
+    CASE(create_io) \
 
 #endif

@@ -3,8 +3,9 @@
  * zeroing whole clusters (addcow_core_begin_zero), the "all allocated" state and layout 2's
  * bit (addcow_core_is_fully_allocated, addcow_core_set_all_allocated), changing the backing
  * file the header names (addcow_core_set_backing_file, addcow_set_backing_file) with a fault
- * at every host call, and reloading the cached metadata (addcow_core_reload). The `.add-cow`
- * file lives in memio (fault injection, a durable copy).
+ * at every host call, reloading the cached metadata (addcow_core_reload), and creating the
+ * `.add-cow` file through host I/O (addcow_create_io). The `.add-cow` file lives in memio
+ * (fault injection, a durable copy).
  */
 #include "memio.h"
 
@@ -455,6 +456,71 @@ int case_core_reload(const char *dir)
     m.data[0] = 'A';
     CHECK_RC(addcow_core_reload(NULL), -EINVAL);
     CHECK_OK(addcow_core_close(core));
+    mf_free(&m);
+    return T_PASS;
+}
+
+/* ------------------------------------------------------------------ create through host I/O */
+
+int case_create_io(const char *dir)
+{
+    (void)dir;
+    struct faults f;
+    memset(&f, 0, sizeof f);
+    memfile m;
+    mf_init(&m, "meta", &f);
+    /* Over a longer file full of garbage: the bitmap must read zeros afterwards. */
+    mf_set_pat(&m, 300000, 5);
+    for (int with_truncate = 1; with_truncate >= 0; with_truncate--) {
+        AddCowIo mio = mf_io(&m, with_truncate);
+        AddCowCreateOptions o = create_opts("disk.raw", "base.raw", 5 * CL + 10);
+        o.layout = 2;
+        o.cluster_size = 4096;
+        CHECK_OK(addcow_create_io(&mio, &o));
+        TRY(names(&m, 1, "disk.raw", "base.raw", "raw"));
+        /* header_size 4096, 81 clusters of bits rounded to a cluster */
+        if (with_truncate)
+            CHECK(m.dur_len == 8192);
+        AddCowCore *core;
+        AddCowOpenOptions ro;
+        memset(&ro, 0, sizeof ro);
+        ro.struct_size = sizeof ro;
+        CHECK_OK(addcow_core_open(&mio, 5 * CL + 10, &ro, &core));
+        CHECK_OK(addcow_core_set_backing_length(core, 5 * CL + 10));
+        TRY(map_is(core, 0, 5 * CL + 10, ADDCOW_MAP_BACKING, 5 * CL + 10));
+        CHECK_OK(addcow_core_close(core));
+        mf_set_pat(&m, 300000, 6);
+    }
+    /* Layout 1 at size 0, without a backing file. */
+    AddCowIo mio = mf_io(&m, 1);
+    AddCowCreateOptions o = create_opts("disk.raw", NULL, 0);
+    CHECK_OK(addcow_create_io(&mio, &o));
+    CHECK(m.dur_len == HDR);
+    TRY(names(&m, 1, "disk.raw", "", ""));
+    /* A failing host call is the error. */
+    f.err = ENOSPC;
+    f.fail_at = atomic_load(&f.calls) + 3;
+    CHECK_RC(addcow_create_io(&mio, &o), -ENOSPC);
+    f.fail_at = 0;
+    /* Refusals. */
+    o.flags = ADDCOW_CREATE_CONFINE;
+    CHECK_RC(addcow_create_io(&mio, &o), -EINVAL);
+    o.flags = 0;
+    o.layout = 3;
+    CHECK_RC(addcow_create_io(&mio, &o), -ENOTSUP);
+    o.layout = 1;
+    o.size = ADDCOW_MAX_SIZE + 1;
+    CHECK_RC(addcow_create_io(&mio, &o), -EFBIG);
+    o.size = CL;
+    o.image_file = NULL;
+    CHECK_RC(addcow_create_io(&mio, &o), -EINVAL);
+    o.image_file = "disk.raw";
+    CHECK_RC(addcow_create_io(&mio, NULL), -EINVAL);
+    CHECK_RC(addcow_create_io(NULL, &o), -EINVAL);
+    AddCowIo noflush = mio;
+    noflush.flush = NULL;
+    CHECK_RC(addcow_create_io(&noflush, &o), -EINVAL);
+    CHECK(strstr(addcow_last_error(), "flush") != NULL);
     mf_free(&m);
     return T_PASS;
 }

@@ -843,6 +843,25 @@ void addcow_check_free(struct AddCowCheckResult *r);
 int addcow_create(const char *path, const struct AddCowCreateOptions *opts);
 
 /**
+ * Creates the `.add-cow` file through the host's I/O (a non-local protocol): writes the header
+ * `opts` describes and an all-unallocated bitmap for an image of exactly `opts->size` bytes (0
+ * too; `ADDCOW_CREATE_SIZE_EXACT` is implied), then flushes. The host creates and sizes the
+ * image file itself, and checks the backing file; nothing but `meta` is touched. `meta`
+ * needs `preadv`, `pwritev`, `flush` and `get_length`; with `truncate` the file is cut to
+ * zero and grown to its length (the bitmap reads zeros, sparse where the host can), without
+ * it zeros are written over the bitmap. The header is written last: a crash before the flush
+ * leaves no add-cow header, never one over a stale bitmap. 0, or -EINVAL (NULL arguments, a
+ * missing callback, `ADDCOW_CREATE_CONFINE`: the host resolves names, what no layout allows),
+ * -ENOTSUP (an unknown layout), -EFBIG (above `ADDCOW_MAX_SIZE`), or the host's -errno.
+ *
+ * # Safety
+ * `meta` is NULL or a valid table whose callbacks may be called during the call; `opts` is
+ * NULL or points at `opts->struct_size` readable bytes whose string fields are NULL or
+ * NUL-terminated.
+ */
+int addcow_create_io(const struct AddCowIo *meta, const struct AddCowCreateOptions *opts);
+
+/**
  * Reads and validates the header of the `.add-cow` file at `path` without opening the files
  * it names. 0 with a new header in `*out`, or -errno (NULL stored) as for `addcow_open`.
  *

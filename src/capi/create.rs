@@ -1,8 +1,9 @@
 //! `addcow_create` and its versioned options struct.
 
 use super::boundary::{bad_arg, c_str, ffi, opt_c_str};
+use super::host::{AddCowIo, HostStorage, Needs, META};
 use super::versioned::{self, Versioned};
-use crate::engine::{create, BackingFormat, CreateOptions};
+use crate::engine::{create, create_on, BackingFormat, CreateOptions};
 use crate::error::Result;
 use std::ffi::{c_char, c_int, CStr, OsStr};
 use std::mem::{offset_of, size_of};
@@ -125,5 +126,40 @@ pub unsafe extern "C" fn addcow_create(
             }
             create(to_path(p), &to_options(&versioned::read(opts)?)?).map(|()| 0)
         }
+    })
+}
+
+/// Creates the `.add-cow` file through the host's I/O (a non-local protocol): writes the header
+/// `opts` describes and an all-unallocated bitmap for an image of exactly `opts->size` bytes (0
+/// too; `ADDCOW_CREATE_SIZE_EXACT` is implied), then flushes. The host creates and sizes the
+/// image file itself, and checks the backing file; nothing but `meta` is touched. `meta`
+/// needs `preadv`, `pwritev`, `flush` and `get_length`; with `truncate` the file is cut to
+/// zero and grown to its length (the bitmap reads zeros, sparse where the host can), without
+/// it zeros are written over the bitmap. The header is written last: a crash before the flush
+/// leaves no add-cow header, never one over a stale bitmap. 0, or -EINVAL (NULL arguments, a
+/// missing callback, `ADDCOW_CREATE_CONFINE`: the host resolves names, what no layout allows),
+/// -ENOTSUP (an unknown layout), -EFBIG (above `ADDCOW_MAX_SIZE`), or the host's -errno.
+///
+/// # Safety
+/// `meta` is NULL or a valid table whose callbacks may be called during the call; `opts` is
+/// NULL or points at `opts->struct_size` readable bytes whose string fields are NULL or
+/// NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn addcow_create_io(
+    meta: *const AddCowIo,
+    opts: *const AddCowCreateOptions,
+) -> c_int {
+    ffi("addcow_create_io", || {
+        if opts.is_null() {
+            return Err(bad_arg("opts is NULL"));
+        }
+        // SAFETY: the caller's guarantees on both.
+        let (storage, opts) = unsafe {
+            (
+                HostStorage::new(meta, ("meta", META), Needs::ReadWriteFlush)?,
+                to_options(&versioned::read(opts)?)?,
+            )
+        };
+        create_on(&storage, META, &opts).map(|()| 0)
     })
 }

@@ -40,7 +40,8 @@ pub use check::{
     ADDCOW_CHECK_TOTAL_CLUSTERS,
 };
 pub use create::{
-    addcow_create, AddCowCreateOptions, ADDCOW_CREATE_CONFINE, ADDCOW_CREATE_SIZE_EXACT,
+    addcow_create, addcow_create_io, AddCowCreateOptions, ADDCOW_CREATE_CONFINE,
+    ADDCOW_CREATE_SIZE_EXACT,
 };
 pub use header::{
     addcow_header_backing_file, addcow_header_backing_format, addcow_header_bitmap_offset,

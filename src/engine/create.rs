@@ -56,7 +56,7 @@ impl CreateOptions {
 
     /// The header these options describe (names, layout, cluster size); `EINVAL` or `ENOTSUP`
     /// for what no layout allows.
-    fn header(&self) -> Result<Header> {
+    pub(super) fn header(&self) -> Result<Header> {
         let image = bytes(&self.image_file);
         let backing = self.backing_file.as_deref().map(bytes);
         match self.layout {
