@@ -140,3 +140,26 @@ impl Core {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_lock_is_shared_or_exclusive_and_never_waits() {
+        let lock = HeaderLock::default();
+        let busy = |r: Result<HeaderGuard<'_>>| r.err().map(|e| e.errno());
+        let a = lock.try_shared().unwrap();
+        let b = lock.try_shared().unwrap();
+        assert_eq!(busy(lock.try_exclusive()), Some(libc::EBUSY));
+        drop(a);
+        assert_eq!(busy(lock.try_exclusive()), Some(libc::EBUSY));
+        drop(b);
+        let x = lock.try_exclusive().unwrap();
+        assert_eq!(busy(lock.try_shared()), Some(libc::EBUSY));
+        assert_eq!(busy(lock.try_exclusive()), Some(libc::EBUSY));
+        drop(x);
+        drop(lock.try_shared().unwrap());
+        drop(lock.try_exclusive().unwrap());
+    }
+}
