@@ -79,7 +79,7 @@ impl HeaderLock {
     pub(super) fn try_shared(&self) -> Result<HeaderGuard<'_>> {
         self.0
             .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| {
-                (n < EXCLUSIVE - 1).then_some(n + 1)
+                n.checked_add(1).filter(|&m| m < EXCLUSIVE)
             })
             .map_err(|_| busy())?;
         Ok(HeaderGuard {
