@@ -121,7 +121,8 @@ pub unsafe extern "C" fn addcow_set_backing_file(
 /// opened): bitmap pages are read again on demand; names, feature bits and the "all
 /// allocated" state come from the file as it is now. Run it with no write, zeroing or
 /// write-back in flight and none starting (lookups beside it see the old or the new state);
-/// the size stays the core's. 0, or -EBUSY (a transaction or write-back open, dirty bitmap
+/// the size, and the `.add-cow` file's length as `get_length` gave it at open, stay the core's
+/// (after a resize elsewhere, open a new core). 0, or -EBUSY (a transaction or write-back open, dirty bitmap
 /// pages: flush first; or beside another header rewrite), -EINVAL (NULL; a header on disk
 /// with another cluster size: open a new core), or the host's -errno; on failure the core is
 /// as it was.

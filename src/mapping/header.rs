@@ -106,7 +106,8 @@ impl Core {
     /// written by someone else since it opened the core (QEMU's invalidate-cache after a
     /// migration). The host runs it with no write, zeroing or write-back in flight and none
     /// starting (lookups may run beside it: they see the old or the new state); the size
-    /// stays the core's. `EBUSY` while a transaction or write-back is open or a bitmap page is
+    /// stays the core's, and so does the source's length where the source caches it (host
+    /// callbacks: after a resize elsewhere, make a new core). `EBUSY` while a transaction or write-back is open or a bitmap page is
     /// dirty (flush first), or beside another header rewrite; `EINVAL` when the header on disk
     /// has another cluster size or bitmap offset (open a new core); the source's errors. On
     /// failure the core is as it was.
