@@ -3,8 +3,8 @@
 
 use super::boundary::{bad_arg, c_str, ffi};
 use super::host::{AddCowIo, HostStorage, Needs, META};
-use crate::engine::read_header;
 use crate::error::{Error, Result};
+use crate::mapping::read_header;
 use crate::storage::{open_path, Access, FileStorage};
 use std::ffi::{c_char, c_int, CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
