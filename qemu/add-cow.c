@@ -322,6 +322,7 @@ static int add_cow_open(BlockDriverState *bs, QDict *options, int flags,
 
     add_cow_set_backing_name(bs, h);
     bs->supported_truncate_flags = BDRV_REQ_ZERO_WRITE;
+    bs->supported_zero_flags = BDRV_REQ_MAY_UNMAP | BDRV_REQ_NO_FALLBACK;
     ret = add_cow_open_core(bs, errp);
     if (ret < 0) {
         goto fail;
@@ -555,6 +556,91 @@ add_cow_co_pwritev_part(BlockDriverState *bs, int64_t offset, int64_t bytes,
     return ret;
 }
 
+/* ------------------------------------------------- zeroes and discard */
+
+/*
+ * Whole clusters read zeros afterwards, never backing data: the core's
+ * zeroing steps, each made to read zeros on the image file with
+ * @zero_flags.  Parts of clusters are -ENOTSUP: the block layer writes
+ * zeros there (a write, with copy-on-write).
+ */
+static int coroutine_fn GRAPH_RDLOCK
+add_cow_do_zero(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                BdrvRequestFlags zero_flags)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int64_t cluster = addcow_core_get_cluster_size(s->core);
+    int64_t size = addcow_core_get_length(s->core);
+    int ret = 0;
+
+    if (!QEMU_IS_ALIGNED(offset, cluster) ||
+        (!QEMU_IS_ALIGNED(offset + bytes, cluster) && offset + bytes != size)) {
+        return -ENOTSUP;
+    }
+    while (ret >= 0 && bytes > 0) {
+        AddCowWriteStep st = { .struct_size = sizeof(st) };
+
+        ret = addcow_core_begin_zero(s->core, offset, bytes, &st);
+        if (ret < 0) {
+            break;
+        }
+        if (st.kind == ADDCOW_STEP_BUSY) {
+            add_cow_wait_generation(s, st.generation);
+            continue;
+        }
+        if (st.kind == ADDCOW_STEP_IN_PLACE) {
+            ret = bdrv_co_pwrite_zeroes(s->data_file, offset, st.len,
+                                        zero_flags);
+        } else {
+            ret = bdrv_co_pwrite_zeroes(s->data_file, st.cluster_start,
+                                        st.cluster_end - st.cluster_start,
+                                        zero_flags);
+            if (ret < 0) {
+                addcow_core_abort(s->core, st.txn);
+            } else {
+                ret = addcow_core_commit(s->core, st.txn);
+            }
+            add_cow_wake_waiters(s);
+        }
+        offset += st.len;
+        bytes -= st.len;
+    }
+    return ret < 0 ? ret : 0;
+}
+
+static int coroutine_fn GRAPH_RDLOCK
+add_cow_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                         BdrvRequestFlags flags)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int ret;
+
+    qemu_co_rwlock_rdlock(&s->lock);
+    ret = add_cow_sync_backing(bs);
+    if (ret >= 0) {
+        ret = add_cow_do_zero(bs, offset, bytes, flags &
+                              (BDRV_REQ_MAY_UNMAP | BDRV_REQ_NO_FALLBACK));
+    }
+    qemu_co_rwlock_unlock(&s->lock);
+    return ret;
+}
+
+/* As qcow2's: discarded clusters read zeros, never backing data. */
+static int coroutine_fn GRAPH_RDLOCK
+add_cow_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int ret;
+
+    qemu_co_rwlock_rdlock(&s->lock);
+    ret = add_cow_sync_backing(bs);
+    if (ret >= 0) {
+        ret = add_cow_do_zero(bs, offset, bytes, BDRV_REQ_MAY_UNMAP);
+    }
+    qemu_co_rwlock_unlock(&s->lock);
+    return ret;
+}
+
 /* -------------------------------------------------------------- flush */
 
 /*
@@ -566,8 +652,17 @@ static int coroutine_fn GRAPH_RDLOCK add_cow_do_flush(BlockDriverState *bs)
     BDRVAddCowState *s = bs->opaque;
     AddCowWriteBack *wb = NULL;
     uint64_t generation;
-    int ret;
+    bool writable = (bs->open_flags & BDRV_O_RDWR) &&
+                    !(bs->open_flags & BDRV_O_INACTIVE);
+    int full = 0, ret;
 
+    if (s->layout == 2 && writable) {
+        /* Asked before the write-back that makes every bit it saw durable. */
+        full = addcow_core_is_fully_allocated(s->core);
+        if (full < 0) {
+            return full;
+        }
+    }
     for (;;) {
         ret = addcow_core_writeback_begin(s->core, &wb, &generation);
         if (ret != ADDCOW_BUSY) {
@@ -587,6 +682,9 @@ static int coroutine_fn GRAPH_RDLOCK add_cow_do_flush(BlockDriverState *bs)
     }
     addcow_core_writeback_end(s->core, wb, ret >= 0);
     add_cow_wake_waiters(s);
+    if (ret >= 0 && s->layout == 2 && writable) {
+        ret = addcow_core_set_all_allocated(s->core, full);
+    }
     return ret < 0 ? ret : 0;
 }
 
@@ -752,6 +850,27 @@ static int GRAPH_RDLOCK add_cow_inactivate(BlockDriverState *bs)
     return bdrv_flush(bs);
 }
 
+/* ------------------------------------------------------ backing name */
+
+static int coroutine_fn GRAPH_RDLOCK
+add_cow_co_change_backing_file(BlockDriverState *bs, const char *backing_file,
+                               const char *backing_fmt)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int ret;
+
+    /* Layout 1 records no format (QEMU probes it): only layout 2 gets one. */
+    qemu_co_rwlock_rdlock(&s->lock);
+    ret = addcow_core_set_backing_file(s->core, backing_file,
+                                       s->layout == 2 ? backing_fmt : NULL);
+    qemu_co_rwlock_unlock(&s->lock);
+    if (ret < 0) {
+        error_report("add-cow: could not change the backing file: %s",
+                     addcow_last_error());
+    }
+    return ret;
+}
+
 /* -------------------------------------------------------------- check */
 
 static int coroutine_fn GRAPH_RDLOCK
@@ -845,7 +964,10 @@ add_cow_co_create_opts(BlockDriver *drv, const char *filename, QemuOpts *opts,
     g_autofree char *backing_file = NULL;
     g_autofree char *backing_fmt = NULL;
     const char *path = filename;
-    AddCowCreateOptions co = { .struct_size = sizeof(co) };
+    AddCowCreateOptions co = {
+        .struct_size = sizeof(co),
+        .flags = ADDCOW_CREATE_SIZE_EXACT, /* qemu-img always gives a size */
+    };
     int ret;
 
     if (!strstart(filename, "file:", &path) && path_has_protocol(path)) {
@@ -895,6 +1017,9 @@ static BlockDriver bdrv_addcow = {
     .bdrv_co_preadv_part        = add_cow_co_preadv_part,
     .bdrv_co_pwritev_part       = add_cow_co_pwritev_part,
     .bdrv_co_flush_to_os        = add_cow_co_flush_to_os,
+    .bdrv_co_pwrite_zeroes      = add_cow_co_pwrite_zeroes,
+    .bdrv_co_pdiscard           = add_cow_co_pdiscard,
+    .bdrv_co_change_backing_file = add_cow_co_change_backing_file,
     .bdrv_co_truncate           = add_cow_co_truncate,
     .bdrv_co_getlength          = add_cow_co_getlength,
     .bdrv_co_get_info           = add_cow_co_get_info,

@@ -7,7 +7,10 @@
 #   3. scripts/check-install.sh: meson install into a DESTDIR, build a pkg-config consumer.
 #   3b. scripts/test-python.sh: the Python package's pytest suite, against build/'s library.
 #   3c. nbdkit/tests: the nbdkit plugin serving add-cow images to qemu-img and qemu-io.
-#   3d. scripts/fuzz-smoke.sh: each cargo-fuzz target for a short bounded time (nightly only;
+#   3d. scripts/test-qemu.sh: QEMU 10.0.2's tools patched with qemu/ (the add-cow driver), built
+#       against build/'s libaddcow; qemu/tests and qemu-iotests -add-cow through them. Fails
+#       (never skips) when it cannot fetch or build QEMU.
+#   3e. scripts/fuzz-smoke.sh: each cargo-fuzz target for a short bounded time (nightly only;
 #       a loud warning, not a failure, without nightly).
 #   4. include/addcow.h, which every build regenerates, must equal the committed one.
 set -euo pipefail
@@ -59,6 +62,9 @@ step "nbdkit: the plugin with qemu-img and qemu-io (nbdkit/tests)"
 plugin="$PWD/build/nbdkit/nbdkit-addcow-plugin.so"
 [[ -f $plugin ]] || { echo "$plugin was not built: is nbdkit-plugin-dev installed?" >&2; exit 1; }
 ADDCOW_LIB="$PWD/build/libaddcow.so.1" NBDKIT_PLUGIN="$plugin" build/pyvenv/bin/pytest -q nbdkit/tests
+
+step "qemu: patched QEMU tools with the add-cow driver, end-to-end tests, qemu-iotests (scripts/test-qemu.sh)"
+bash scripts/test-qemu.sh
 
 step "fuzz: each target ${FUZZ_SECONDS:-20} s (scripts/fuzz-smoke.sh; warns when nightly is missing)"
 bash scripts/fuzz-smoke.sh
