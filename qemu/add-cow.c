@@ -436,70 +436,77 @@ add_cow_co_preadv_part(BlockDriverState *bs, int64_t offset, int64_t bytes,
 /* ------------------------------------------------------------- writes */
 
 /*
- * One part of an allocation around the guest data: @backing bytes read
- * from the backing file at @offset, then @zero zeros.
+ * The parts of an allocation around the guest data, into @buf, which spans
+ * the cluster range (the guest's bytes in it are scratch): the head's
+ * @head_backing bytes from the backing file and zeros, the tail's
+ * @tail_backing bytes and zeros.  Head and tail come in one backing read
+ * when no zeros separate them (qcow2's COW does the same).
  */
 static int coroutine_fn GRAPH_RDLOCK
-add_cow_fill_part(BlockDriverState *bs, uint8_t *buf, uint64_t offset,
-                 uint64_t backing, uint64_t zero)
+add_cow_fill_cow(BlockDriverState *bs, const AddCowWriteStep *st,
+                 uint64_t offset, uint8_t *buf)
 {
-    if (backing) {
-        int ret = bdrv_co_pread(bs->backing, offset, backing, buf, 0);
-        if (ret < 0) {
-            return ret;
+    uint64_t head = offset - st->cluster_start;
+    uint64_t tail_at = head + st->len;
+    int ret = 0;
+
+    if (st->head_backing && !st->head_zero && st->tail_backing) {
+        ret = bdrv_co_pread(bs->backing, st->cluster_start,
+                            tail_at + st->tail_backing, buf, 0);
+    } else {
+        if (st->head_backing) {
+            ret = bdrv_co_pread(bs->backing, st->cluster_start,
+                                st->head_backing, buf, 0);
+        }
+        if (ret >= 0 && st->tail_backing) {
+            ret = bdrv_co_pread(bs->backing, offset + st->len,
+                                st->tail_backing, buf + tail_at, 0);
         }
     }
-    memset(buf + backing, 0, zero);
-    return 0;
+    memset(buf + st->head_backing, 0, st->head_zero);
+    memset(buf + tail_at + st->tail_backing, 0, st->tail_zero);
+    return ret;
 }
 
 /*
  * ADDCOW_STEP_ALLOCATE: writes head + guest data + tail to the image file
- * in one request, then commits (aborts on failure).  With @qiov NULL the
- * guest data is zeros (write_zeroes without a cheaper way).
+ * in one request, then commits (aborts on failure).
  */
 static int coroutine_fn GRAPH_RDLOCK
 add_cow_allocate(BlockDriverState *bs, const AddCowWriteStep *st,
-                uint64_t offset, QEMUIOVector *qiov, size_t qiov_offset)
+                 uint64_t offset, QEMUIOVector *qiov, size_t qiov_offset)
 {
     BDRVAddCowState *s = bs->opaque;
     uint64_t head = offset - st->cluster_start;
-    uint64_t tail = st->cluster_end - offset - st->len;
-    uint8_t *head_buf = NULL, *tail_buf = NULL;
+    uint64_t range = st->cluster_end - st->cluster_start;
+    uint64_t tail = range - head - st->len;
+    uint8_t *buf = NULL;
     QEMUIOVector local;
-    int ret;
+    int ret = 0;
 
-    qemu_iovec_init(&local, (qiov ? qiov->niov : 0) + 2);
-    if (head) {
-        head_buf = qemu_blockalign(bs, head);
-        ret = add_cow_fill_part(bs, head_buf, st->cluster_start,
-                               st->head_backing, st->head_zero);
-        if (ret < 0) {
-            goto out;
-        }
-        qemu_iovec_add(&local, head_buf, head);
+    qemu_iovec_init(&local, qiov->niov + 2);
+    if (head || tail) {
+        buf = qemu_blockalign(bs, range);
+        ret = add_cow_fill_cow(bs, st, offset, buf);
     }
-    qemu_iovec_concat(&local, qiov, qiov_offset, st->len);
-    if (tail) {
-        tail_buf = qemu_blockalign(bs, tail);
-        ret = add_cow_fill_part(bs, tail_buf, offset + st->len,
-                               st->tail_backing, st->tail_zero);
-        if (ret < 0) {
-            goto out;
+    if (ret >= 0) {
+        if (head) {
+            qemu_iovec_add(&local, buf, head);
         }
-        qemu_iovec_add(&local, tail_buf, tail);
+        qemu_iovec_concat(&local, qiov, qiov_offset, st->len);
+        if (tail) {
+            qemu_iovec_add(&local, buf + head + st->len, tail);
+        }
+        ret = bdrv_co_pwritev(s->data_file, st->cluster_start, range,
+                              &local, 0);
     }
-    ret = bdrv_co_pwritev(s->data_file, st->cluster_start, local.size,
-                          &local, 0);
-out:
     if (ret < 0) {
         addcow_core_abort(s->core, st->txn);
     } else {
         ret = addcow_core_commit(s->core, st->txn);
     }
     add_cow_wake_waiters(s);
-    qemu_vfree(head_buf);
-    qemu_vfree(tail_buf);
+    qemu_vfree(buf);
     qemu_iovec_destroy(&local);
     return ret;
 }
