@@ -384,13 +384,21 @@ add_cow_do_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
                  QEMUIOVector *qiov, size_t qiov_offset)
 {
     BDRVAddCowState *s = bs->opaque;
-    int ret;
+    bool synced = false;
+    int ret = 0;
 
-    ret = add_cow_sync_backing(bs);
-    while (ret >= 0 && bytes > 0) {
+    while (bytes > 0) {
         uint64_t pnum = 0;
 
         ret = addcow_core_map(s->core, offset, bytes, &pnum);
+        if (ret > 0 && ret != ADDCOW_MAP_DATA && !synced) {
+            /* Backing or zeros depends on the backing length: check it once. */
+            synced = true;
+            ret = add_cow_sync_backing(bs);
+            if (ret >= 0) {
+                continue;
+            }
+        }
         if (ret < 0) {
             break;
         }
