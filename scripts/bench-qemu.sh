@@ -10,7 +10,7 @@
 # unallocated cluster: copy-on-write of the rest of a 64 KiB cluster from the backing file;
 # with 4 KiB clusters, add-cow layout 2 against qcow2 with 4 KiB clusters, no copy). Then
 # depth 256 over unallocated clusters with overlapping requests, which must complete (no
-# hang). Prints requests per second and the add-cow/qcow2 ratio. Not part of the test command:
+# hang). Prints requests per second (median of ROUNDS runs, default 3) and the add-cow/qcow2 ratio. Not part of the test command:
 # CI does not time things. TMPDIR chooses where the files go.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,17 +47,22 @@ bench() {
 }
 
 # One case for both formats: NAME SETUP CLUSTER ARGS...; SETUP is "allocated" or "fresh".
+# Each format runs ROUNDS times (default 3), alternating, on a fresh image; the median counts.
 row() {
-    local name=$1 setup=$2 cluster=$3 a q
+    local name=$1 setup=$2 cluster=$3 a=() q=() i
     shift 3
-    for fmt in add-cow qcow2; do
-        fresh "$fmt" "$cluster"
-        if [[ $setup == allocated ]]; then
-            "$img" bench -q -f "$fmt" -w -c $((size / 1048576)) -s 1M -d 4 "$dir/t.img" >/dev/null
-        fi
-        r=$(bench "$fmt" -c "$count" "$@")
-        [[ $fmt == add-cow ]] && a=$r || q=$r
+    for ((i = 0; i < ${ROUNDS:-3}; i++)); do
+        for fmt in add-cow qcow2; do
+            fresh "$fmt" "$cluster"
+            if [[ $setup == allocated ]]; then
+                "$img" bench -q -f "$fmt" -w -c $((size / 1048576)) -s 1M -d 4 "$dir/t.img" >/dev/null
+            fi
+            r=$(bench "$fmt" -c "$count" "$@")
+            [[ $fmt == add-cow ]] && a+=("$r") || q+=("$r")
+        done
     done
+    a=$(printf '%s\n' "${a[@]}" | sort -n | sed -n "$(( (${#a[@]} + 1) / 2 ))p")
+    q=$(printf '%s\n' "${q[@]}" | sort -n | sed -n "$(( (${#q[@]} + 1) / 2 ))p")
     printf '%-28s %10s %10s %7s\n' "$name" "$a" "$q" "$(awk -v a="$a" -v q="$q" 'BEGIN { printf "%.2fx", a / q }')"
 }
 
