@@ -33,7 +33,7 @@ fresh() {
     case $1 in
     add-cow) "$img" create -q -f add-cow -o image_file=d.raw,backing_file=base.raw,backing_fmt=raw,layout=$layout,cluster_size=$2 \
         "$dir/t.img" "$size" ;;
-    qcow2) "$img" create -q -f qcow2 -o data_file=d.raw,cluster_size=$2 -b base.raw -F raw \
+    qcow2) "$img" create -q -f qcow2 -o data_file="$dir/d.raw",cluster_size=$2 -b base.raw -F raw \
         "$dir/t.img" "$size" ;;
     esac
 }
