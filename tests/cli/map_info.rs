@@ -154,6 +154,7 @@ fn info_json_has_qemu_img_info_keys_and_types() {
 #[test]
 fn create_takes_qemu_sizes_and_names_as_given() {
     let d = Dir::new();
+    std::fs::create_dir(d.path("sub")).unwrap();
     d.ok(&[
         "create",
         "-l",
