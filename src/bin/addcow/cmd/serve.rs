@@ -16,7 +16,8 @@ const PLUGIN: &str = "nbdkit-addcow-plugin.so";
 /// Serve an image over NBD with nbdkit and the add-cow plugin (runs in the foreground).
 ///
 /// With neither --socket nor --port, nbdkit listens on TCP port 10809. With --run, nbdkit runs
-/// the command ($nbd, $unixsocket, $port name the server) and exits with it.
+/// the command ($nbd, $uri, $unixsocket name the server: a private Unix socket unless --socket
+/// or --port) and exits with its status.
 #[derive(clap::Args)]
 pub struct Args {
     /// Listen on this Unix socket.
@@ -62,9 +63,11 @@ pub fn run(a: Args) -> Outcome {
     if a.read_only {
         cmd.arg("-r");
     }
-    if let Some(socket) = &a.socket {
-        cmd.arg("-U").arg(socket);
-    }
+    match (&a.socket, &a.run) {
+        (Some(socket), _) => cmd.arg("-U").arg(socket),
+        (None, Some(_)) if a.port.is_none() => cmd.arg("-U").arg("-"),
+        _ => &mut cmd,
+    };
     if let Some(port) = a.port {
         cmd.arg("-p").arg(port.to_string());
     }
