@@ -102,7 +102,7 @@ fn bench_reads_and_writes_like_qemu_img_bench() {
         "-S",
         "16k",
         "--pattern",
-        "3",
+        "0x3",
         "o.add-cow",
     ]);
     assert!(out.starts_with("Sending 64 write requests, 8192 bytes each, 4 in parallel (starting at offset 0, step size 16384)\n"), "{out}");

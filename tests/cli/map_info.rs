@@ -179,3 +179,21 @@ fn create_takes_qemu_sizes_and_names_as_given() {
     let r = d.run(&["create", "-c", "4k", "-o", "x.raw", "x.add-cow", "1M"]);
     failed(&r, 1, Path::new("x.add-cow"), &["layout 1"]);
 }
+
+#[test]
+fn info_reports_an_image_in_use_by_a_writer() {
+    let d = Dir::new();
+    d.ok(&["create", "-o", "img.raw", "o.add-cow", "1M"]);
+    let in_use = |d: &Dir| {
+        d.json(&["info", "--output=json", "o.add-cow"])["format-specific"]["data"]["in-use"].clone()
+    };
+    assert_eq!(in_use(&d), false);
+    let opts = addcow::OpenOptions {
+        writable: true,
+        ..addcow::OpenOptions::default()
+    };
+    let writer = addcow::Image::open(d.path("o.add-cow"), &opts).unwrap();
+    assert_eq!(in_use(&d), true);
+    assert!(d.ok(&["info", "o.add-cow"]).contains("in use: yes"));
+    writer.close().unwrap();
+}

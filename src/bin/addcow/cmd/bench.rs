@@ -26,8 +26,8 @@ pub struct Args {
     /// Offset of the first request.
     #[arg(short = 'o', long = "offset", value_parser = crate::size::parse, default_value = "0")]
     offset: u64,
-    /// Byte written by write requests.
-    #[arg(long, default_value_t = 0xa5)]
+    /// Byte written by write requests (decimal, or hex with 0x).
+    #[arg(long, default_value = "0xa5", value_parser = byte)]
     pattern: u8,
     /// Print only errors.
     #[arg(short = 'q', long)]
@@ -116,6 +116,15 @@ pub fn run(a: Args) -> Outcome {
         println!("Run completed in {secs:.3} seconds.");
     }
     Ok(0)
+}
+
+/// A byte, as qemu-img spells numbers: `66` or `0x42`.
+fn byte(text: &str) -> Result<u8, String> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u8::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("'{text}' is not a byte: {e}"))
 }
 
 /// Takes requests until COUNT were taken.

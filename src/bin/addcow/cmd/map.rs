@@ -158,12 +158,14 @@ fn backing_extent(b: &Backing, depth: u32, offset: u64, len: u64) -> addcow::Res
     }
 }
 
-/// The file name inside a library description such as `backing file 'base.raw'`.
+/// The file name inside a library description such as `backing file './base.raw'`, without
+/// the `./` of a name relative to the current directory.
 fn raw_name(described: &str) -> String {
-    match described.split_once('\'') {
-        Some((_, rest)) => rest.trim_end_matches('\'').to_owned(),
-        None => described.to_owned(),
-    }
+    let name = match described.split_once('\'') {
+        Some((_, rest)) => rest.trim_end_matches('\''),
+        None => described,
+    };
+    name.strip_prefix("./").unwrap_or(name).to_owned()
 }
 
 /// One entry per line, as qemu-img prints them.
