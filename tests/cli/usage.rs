@@ -29,7 +29,8 @@ fn every_subcommand_has_help() {
     }
     assert!(d.ok(&["--version"]).starts_with("addcow 0."));
     let r = d.run(&["info"]);
-    assert_eq!(r.code, 2, "a usage error");
+    assert_eq!(r.code, 1, "a usage error exits 1, as qemu-img's do");
+    assert!(r.stderr.contains("Usage: addcow info"), "{}", r.stderr);
 }
 
 #[test]

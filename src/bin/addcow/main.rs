@@ -20,7 +20,8 @@ use std::process::ExitCode;
 /// An add-cow image is a raw image file with a backing file: a small `.add-cow` file names both
 /// and keeps one bit per cluster (0 = read the backing file, 1 = read the image file). Sizes take
 /// qemu-img's suffixes (k, M, G, T, P, E: powers of 1024). Exit status 0 on success, non-zero
-/// on failure with `addcow: FILE: message` on stderr (check and compare have their own codes).
+/// on failure with `addcow: FILE: message` on stderr, 1 for a usage error (check, compare and
+/// hydrate have codes of their own: see their --help).
 #[derive(Parser)]
 #[command(name = "addcow", version, propagate_version = true)]
 struct Cli {
@@ -45,7 +46,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let result = match Cli::parse().command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage(e),
+    };
+    let result = match cli.command {
         Command::Create(a) => cmd::create::run(a),
         Command::Info(a) => cmd::info::run(a),
         Command::Map(a) => cmd::map::run(a),
@@ -65,5 +70,15 @@ fn main() -> ExitCode {
             eprintln!("addcow: {failure}");
             ExitCode::from(failure.code)
         }
+    }
+}
+
+/// `--help` and `--version` (exit 0), or a usage error: exit 1 as qemu-img does, not clap's 2,
+/// which `check` uses for corruptions.
+fn usage(e: clap::Error) -> ExitCode {
+    let _ = e.print();
+    match e.use_stderr() {
+        true => ExitCode::FAILURE,
+        false => ExitCode::SUCCESS,
     }
 }
