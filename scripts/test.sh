@@ -6,7 +6,8 @@
 #      C code under -fsanitize=address,undefined; the Rust library itself is not instrumented).
 #   3. scripts/check-install.sh: meson install into a DESTDIR, build a pkg-config consumer.
 #   3b. scripts/test-python.sh: the Python package's pytest suite, against build/'s library.
-#   3c. nbdkit/tests: the nbdkit plugin serving add-cow images to qemu-img and qemu-io.
+#   3c. nbdkit/tests: the nbdkit plugin serving add-cow images to qemu-img and qemu-io, also
+#       through `build/addcow serve` (test_cli_serve.py).
 #   3d. scripts/fuzz-smoke.sh: each cargo-fuzz target for a short bounded time (nightly only;
 #       a loud warning, not a failure, without nightly).
 #   4. include/addcow.h, which every build regenerates, must equal the committed one.

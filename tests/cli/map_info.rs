@@ -197,3 +197,63 @@ fn info_reports_an_image_in_use_by_a_writer() {
     assert!(d.ok(&["info", "o.add-cow"]).contains("in use: yes"));
     writer.close().unwrap();
 }
+
+#[test]
+fn map_of_a_chain_equals_qemu_img_map_of_the_qcow2_chain() {
+    let d = Dir::new();
+    d.base("base.raw", 1 << 20, 1536 << 10);
+    d.ok(&[
+        "create",
+        "-l",
+        "2",
+        "-b",
+        "base.raw",
+        "-o",
+        "mid.raw",
+        "mid.add-cow",
+    ]);
+    d.ok(&[
+        "create",
+        "-l",
+        "2",
+        "-b",
+        "mid.add-cow",
+        "-F",
+        "add-cow",
+        "-o",
+        "top.raw",
+        "top.add-cow",
+        "2M",
+    ]);
+    let qcow2 = |name: &str, data: &str, backing: &str, format: &str, size: &str| {
+        let opts = format!("data_file={data},cluster_size=65536");
+        d.qemu(
+            "qemu-img",
+            &[
+                "create", "-q", "-f", "qcow2", "-o", &opts, "-b", backing, "-F", format, name, size,
+            ],
+        );
+    };
+    qcow2("mid.qcow2", "mid.data", "base.raw", "raw", "1536K");
+    qcow2("top.qcow2", "top.data", "mid.qcow2", "qcow2", "2M");
+    for (image, offset, len, pattern) in [
+        ("mid", 128 << 10, 64 << 10, 5),
+        ("top", 0, 4096, 6),
+        ("top", 1400 << 10, 300 << 10, 7),
+    ] {
+        d.write(&format!("{image}.add-cow"), offset, len, pattern);
+        let w = format!("write -P {pattern} {offset} {len}");
+        d.qemu(
+            "qemu-io",
+            &["-f", "qcow2", "-c", &w, &format!("{image}.qcow2")],
+        );
+    }
+    let ours = comparable(d.json(&["map", "--output=json", "top.add-cow"]));
+    let theirs = d.qemu("qemu-img", &["map", "--output=json", "top.qcow2"]);
+    assert_eq!(ours, comparable(serde_json::from_str(&theirs).unwrap()));
+    assert!(ours.iter().any(|e| e["depth"] == 2) && ours.iter().any(|e| e["depth"] == 1));
+    let human = d.ok(&["map", "top.add-cow"]);
+    for file in ["top.raw", "mid.raw", "base.raw"] {
+        assert!(human.contains(file), "{file} not in\n{human}");
+    }
+}

@@ -124,7 +124,7 @@ pub fn resolve(path: &Path, name: &[u8]) -> PathBuf {
 }
 
 /// The backing file's format: the header's (layout 2), else probed from its first bytes.
-fn backing_format(header: &Header, path: &Path) -> BackingFormat {
+pub fn backing_format(header: &Header, path: &Path) -> BackingFormat {
     if let Some(f) = header.backing_format {
         return f;
     }

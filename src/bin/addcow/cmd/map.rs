@@ -9,7 +9,7 @@
 
 use crate::fail::{on, Failure, Outcome};
 use crate::output::Format;
-use addcow::{Backing, Image, OpenOptions};
+use addcow::{Backing, BackingFormat, Image, OpenOptions};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -31,6 +31,9 @@ pub struct Args {
     /// The `.add-cow` file.
     file: PathBuf,
 }
+
+/// The deepest chain whose file names human output looks up (the library's own limit).
+const MAX_DEPTH: usize = 16;
 
 /// One entry of `qemu-img map --output=json`.
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
@@ -74,11 +77,11 @@ pub fn run(a: Args) -> Outcome {
         Some(n) => a.start_offset.saturating_add(n).min(image.size()),
         None => image.size(),
     };
-    let top = image_file_name(path)?;
+    let names = file_names(path)?;
     let mut entries: Vec<Entry> = Vec::new();
     let mut pos = a.start_offset.min(end);
     while pos < end {
-        let e = extent(&image, &top, 0, pos, end - pos).map_err(on(path))?;
+        let e = extent(&image, &names, 0, pos, end - pos).map_err(on(path))?;
         pos += e.length;
         match entries.last_mut() {
             Some(last) if last.continued_by(&e) => last.length += e.length,
@@ -93,17 +96,38 @@ pub fn run(a: Args) -> Outcome {
     Ok(0)
 }
 
-/// The image file's name as the user would find it (for human output).
-fn image_file_name(path: &Path) -> Result<String, Failure> {
-    let header = super::info::header(path)?;
-    Ok(super::info::resolve(path, &header.image_file)
-        .display()
-        .to_string())
+/// The file that each depth of the chain reads data from, as the user would find it (for human
+/// output): the image file of each add-cow image, then the raw backing file.
+fn file_names(path: &Path) -> Result<Vec<String>, Failure> {
+    let (mut names, mut path) = (Vec::new(), path.to_path_buf());
+    loop {
+        let header = super::info::header(&path)?;
+        names.push(super::info::resolve(&path, &header.image_file));
+        let Some(backing) = header.backing_file.as_deref() else {
+            break;
+        };
+        let full = super::info::resolve(&path, backing);
+        match super::info::backing_format(&header, &full) {
+            BackingFormat::AddCow if names.len() < MAX_DEPTH => path = full,
+            _ => {
+                names.push(full);
+                break;
+            }
+        }
+    }
+    Ok(names.iter().map(|n| n.display().to_string()).collect())
 }
 
-/// The first run of bytes from `offset` (at most `len`) in one state, for `image` at `depth`
-/// whose image file is `file`.
-fn extent(image: &Image, file: &str, depth: u32, offset: u64, len: u64) -> addcow::Result<Entry> {
+/// The first run of bytes from `offset` (at most `len`) in one state, for `image` at `depth`;
+/// `names[depth]` is its image file.
+fn extent(
+    image: &Image,
+    names: &[String],
+    depth: u32,
+    offset: u64,
+    len: u64,
+) -> addcow::Result<Entry> {
+    let file = names.get(depth as usize).map_or("", String::as_str);
     let s = image.block_status(offset, len)?;
     let entry = |depth, present, zero, file: &str| Entry {
         start: offset,
@@ -120,21 +144,21 @@ fn extent(image: &Image, file: &str, depth: u32, offset: u64, len: u64) -> addco
         return Ok(entry(depth, true, s.zero, file));
     }
     match (s.zero, image.backing()) {
-        (false, Some(backing)) => {
-            let below = backing_extent(backing, depth + 1, offset, s.len)?;
-            Ok(below)
-        }
+        (false, Some(backing)) => backing_extent(backing, names, depth + 1, offset, s.len),
         _ => Ok(entry(depth, false, true, file)),
     }
 }
 
 /// [`extent`] in a backing file: data or holes of a raw file, or the next add-cow image.
-fn backing_extent(b: &Backing, depth: u32, offset: u64, len: u64) -> addcow::Result<Entry> {
+fn backing_extent(
+    b: &Backing,
+    names: &[String],
+    depth: u32,
+    offset: u64,
+    len: u64,
+) -> addcow::Result<Entry> {
     match b {
-        Backing::AddCow(image) => {
-            let name = format!("backing file at depth {depth}");
-            extent(image, &name, depth, offset, len)
-        }
+        Backing::AddCow(image) => extent(image, names, depth, offset, len),
         Backing::Raw { storage, name } => {
             let err = |e| addcow::Error::Invalid(format!("find data in {name}: {e}"));
             let data = storage.next_data(offset).map_err(err)?;
@@ -152,20 +176,10 @@ fn backing_extent(b: &Backing, depth: u32, offset: u64, len: u64) -> addcow::Res
                 data: !zero,
                 compressed: false,
                 offset: Some(offset),
-                file: raw_name(name),
+                file: names.get(depth as usize).cloned().unwrap_or_default(),
             })
         }
     }
-}
-
-/// The file name inside a library description such as `backing file './base.raw'`, without
-/// the `./` of a name relative to the current directory.
-fn raw_name(described: &str) -> String {
-    let name = match described.split_once('\'') {
-        Some((_, rest)) => rest.trim_end_matches('\''),
-        None => described,
-    };
-    name.strip_prefix("./").unwrap_or(name).to_owned()
 }
 
 /// One entry per line, as qemu-img prints them.
