@@ -257,3 +257,41 @@ fn map_of_a_chain_equals_qemu_img_map_of_the_qcow2_chain() {
         assert!(human.contains(file), "{file} not in\n{human}");
     }
 }
+
+#[test]
+fn create_confine_refuses_names_outside_the_directory() {
+    let d = Dir::new();
+    std::fs::create_dir(d.path("vm")).unwrap();
+    d.base("base.raw", 4096, 1 << 20);
+    let r = d.run(&[
+        "create",
+        "--confine",
+        "-b",
+        "../base.raw",
+        "-o",
+        "img.raw",
+        "vm/o.add-cow",
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.starts_with("addcow: vm/o.add-cow: "),
+        "{}",
+        r.stderr
+    );
+    assert!(!d.path("vm/o.add-cow").exists());
+    // Without --confine the name is stored as given and resolves against vm/.
+    d.ok(&[
+        "create",
+        "-b",
+        "../base.raw",
+        "-o",
+        "img.raw",
+        "vm/o.add-cow",
+    ]);
+    let info = d.json(&["info", "--output=json", "vm/o.add-cow"]);
+    assert_eq!(info["backing-filename"], "../base.raw");
+    assert_eq!(info["full-backing-filename"], "vm/../base.raw");
+    let r = d.run(&["create", "-o", "x.raw", "x.add-cow", "12Q"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("invalid size '12Q'"), "{}", r.stderr);
+}
