@@ -5,9 +5,8 @@
 
 mod common;
 use addcow::{BackingFormat, CreateOptions, Image, OpenOptions};
-use common::{assert_err, qemu_tool, ro, rw, Rng};
+use common::{assert_err, qemu, ro, rw, Rng};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const K64: u64 = 65536;
 
@@ -34,24 +33,6 @@ fn noise(rng: &mut Rng, len: u64) -> Vec<u8> {
     (0..len)
         .map(|i| (rng.next() >> 56) as u8 ^ (i % 251) as u8)
         .collect()
-}
-
-/// Runs a command; panics with its output unless it exits 0.
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {text}",
-        out.status
-    );
-    text
 }
 
 /// `(offset, len, pattern)` writes: random, some unaligned, some across clusters.
@@ -101,7 +82,6 @@ fn allocation_counts_clusters() {
 
 #[test]
 fn detach_leaves_the_disk_the_guest_saw() {
-    let compare = qemu_tool("qemu-img");
     for (layout, cluster, remove) in [(1, K64, true), (2, 4096, true), (2, K64, false)] {
         let dir = tempfile::tempdir().unwrap();
         let mut rng = Rng::new(u64::from(layout) * 1000 + cluster);
@@ -134,10 +114,12 @@ fn detach_leaves_the_disk_the_guest_saw() {
         assert_eq!(meta.exists(), !remove, "layout {layout}");
         let expected = dir.path().join("expected.raw");
         std::fs::write(&expected, &seen).unwrap();
-        run(Command::new(&compare)
-            .args(["compare", "-f", "raw", "-F", "raw"])
-            .arg(dir.path().join("img.raw"))
-            .arg(&expected));
+        qemu::run(
+            qemu::command("qemu-img", dir.path())
+                .args(["compare", "-f", "raw", "-F", "raw"])
+                .arg(dir.path().join("img.raw"))
+                .arg(&expected),
+        );
     }
 }
 
@@ -170,31 +152,26 @@ fn commit_oracle(
     std::fs::write(d.join("base.raw"), &base).unwrap();
     std::fs::write(d.join("qbase.raw"), &base).unwrap();
     let meta = create(d, layout, cluster, size, Some("base.raw"));
-    run(Command::new(qemu_tool("qemu-img"))
-        .args(["create", "-q", "-f", "qcow2", "-o"])
-        .arg(format!("data_file=data.raw,cluster_size={cluster}"))
-        .args(["-b", "qbase.raw", "-F", "raw", "overlay.qcow2"])
-        .arg(size.to_string())
-        .current_dir(d));
+    qemu::create_overlay(d, "qbase.raw", cluster, size);
     let ops = writes(&mut rng, span, cluster, 25);
     let img = Image::open(&meta, &rw()).unwrap();
-    let mut io = Command::new(qemu_tool("qemu-io"));
-    io.current_dir(d).args(["-f", "qcow2"]);
+    let mut io = qemu::command("qemu-io", d);
+    io.args(["-f", "qcow2"]);
     for &(offset, len, p) in &ops {
         img.write_at(offset, &vec![p; len as usize]).unwrap();
         io.arg("-c").arg(format!("write -P {p} {offset} {len}"));
     }
-    run(io.arg("overlay.qcow2"));
+    qemu::run(io.arg("overlay.qcow2"));
     let before = read_all(&img);
     img.close().unwrap();
 
     addcow::commit(&meta, &OpenOptions::default(), empty).unwrap();
-    let mut qcommit = Command::new(qemu_tool("qemu-img"));
-    qcommit.current_dir(d).args(["commit", "-q", "-f", "qcow2"]);
+    let mut qcommit = qemu::command("qemu-img", d);
+    qcommit.args(["commit", "-q", "-f", "qcow2"]);
     if !empty {
         qcommit.arg("-d");
     }
-    run(qcommit.arg("overlay.qcow2"));
+    qemu::run(qcommit.arg("overlay.qcow2"));
     let ours = std::fs::read(d.join("base.raw")).unwrap();
     let theirs = std::fs::read(d.join("qbase.raw")).unwrap();
     let what = format!("layout {layout}, cluster {cluster}, base {base_len}, size {size}");

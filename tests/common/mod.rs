@@ -4,6 +4,7 @@
 
 pub mod disk;
 pub mod harness;
+pub mod qemu;
 pub mod workloads;
 
 /// xorshift64*: small, deterministic, good enough for workloads.
@@ -42,18 +43,6 @@ impl Rng {
             v.swap(i, self.below(i as u64 + 1) as usize);
         }
     }
-}
-
-/// The path of a QEMU tool (`qemu-img`, `qemu-io`) from the machine's qemu-utils. QEMU's tools
-/// are the oracle of these tests: a missing tool fails the test, it never skips it.
-pub fn qemu_tool(name: &str) -> std::path::PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("{name} is not on PATH: install qemu-utils (apt-get install qemu-utils)")
-        })
 }
 
 /// Open options: read-write.
