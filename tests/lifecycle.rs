@@ -5,7 +5,7 @@
 
 mod common;
 use addcow::{BackingFormat, CreateOptions, Image, OpenOptions};
-use common::{assert_err, qemu, ro, rw, Rng};
+use common::{assert_err, qemu, read_all, ro, rw, Rng};
 use std::path::{Path, PathBuf};
 
 const K64: u64 = 65536;
@@ -47,12 +47,6 @@ fn writes(rng: &mut Rng, size: u64, cluster: u64, n: usize) -> Vec<(u64, u64, u8
             (offset, len, (i * 37 % 254 + 1) as u8)
         })
         .collect()
-}
-
-fn read_all(img: &Image) -> Vec<u8> {
-    let mut buf = vec![0u8; img.size() as usize];
-    img.read_at(0, &mut buf).unwrap();
-    buf
 }
 
 #[test]

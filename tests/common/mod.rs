@@ -58,6 +58,13 @@ pub fn ro() -> addcow::OpenOptions {
     addcow::OpenOptions::default()
 }
 
+/// Everything the image reads, `0..size`.
+pub fn read_all(img: &addcow::Image) -> Vec<u8> {
+    let mut buf = vec![0u8; img.size() as usize];
+    img.read_at(0, &mut buf).unwrap();
+    buf
+}
+
 /// Asserts the error's errno and that its message contains every one of `words`.
 #[track_caller]
 pub fn assert_err<T>(result: Result<T, addcow::Error>, errno: i32, words: &[&str]) {
