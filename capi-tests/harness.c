@@ -231,6 +231,16 @@ int create_img(const char *meta, const char *image_file, const char *backing, ui
     return addcow_create(meta, &o);
 }
 
+int make_overlay(const char *dir, char *meta, uint64_t blen, uint32_t seed, uint64_t size)
+{
+    char base[PATH_MAX];
+    pj(meta, dir, "img.add-cow");
+    pj(base, dir, "base.raw");
+    TRY(write_pat_file(base, blen, seed));
+    CHECK_OK(create_img(meta, "img.raw", "base.raw", size));
+    return T_PASS;
+}
+
 int cmp_bytes(const uint8_t *got, const uint8_t *want, size_t len, uint64_t base,
               const char *what)
 {
