@@ -241,6 +241,17 @@ int make_overlay(const char *dir, char *meta, uint64_t blen, uint32_t seed, uint
     return T_PASS;
 }
 
+int file_is(const char *path, const uint8_t *want, size_t len, const char *what)
+{
+    size_t got_len = 0;
+    uint8_t *got = read_whole(path, &got_len);
+    CHECKF(got != NULL && got_len == len, "%s (%s) is %zu bytes, want %zu", what, path, got_len,
+           len);
+    int rc = cmp_bytes(got, want, len, 0, what);
+    free(got);
+    return rc;
+}
+
 int cmp_bytes(const uint8_t *got, const uint8_t *want, size_t len, uint64_t base,
               const char *what)
 {

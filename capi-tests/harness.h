@@ -117,6 +117,8 @@ int make_overlay(const char *dir, char *meta, uint64_t blen, uint32_t seed, uint
 /* Compares `len` bytes; on a mismatch prints the first differing offset (base + i). */
 int cmp_bytes(const uint8_t *got, const uint8_t *want, size_t len, uint64_t base,
               const char *what);
+/* The file at `path` must hold exactly the `len` bytes of `want`. */
+int file_is(const char *path, const uint8_t *want, size_t len, const char *what);
 /* Reads [off, off+len) through the library and compares. */
 int read_expect(AddCowImage *img, uint64_t off, const uint8_t *want, size_t len,
                 const char *what);

@@ -72,11 +72,7 @@ int case_hydrate_basic(const char *dir)
     CHECK_OK(addcow_hydrate(img, 0, HY_SIZE, &done));
     CHECK_RC(done, 0);
     CHECK_OK(addcow_close(img));
-    size_t len = 0;
-    uint8_t *file = read_whole(raw, &len);
-    CHECK(file != NULL && len == HY_SIZE);
-    TRY(cmp_bytes(file, want, HY_SIZE, 0, "the raw image file"));
-    free(file);
+    TRY(file_is(raw, want, HY_SIZE, "the raw image file"));
     free(want);
     return T_PASS;
 }
@@ -234,11 +230,7 @@ int case_hydrate_job_with_writers(const char *dir)
     TRY(all_allocated(img, size));
     TRY(read_expect(img, 0, want, size, "after the job and the writers"));
     CHECK_OK(addcow_close(img));
-    size_t len = 0;
-    uint8_t *file = read_whole(raw, &len);
-    CHECK(file != NULL && len == size);
-    TRY(cmp_bytes(file, want, size, 0, "the raw image file"));
-    free(file);
+    TRY(file_is(raw, want, size, "the raw image file"));
     free(want);
     return T_PASS;
 }
