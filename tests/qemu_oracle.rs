@@ -18,8 +18,8 @@
 
 mod common;
 use addcow::layout::Header;
-use addcow::{BackingFormat, CreateOptions, Image, OpenOptions};
-use common::{qemu, Rng};
+use addcow::{Image, OpenOptions};
+use common::{create_img, qemu, Rng};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -447,24 +447,8 @@ fn run_workload(w: &Workload, dir: &Path, cov: &mut Coverage) -> Vec<String> {
 
     // A backing file where (nearly) every byte differs from its neighbours and no byte
     // pattern repeats at cluster distance.
-    let base: Vec<u8> = (0..w.base_len)
-        .map(|i| (rng.next() >> 56) as u8 ^ (i % 251) as u8)
-        .collect();
-    std::fs::write(&p.base, &base).unwrap();
-
-    addcow::create(
-        &p.meta,
-        &CreateOptions {
-            image_file: PathBuf::from("img.raw"),
-            backing_file: Some(PathBuf::from("base.raw")),
-            backing_format: BackingFormat::Raw,
-            size: w.size,
-            layout: w.layout,
-            cluster_size: w.cluster,
-            ..CreateOptions::default()
-        },
-    )
-    .unwrap_or_else(|e| panic!("seed {}: addcow::create: {e}", w.seed));
+    std::fs::write(&p.base, rng.noise(w.base_len)).unwrap();
+    create_img(dir, w.layout, w.cluster, w.size, Some("base.raw"));
     qemu::create_overlay(dir, "base.raw", w.cluster, w.size);
 
     let mut size = w.size;

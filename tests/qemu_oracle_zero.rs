@@ -18,10 +18,10 @@
 //! reached the disk. The image size and BASE's length are multiples of 512 (qcow2's sizes).
 
 mod common;
-use addcow::{CreateOptions, Image, OpenOptions, ZeroFlags};
-use common::{qemu, Rng};
+use addcow::{Image, OpenOptions, ZeroFlags};
+use common::{create_img, qemu, Rng};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const CS: u64 = 65536;
 
@@ -178,17 +178,7 @@ fn workload(
         .map(|_| (rng.next() >> 56) as u8 | 1)
         .collect();
     std::fs::write(dir.join("base.raw"), &base).unwrap();
-    let meta = dir.join("img.add-cow");
-    addcow::create(
-        &meta,
-        &CreateOptions {
-            image_file: PathBuf::from("img.raw"),
-            backing_file: Some(PathBuf::from("base.raw")),
-            size,
-            ..CreateOptions::default()
-        },
-    )
-    .unwrap();
+    let meta = create_img(dir, 1, CS, size, Some("base.raw"));
     qemu::create_overlay(dir, "base.raw", CS, size);
     let rw = OpenOptions {
         writable: true,

@@ -38,11 +38,44 @@ impl Rng {
         self.next() % n
     }
 
+    /// `len` bytes that differ from their neighbours and never repeat at cluster distance.
+    pub fn noise(&mut self, len: u64) -> Vec<u8> {
+        (0..len)
+            .map(|i| (self.next() >> 56) as u8 ^ (i % 251) as u8)
+            .collect()
+    }
+
     pub fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {
             v.swap(i, self.below(i as u64 + 1) as usize);
         }
     }
+}
+
+/// Creates `dir/img.add-cow` (image file `img.raw`) of `size` bytes, layout `layout` with
+/// `cluster`-byte clusters, over the raw file `backing` (a name in `dir`) if any.
+pub fn create_img(
+    dir: &std::path::Path,
+    layout: u32,
+    cluster: u64,
+    size: u64,
+    backing: Option<&str>,
+) -> std::path::PathBuf {
+    let meta = dir.join("img.add-cow");
+    addcow::create(
+        &meta,
+        &addcow::CreateOptions {
+            image_file: "img.raw".into(),
+            backing_file: backing.map(Into::into),
+            backing_format: addcow::BackingFormat::Raw,
+            size,
+            layout,
+            cluster_size: cluster,
+            ..addcow::CreateOptions::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("create {}: {e}", meta.display()));
+    meta
 }
 
 /// Open options: read-write.
