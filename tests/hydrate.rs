@@ -10,7 +10,7 @@ use addcow::{
     create, Backing, CreateOptions, HydrateJob, HydrateOptions, Image, JobState, OpenOptions,
     Outcome, Parts,
 };
-use common::{assert_err, Rng};
+use common::{assert_err, read_all, Rng};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -80,12 +80,6 @@ impl Mem {
         self.data.read_at(&mut v, 0).unwrap();
         v
     }
-}
-
-fn read_all(img: &Image) -> Vec<u8> {
-    let mut v = vec![0; img.size() as usize];
-    img.read_at(0, &mut v).unwrap();
-    v
 }
 
 fn allocated(img: &Image) -> Vec<bool> {

@@ -1,7 +1,7 @@
 //! `addcow_check`: checking and repairing an image's files from C, with the findings behind an
 //! opaque result.
 
-use super::boundary::{bad_arg, c_str, ffi};
+use super::boundary::{bad_arg, c_str, ffi, store_handle};
 use crate::engine::{check, CheckReport, Severity};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, CString, OsStr};
@@ -71,31 +71,29 @@ pub unsafe extern "C" fn addcow_check(
     out: *mut *mut AddCowCheckResult,
 ) -> c_int {
     ffi("addcow_check", || {
-        if out.is_null() {
-            return Err(bad_arg("out is NULL"));
-        }
-        // SAFETY: non-NULL and writable per the caller; cleared so that failure leaves NULL.
-        unsafe { out.write(std::ptr::null_mut()) };
-        if flags & !ADDCOW_CHECK_REPAIR != 0 {
-            return Err(bad_arg(&format!(
-                "unknown check flags {:#x}",
-                flags & !ADDCOW_CHECK_REPAIR
-            )));
-        }
-        // SAFETY: the caller's guarantee.
-        let path = Path::new(OsStr::from_bytes(
-            unsafe { c_str(path, "path")? }.to_bytes(),
-        ));
-        let report = check(path, flags & ADDCOW_CHECK_REPAIR != 0)?;
-        let messages = report
-            .findings
-            .iter()
-            .map(|f| CString::new(f.message.replace('\0', "\\0")).unwrap_or_default())
-            .collect();
-        let code = report.exit_code();
-        let result = Box::new(AddCowCheckResult { report, messages });
-        // SAFETY: as above.
-        unsafe { out.write(Box::into_raw(result)) };
+        let mut code = 0;
+        let run = || {
+            if flags & !ADDCOW_CHECK_REPAIR != 0 {
+                return Err(bad_arg(&format!(
+                    "unknown check flags {:#x}",
+                    flags & !ADDCOW_CHECK_REPAIR
+                )));
+            }
+            // SAFETY: the caller's guarantee.
+            let path = Path::new(OsStr::from_bytes(
+                unsafe { c_str(path, "path")? }.to_bytes(),
+            ));
+            let report = check(path, flags & ADDCOW_CHECK_REPAIR != 0)?;
+            let messages = report
+                .findings
+                .iter()
+                .map(|f| CString::new(f.message.replace('\0', "\\0")).unwrap_or_default())
+                .collect();
+            code = report.exit_code();
+            Ok(AddCowCheckResult { report, messages })
+        };
+        // SAFETY: the caller's guarantee on `out`, forwarded.
+        unsafe { store_handle(out, run) }?;
         Ok(code)
     })
 }
