@@ -18,6 +18,7 @@
     CASE(create_size_resizes_existing) \
     CASE(create_size0_existing_image) \
     CASE(create_size0_from_backing) \
+    CASE(create_size0_exact) \
     CASE(create_size0_from_addcow_backing) \
     CASE(create_size0_missing_image) \
     CASE(create_replaces_meta) \
@@ -147,5 +148,11 @@
     DIRECT_CASE(zero_discard) \
     CASE(zero_args) \
     CASE(zero_host_io_fallback) \
+    CASE(core_begin_zero) \
+    CASE(core_all_allocated) \
+    CASE(core_set_backing_file) \
+    CASE(set_backing_file) \
+    CASE(core_reload) \
+    CASE(create_io) \
 
 #endif

@@ -181,6 +181,54 @@ int case_create_size0_existing_image(const char *dir)
     return T_PASS;
 }
 
+/* ADDCOW_CREATE_SIZE_EXACT: 0 is the size, over an existing image file, a backing file and
+ * both layouts; the empty image opens, reads and writes nothing, and grows. */
+int case_create_size0_exact(const char *dir)
+{
+    char meta[PATH_MAX], raw[PATH_MAX], base[PATH_MAX];
+    pj(meta, dir, "img.add-cow");
+    pj(raw, dir, "img.raw");
+    pj(base, dir, "base.raw");
+    TRY(write_pat_file(base, 3 * CL, 1));
+    for (uint32_t layout = 1; layout <= 2; layout++) {
+        for (int existing = 0; existing < 2; existing++) {
+            unlink(raw);
+            if (existing)
+                TRY(write_pat_file(raw, 2 * CL, 9));
+            AddCowCreateOptions o = create_opts("img.raw", "base.raw", 0);
+            o.layout = layout;
+            o.flags = ADDCOW_CREATE_SIZE_EXACT;
+            CHECK_OK(addcow_create(meta, &o));
+            CHECK_RC(file_len(raw), 0);
+            CHECK_RC(file_len(meta), layout == 1 ? (long long)HDR : 65536);
+            AddCowImage *img = NULL;
+            CHECK_OK(addcow_open(meta, ADDCOW_OPEN_RDWR, &img));
+            CHECK_RC(addcow_get_length(img), 0);
+            CHECK_RC(addcow_pwrite(img, 0, "x", 1), -EINVAL);
+            uint64_t n = 7;
+            CHECK_RC(addcow_is_allocated(img, 0, 1, &n), 0);
+            CHECK(n == 0);
+            CHECK_OK(addcow_truncate(img, CL));
+            uint8_t want[64];
+            memset(want, 0, sizeof want);
+            TRY(read_expect(img, 0, want, sizeof want, "grown: zeros, never backing data"));
+            CHECK_OK(addcow_close(img));
+        }
+    }
+    /* Without the flag, 0 still takes the backing file's length. */
+    unlink(raw);
+    CHECK_OK(create_img(meta, "img.raw", "base.raw", 0));
+    CHECK_RC(file_len(raw), 3 * CL);
+    /* Without a backing file or an image file, the flag alone says how large. */
+    unlink(raw);
+    AddCowCreateOptions o = create_opts("img.raw", NULL, 0);
+    CHECK_RC(addcow_create(meta, &o), -ENOENT);
+    o.flags = ADDCOW_CREATE_SIZE_EXACT;
+    CHECK_OK(addcow_create(meta, &o));
+    CHECK_RC(file_len(raw), 0);
+    return T_PASS;
+}
+
 int case_create_size0_from_backing(const char *dir)
 {
     char meta[PATH_MAX], raw[PATH_MAX], base[PATH_MAX];
@@ -397,8 +445,10 @@ int case_create_flags(const char *dir)
     char meta[PATH_MAX];
     pj(meta, dir, "img.add-cow");
     AddCowCreateOptions o = create_opts("img.raw", NULL, CL);
-    /* Bit 0 is ADDCOW_CREATE_CONFINE; every other bit is unknown. */
-    const uint32_t bad[] = {1u << 1, 1u << 2, 0x100, 0x80000000u, ADDCOW_CREATE_CONFINE | 1u << 3};
+    /* Bits 0 and 1 are ADDCOW_CREATE_CONFINE and ADDCOW_CREATE_SIZE_EXACT; every other bit is
+     * unknown. */
+    const uint32_t bad[] = {1u << 2, 0x100, 0x80000000u, ADDCOW_CREATE_CONFINE | 1u << 3,
+                            ADDCOW_CREATE_SIZE_EXACT | 1u << 4};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         o.flags = bad[i];
         CHECKF(addcow_create(meta, &o) == -EINVAL, "flags %#x accepted", bad[i]);

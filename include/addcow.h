@@ -117,6 +117,13 @@
 #define ADDCOW_CREATE_CONFINE (1 << 0)
 
 /**
+ * Create flag: `size` is the virtual size even when it is 0: the image file is created if
+ * missing and resized to `size`, so 0 makes an empty image (`qemu-img create IMG 0`). Without
+ * it, a `size` of 0 takes the size from the image file or the backing file.
+ */
+#define ADDCOW_CREATE_SIZE_EXACT (1 << 1)
+
+/**
  * Compatible feature bit 0 of layout 2 (`addcow_header_compatible_features`): every cluster
  * is allocated, so the image file alone is the disk and the backing file is not needed.
  */
@@ -309,6 +316,8 @@
  */
 #define MAX_BATCH (64 << 20)
 
+
+
 /**
  * The findings of one `addcow_check`. Opaque: read it with `addcow_check_count` and
  * `addcow_check_finding`, free it with `addcow_check_free`.
@@ -354,6 +363,13 @@ typedef struct AddCowCheckResult AddCowCheckResult;
  *   image file → `addcow_core_writeback_write` → flush the `.add-cow` file →
  *   `addcow_core_writeback_end` with `durable` = all of it succeeded. The image data is
  *   durable before any bit that points at it; pages not durable are written again next time.
+ *   `addcow_core_writeback_write` only writes (QEMU's "flush to OS"); the host's flush of
+ *   the `.add-cow` file is the "flush to disk", so the host's block layer sees it, and an
+ *   error injected there (QEMU's blkdebug `flush_to_disk`) ends the write-back with
+ *   `durable` = 0: the pages stay dirty and the flush fails. QEMU: `bdrv_co_flush_to_os` runs
+ *   the whole sequence, flushing the data child and `bs->file` with `bdrv_co_flush` (the
+ *   generic flush of `bs->file` after it then has nothing left to do); layout 2 adds
+ *   `addcow_core_set_all_allocated` at its end.
  * - **Size**: the size given at open, for the core's life. To resize, close the core, resize
  *   with `addcow_open_io` and `addcow_truncate`, and open a new core.
  */
@@ -418,9 +434,9 @@ typedef struct AddCowCreateOptions {
    */
   const char *backing_fmt;
   /**
-   * Above 0: the image file is created if missing and resized to `size`. 0: the image file
-   * must exist and gives the size, or, missing with a backing file, is created with its
-   * length.
+   * Above 0 (or with `ADDCOW_CREATE_SIZE_EXACT`): the image file is created if missing and
+   * resized to `size`. 0: the image file must exist and gives the size, or, missing with a
+   * backing file, is created with its length.
    */
   uint64_t size;
   /**
@@ -827,6 +843,25 @@ void addcow_check_free(struct AddCowCheckResult *r);
 int addcow_create(const char *path, const struct AddCowCreateOptions *opts);
 
 /**
+ * Creates the `.add-cow` file through the host's I/O (a non-local protocol): writes the header
+ * `opts` describes and an all-unallocated bitmap for an image of exactly `opts->size` bytes (0
+ * too; `ADDCOW_CREATE_SIZE_EXACT` is implied), then flushes. The host creates and sizes the
+ * image file itself, and checks the backing file; nothing but `meta` is touched. `meta`
+ * needs `preadv`, `pwritev`, `flush` and `get_length`; with `truncate` the file is cut to
+ * zero and grown to its length (the bitmap reads zeros, sparse where the host can), without
+ * it zeros are written over the bitmap. The header is written last: a crash before the flush
+ * leaves no add-cow header, never one over a stale bitmap. 0, or -EINVAL (NULL arguments, a
+ * missing callback, `ADDCOW_CREATE_CONFINE`: the host resolves names, what no layout allows),
+ * -ENOTSUP (an unknown layout), -EFBIG (above `ADDCOW_MAX_SIZE`), or the host's -errno.
+ *
+ * # Safety
+ * `meta` is NULL or a valid table whose callbacks may be called during the call; `opts` is
+ * NULL or points at `opts->struct_size` readable bytes whose string fields are NULL or
+ * NUL-terminated.
+ */
+int addcow_create_io(const struct AddCowIo *meta, const struct AddCowCreateOptions *opts);
+
+/**
  * Reads and validates the header of the `.add-cow` file at `path` without opening the files
  * it names. 0 with a new header in `*out`, or -errno (NULL stored) as for `addcow_open`.
  *
@@ -1087,8 +1122,9 @@ int addcow_commit(const char *path, uint32_t flags);
 /**
  * Opens the mapping core of an image whose files the host owns: reads and validates the
  * header through `meta` (the `.add-cow` file; `preadv` and `get_length` are required,
- * `pwritev` too for `ADDCOW_OPEN_RDWR`; `flush` and `truncate` are never called: the host
- * flushes the `.add-cow` file itself). `size` is the image file's length (the virtual size).
+ * `pwritev` too for `ADDCOW_OPEN_RDWR`; `truncate` is never called, and `flush` only by the
+ * header rewrites `addcow_core_set_all_allocated` and `addcow_core_set_backing_file`: the host
+ * flushes the `.add-cow` file itself after a bitmap write-back). `size` is the image file's length (the virtual size).
  * `opts` NULL means read-only; only `ADDCOW_OPEN_RDWR` and `bitmap_cache_size` apply, and the
  * other flags give -EINVAL (the host does what they do). No backing data until
  * `addcow_core_set_backing_length`: unallocated clusters map as zeros. The table is copied;
@@ -1178,6 +1214,28 @@ int addcow_core_begin_write(struct AddCowCore *core,
                             struct AddCowWriteStep *step);
 
 /**
+ * The next step of zeroing (write-zeroes, discard) the whole clusters `offset..offset +
+ * bytes` (`offset` a cluster start; the end a cluster end or the image end), in `*step` as
+ * for `addcow_core_begin_write`: IN_PLACE (make those `len` bytes of the image file read
+ * zeros), ALLOCATE (a transaction whose head and tail are empty: make `cluster_start..
+ * cluster_end` of the image file read zeros — punch a hole, zero the range or write zeros —
+ * then [writethrough: flush the image file] `addcow_core_commit`, or `addcow_core_abort` on
+ * failure: the clusters become allocated without any copy from the backing file), or BUSY.
+ * The same claims as writes: a write and a zeroing of one cluster never overlap. The host
+ * handles partial clusters at either end as writes of zeros (`addcow_core_begin_write`).
+ * 0, or -errno with `*step` zeroed (except `struct_size`) as for `addcow_core_begin_write`,
+ * and -EINVAL also for a range that is not whole clusters.
+ *
+ * # Safety
+ * `core` is NULL or a live core; `step` is NULL or points at `step->struct_size` writable
+ * bytes.
+ */
+int addcow_core_begin_zero(struct AddCowCore *core,
+                           uint64_t offset,
+                           uint64_t bytes,
+                           struct AddCowWriteStep *step);
+
+/**
  * Marks the transaction's clusters allocated and releases them: call it once the image file
  * holds `cluster_start..cluster_end` (written, and in writethrough flushed). Consumes `txn`,
  * also on failure: then every cluster of it stays unallocated (run the write again). 0,
@@ -1258,6 +1316,85 @@ int addcow_core_writeback_write(struct AddCowCore *core, struct AddCowWriteBack 
  * this returned -EINVAL.
  */
 int addcow_core_writeback_end(struct AddCowCore *core, struct AddCowWriteBack *wb, int durable);
+
+/**
+ * Whether every cluster is allocated (lives in the image file): 1, or 0, or -errno (-EINVAL
+ * for NULL, the host's -errno reading bitmap pages). Cheap when asked repeatedly: each answer
+ * resumes the scan where the last one found an unallocated cluster; layout 2 with its "all
+ * allocated" bit answers 1 without reading. A host that sets the bit asks this *before*
+ * `addcow_core_writeback_begin` (see `addcow_core_set_all_allocated`).
+ *
+ * # Safety
+ * `core` is NULL or a live core.
+ */
+int addcow_core_is_fully_allocated(struct AddCowCore *core);
+
+/**
+ * Layout 2's "all allocated" header bit (`ADDCOW_COMPAT_ALL_ALLOCATED`): while set, lookups
+ * answer DATA without the bitmap and the backing file is not needed. Call it at the end of
+ * the flush sequence with `on` = what `addcow_core_is_fully_allocated` answered before
+ * `addcow_core_writeback_begin` of a write-back that ended durable (so every bit it saw is
+ * durable before the header says so); 0 when it answered 0, which also rewrites a field
+ * whose last write failed. Writes the 8-byte feature field alone (one sector-atomic write)
+ * through `meta`'s `pwritev`, then calls `meta`'s `flush` (this and
+ * `addcow_core_set_backing_file` are the only calls that flush the `.add-cow` file: the
+ * order of a header change cannot be left to the host). Nothing is written when the field
+ * already says `on`, and always for layout 1, which has no such bit. 0, or -EPERM (read-only
+ * core: only when there is something to write), -EBUSY (beside `addcow_core_set_backing_file`
+ * or `addcow_core_reload`), -EBADF (`meta` has no `flush`), or the host's -errno: then the
+ * bit keeps its old value in memory, and the next call writes the field again.
+ *
+ * # Safety
+ * `core` is NULL or a live core.
+ */
+int addcow_core_set_all_allocated(struct AddCowCore *core, int on);
+
+/**
+ * Makes the header name `name` (format `format`: NULL or "raw", or "add-cow") as the backing
+ * file; NULL or "" `name` removes the backing file (stream and commit jobs' end). Only the
+ * header changes: attach the new backing data with `addcow_core_set_backing_length`. Crash-
+ * safe: layout 2 writes the new name into unused bytes of the header's name area, flushes
+ * `meta`, then switches the offset, size and format fields in one write inside the first
+ * sector and flushes again: a crash leaves the old or the new header. Layout 1 (which stores
+ * no format: `format` is only checked) overwrites its fixed name field in one write, atomic
+ * while both names are at most 500 bytes; longer, a crash may tear the name. 0, or -EPERM
+ * (read-only core), -EINVAL (NULL core; a name with more bytes than the layout holds, the
+ * image file's own name in layout 2, or no unused run of the name area long enough for it;
+ * an unknown format), -EBUSY (beside another header rewrite), -EBADF (`meta` has no
+ * `flush`), or the host's -errno: then the file names the old or the new backing file (call
+ * again), and the core the old one.
+ *
+ * # Safety
+ * `core` is NULL or a live core; `name` and `format` are NULL or NUL-terminated.
+ */
+int addcow_core_set_backing_file(struct AddCowCore *core, const char *name, const char *format);
+
+/**
+ * As `addcow_core_set_backing_file`, on an open image (read-write): waits for the writes and
+ * flushes in flight, as `addcow_truncate` does. The image keeps reading the backing file it
+ * opened: the new one is opened by the next `addcow_open`.
+ *
+ * # Safety
+ * `img` is NULL or a live handle; `name` and `format` are NULL or NUL-terminated.
+ */
+int addcow_set_backing_file(struct AddCowImage *img, const char *name, const char *format);
+
+/**
+ * Drops the core's cached metadata and reads the header again (QEMU's invalidate-cache:
+ * another process, e.g. a migration source, wrote the `.add-cow` file since the core was
+ * opened): bitmap pages are read again on demand; names, feature bits and the "all
+ * allocated" state come from the file as it is now. Run it with no write, zeroing or
+ * write-back in flight and none starting (lookups beside it see the old or the new state);
+ * the size, and the `.add-cow` file's length as `get_length` gave it at open, stay the core's
+ * (after a resize elsewhere, open a new core). 0, or -EBUSY (a transaction or write-back open, dirty bitmap
+ * pages: flush first; or beside another header rewrite), -EINVAL (NULL; a header on disk
+ * with another cluster size: open a new core), or the host's -errno; on failure the core is
+ * as it was.
+ *
+ * # Safety
+ * `core` is NULL or a live core.
+ */
+int addcow_core_reload(struct AddCowCore *core);
 
 /**
  * Opens the `.add-cow` file at `path` and the files its header names (relative names resolve

@@ -104,6 +104,18 @@ impl Bitmap {
         Some(WriteBack { ticket, pages })
     }
 
+    /// Drops every page from memory, as evictions, when all are clean and no write-back is in
+    /// flight; `false` (nothing dropped) otherwise. The pages are read again on demand: for a
+    /// store that someone else changed. The caller guarantees that no bit is set meanwhile.
+    pub(crate) fn drop_all_clean(&self) -> bool {
+        let set = lock(&self.unsynced.set);
+        if !set.is_empty() || self.unsynced.in_flight.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        self.table.retain_below(0);
+        true
+    }
+
     /// Ends `wb`, whose copies all reached the store: its pages turn clean unless bits were
     /// set in them since. Panics if `wb` was not taken from this bitmap.
     pub(crate) fn writeback_done(&self, wb: WriteBack) {

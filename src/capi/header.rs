@@ -3,8 +3,8 @@
 
 use super::boundary::{c_str, ffi, store_handle};
 use super::host::{AddCowIo, HostStorage, Needs, META};
-use crate::engine::read_header;
 use crate::error::{Error, Result};
+use crate::mapping::read_header;
 use crate::storage::{open_path, Access, FileStorage};
 use std::ffi::{c_char, c_int, CString, OsStr};
 use std::os::unix::ffi::OsStrExt;

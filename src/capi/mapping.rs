@@ -15,8 +15,8 @@ use super::open::{
 };
 use super::versioned::{self, Versioned};
 use super::ADDCOW_MAX_SIZE;
-use crate::engine::read_header;
 use crate::error::{Error, Result};
+use crate::mapping::read_header;
 use crate::mapping::{Begin, Core, CoreOptions, Kind, Step, Txn, WriteBack};
 use std::ffi::c_int;
 use std::mem::size_of;
@@ -83,10 +83,17 @@ pub const ADDCOW_BUSY: c_int = 1;
 ///   image file → `addcow_core_writeback_write` → flush the `.add-cow` file →
 ///   `addcow_core_writeback_end` with `durable` = all of it succeeded. The image data is
 ///   durable before any bit that points at it; pages not durable are written again next time.
+///   `addcow_core_writeback_write` only writes (QEMU's "flush to OS"); the host's flush of
+///   the `.add-cow` file is the "flush to disk", so the host's block layer sees it, and an
+///   error injected there (QEMU's blkdebug `flush_to_disk`) ends the write-back with
+///   `durable` = 0: the pages stay dirty and the flush fails. QEMU: `bdrv_co_flush_to_os` runs
+///   the whole sequence, flushing the data child and `bs->file` with `bdrv_co_flush` (the
+///   generic flush of `bs->file` after it then has nothing left to do); layout 2 adds
+///   `addcow_core_set_all_allocated` at its end.
 /// - **Size**: the size given at open, for the core's life. To resize, close the core, resize
 ///   with `addcow_open_io` and `addcow_truncate`, and open a new core.
 pub struct AddCowCore {
-    core: Core,
+    pub(super) core: Core,
     /// Transactions and write-backs handed out and not ended yet.
     open_handles: AtomicUsize,
 }
@@ -207,7 +214,7 @@ impl AddCowCore {
 
 /// # Safety
 /// `core` is NULL or a live core.
-unsafe fn core_ref<'a>(core: *mut AddCowCore) -> Result<&'a AddCowCore> {
+pub(super) unsafe fn core_ref<'a>(core: *mut AddCowCore) -> Result<&'a AddCowCore> {
     // SAFETY: the caller's guarantee; NULL is refused.
     unsafe { core.as_ref() }.ok_or_else(|| bad_arg("core is NULL"))
 }
@@ -259,8 +266,9 @@ fn core_options(o: &AddCowOpenOptions) -> Result<CoreOptions> {
 
 /// Opens the mapping core of an image whose files the host owns: reads and validates the
 /// header through `meta` (the `.add-cow` file; `preadv` and `get_length` are required,
-/// `pwritev` too for `ADDCOW_OPEN_RDWR`; `flush` and `truncate` are never called: the host
-/// flushes the `.add-cow` file itself). `size` is the image file's length (the virtual size).
+/// `pwritev` too for `ADDCOW_OPEN_RDWR`; `truncate` is never called, and `flush` only by the
+/// header rewrites `addcow_core_set_all_allocated` and `addcow_core_set_backing_file`: the host
+/// flushes the `.add-cow` file itself after a bitmap write-back). `size` is the image file's length (the virtual size).
 /// `opts` NULL means read-only; only `ADDCOW_OPEN_RDWR` and `bitmap_cache_size` apply, and the
 /// other flags give -EINVAL (the host does what they do). No backing data until
 /// `addcow_core_set_backing_length`: unallocated clusters map as zeros. The table is copied;
@@ -297,7 +305,8 @@ pub unsafe extern "C" fn addcow_core_open(
                  ({ADDCOW_MAX_SIZE} bytes, 64 PiB)"
             )));
         }
-        // The core never flushes or resizes the `.add-cow` file: the host flushes it.
+        // The core never resizes the `.add-cow` file, and flushes it only in header rewrites
+        // (which give EBADF without a flush callback): the host flushes write-backs.
         let needs = match opts.writable {
             true => Needs::ReadWrite,
             false => Needs::Read,
@@ -468,6 +477,33 @@ fn write_step(core: &AddCowCore, begin: Begin<Step>) -> AddCowWriteStep {
     }
 }
 
+/// Runs `begin` on the core and stores the step in the caller's `*step` (zeroed but for
+/// `struct_size` on failure).
+///
+/// # Safety
+/// `core` is NULL or a live core; `step` is NULL or points at `step->struct_size` writable
+/// bytes.
+unsafe fn begin_step(
+    core: *mut AddCowCore,
+    step: *mut AddCowWriteStep,
+    begin: impl FnOnce(&Core) -> Result<Begin<Step>>,
+) -> Result<c_int> {
+    // SAFETY: the caller's guarantee.
+    let core = unsafe { core_ref(core)? };
+    if step.is_null() {
+        return Err(bad_arg("step is NULL"));
+    }
+    // SAFETY: non-NULL, its struct_size readable per the caller.
+    let size = unsafe { versioned::caller_size(step)? };
+    let (value, ret) = match begin(&core.core) {
+        Ok(begin) => (write_step(core, begin), Ok(0)),
+        Err(e) => (zero_step(), Err(e)),
+    };
+    // SAFETY: `size` writable bytes per the caller, checked against MIN_SIZE.
+    unsafe { versioned::write(step, size, &value) };
+    ret
+}
+
 /// The next step of a guest write of `bytes` bytes at `offset`, in `*step` (see
 /// `AddCowWriteStep`): IN_PLACE (write `len` bytes to the image file), ALLOCATE (run the
 /// transaction `txn` over `len` bytes: see `AddCowCore` for the order), or BUSY (retry once
@@ -489,20 +525,36 @@ pub unsafe extern "C" fn addcow_core_begin_write(
     step: *mut AddCowWriteStep,
 ) -> c_int {
     ffi("addcow_core_begin_write", || {
-        // SAFETY: the caller's guarantee.
-        let core = unsafe { core_ref(core)? };
-        if step.is_null() {
-            return Err(bad_arg("step is NULL"));
-        }
-        // SAFETY: non-NULL, its struct_size readable per the caller.
-        let size = unsafe { versioned::caller_size(step)? };
-        let (value, ret) = match core.core.begin_write(offset, bytes) {
-            Ok(begin) => (write_step(core, begin), Ok(0)),
-            Err(e) => (zero_step(), Err(e)),
-        };
-        // SAFETY: `size` writable bytes per the caller, checked against MIN_SIZE.
-        unsafe { versioned::write(step, size, &value) };
-        ret
+        // SAFETY: the caller's guarantees, forwarded.
+        unsafe { begin_step(core, step, |c| c.begin_write(offset, bytes)) }
+    })
+}
+
+/// The next step of zeroing (write-zeroes, discard) the whole clusters `offset..offset +
+/// bytes` (`offset` a cluster start; the end a cluster end or the image end), in `*step` as
+/// for `addcow_core_begin_write`: IN_PLACE (make those `len` bytes of the image file read
+/// zeros), ALLOCATE (a transaction whose head and tail are empty: make `cluster_start..
+/// cluster_end` of the image file read zeros — punch a hole, zero the range or write zeros —
+/// then [writethrough: flush the image file] `addcow_core_commit`, or `addcow_core_abort` on
+/// failure: the clusters become allocated without any copy from the backing file), or BUSY.
+/// The same claims as writes: a write and a zeroing of one cluster never overlap. The host
+/// handles partial clusters at either end as writes of zeros (`addcow_core_begin_write`).
+/// 0, or -errno with `*step` zeroed (except `struct_size`) as for `addcow_core_begin_write`,
+/// and -EINVAL also for a range that is not whole clusters.
+///
+/// # Safety
+/// `core` is NULL or a live core; `step` is NULL or points at `step->struct_size` writable
+/// bytes.
+#[no_mangle]
+pub unsafe extern "C" fn addcow_core_begin_zero(
+    core: *mut AddCowCore,
+    offset: u64,
+    bytes: u64,
+    step: *mut AddCowWriteStep,
+) -> c_int {
+    ffi("addcow_core_begin_zero", || {
+        // SAFETY: the caller's guarantees, forwarded.
+        unsafe { begin_step(core, step, |c| c.begin_zero(offset, bytes)) }
     })
 }
 

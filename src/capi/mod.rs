@@ -27,6 +27,7 @@ mod hydrate;
 mod iov;
 mod lifecycle;
 mod mapping;
+mod metadata;
 mod open;
 mod versioned;
 mod zero;
@@ -38,7 +39,10 @@ pub use check::{
     ADDCOW_CHECK_LEAKS_FIXED, ADDCOW_CHECK_NOTE, ADDCOW_CHECK_REPAIR, ADDCOW_CHECK_REPAIRED,
     ADDCOW_CHECK_TOTAL_CLUSTERS,
 };
-pub use create::{addcow_create, AddCowCreateOptions, ADDCOW_CREATE_CONFINE};
+pub use create::{
+    addcow_create, addcow_create_io, AddCowCreateOptions, ADDCOW_CREATE_CONFINE,
+    ADDCOW_CREATE_SIZE_EXACT,
+};
 pub use header::{
     addcow_header_backing_file, addcow_header_backing_format, addcow_header_bitmap_offset,
     addcow_header_cluster_size, addcow_header_compatible_features, addcow_header_free,
@@ -60,12 +64,17 @@ pub use lifecycle::{
     ADDCOW_COMMIT_EMPTY, ADDCOW_DETACH_REMOVE,
 };
 pub use mapping::{
-    addcow_core_abort, addcow_core_begin_write, addcow_core_close, addcow_core_commit,
-    addcow_core_generation, addcow_core_get_cluster_size, addcow_core_get_length, addcow_core_map,
-    addcow_core_open, addcow_core_set_backing_length, addcow_core_writeback_begin,
-    addcow_core_writeback_end, addcow_core_writeback_write, addcow_writeback_pages, AddCowCore,
-    AddCowTxn, AddCowWriteBack, AddCowWriteStep, ADDCOW_BUSY, ADDCOW_MAP_BACKING, ADDCOW_MAP_DATA,
-    ADDCOW_MAP_ZERO, ADDCOW_STEP_ALLOCATE, ADDCOW_STEP_BUSY, ADDCOW_STEP_IN_PLACE,
+    addcow_core_abort, addcow_core_begin_write, addcow_core_begin_zero, addcow_core_close,
+    addcow_core_commit, addcow_core_generation, addcow_core_get_cluster_size,
+    addcow_core_get_length, addcow_core_map, addcow_core_open, addcow_core_set_backing_length,
+    addcow_core_writeback_begin, addcow_core_writeback_end, addcow_core_writeback_write,
+    addcow_writeback_pages, AddCowCore, AddCowTxn, AddCowWriteBack, AddCowWriteStep, ADDCOW_BUSY,
+    ADDCOW_MAP_BACKING, ADDCOW_MAP_DATA, ADDCOW_MAP_ZERO, ADDCOW_STEP_ALLOCATE, ADDCOW_STEP_BUSY,
+    ADDCOW_STEP_IN_PLACE,
+};
+pub use metadata::{
+    addcow_core_is_fully_allocated, addcow_core_reload, addcow_core_set_all_allocated,
+    addcow_core_set_backing_file, addcow_set_backing_file,
 };
 pub use open::{
     addcow_open, addcow_open_ext, addcow_open_io, addcow_open_io_ext, AddCowOpenOptions,

@@ -33,8 +33,11 @@ pub struct CreateOptions {
     pub backing_format: BackingFormat,
     /// `> 0`: the image file is created if missing and resized to `size`.
     /// `0`: the image file must exist and gives the size, or, when it is missing and there is
-    /// a backing file, it is created with the backing file's length.
+    /// a backing file, it is created with the backing file's length (unless `exact_size`).
     pub size: u64,
+    /// `size` is the size even when it is 0: the image file is created if missing and resized
+    /// to `size`, as for any size above 0 (an empty image, as `qemu-img create IMG 0`).
+    pub exact_size: bool,
     /// The image and backing names (and every name down the backing chain) must resolve
     /// beneath the `.add-cow` file's directory (`EACCES` otherwise).
     pub confine: bool,
@@ -46,9 +49,14 @@ pub struct CreateOptions {
 }
 
 impl CreateOptions {
+    /// The options give the size (not the image file or the backing file).
+    fn sized(&self) -> bool {
+        self.size > 0 || self.exact_size
+    }
+
     /// The header these options describe (names, layout, cluster size); `EINVAL` or `ENOTSUP`
     /// for what no layout allows.
-    fn header(&self) -> Result<Header> {
+    pub(super) fn header(&self) -> Result<Header> {
         let image = bytes(&self.image_file);
         let backing = self.backing_file.as_deref().map(bytes);
         match self.layout {
@@ -115,6 +123,7 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<()> {
     let (image, created) = open_image(&dir, image_name, opts, backing_len.is_some(), &mut chain)?;
     let result = (|| {
         let size = match (opts.size, created) {
+            (size, _) if opts.exact_size => size,
             (0, false) => image
                 .storage
                 .len()
@@ -179,7 +188,7 @@ fn backing_len(
         chain,
     ) {
         Ok(b) => Ok(Some(b.size()?)),
-        Err(e) if e.errno() == libc::ENOENT && opts.size > 0 => Ok(None),
+        Err(e) if e.errno() == libc::ENOENT && opts.sized() => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -216,7 +225,7 @@ fn open_image(
     let mut access = Access::write(true, opts.confine);
     let (file, created) = match dir.open(name, access, &what) {
         Ok(file) => (file, false),
-        Err(e) if e.errno() == libc::ENOENT && opts.size == 0 && !has_backing => {
+        Err(e) if e.errno() == libc::ENOENT && !opts.sized() && !has_backing => {
             return Err(Error::io(
                 Op::Open,
                 &format!("{what} (no size or backing file was given to create it)"),

@@ -4,9 +4,11 @@
 #![forbid(unsafe_code)]
 
 mod backing;
+mod backing_name;
 mod check;
 mod commit;
 mod create;
+mod create_io;
 mod detach;
 mod files;
 mod hydrate;
@@ -22,6 +24,7 @@ pub use backing::Backing;
 pub use check::{check, CheckReport, Finding, Severity};
 pub use commit::commit;
 pub use create::{create, CreateOptions};
+pub use create_io::create_on;
 pub use detach::{detach, Allocation};
 pub use image::Image;
 pub use job::{HydrateJob, HydrateOptions, JobState, Outcome, Progress};

@@ -6,7 +6,8 @@ use super::check::check_bitmap_len;
 use super::files::{admit, open_named, Chain, LocalFile, Role, Use};
 use super::{Backing, Image};
 use crate::error::{Error, Op, Result};
-use crate::layout::{self, BackingFormat, Header, MAX_SIZE};
+use crate::layout::{self, BackingFormat, MAX_SIZE};
+pub use crate::mapping::read_header;
 use crate::mapping::{Core, CoreOptions};
 use crate::storage::{open_path, Access, Dir, Storage};
 use std::ffi::OsStr;
@@ -78,35 +79,6 @@ pub struct Parts {
     pub image: (Box<dyn Storage>, String),
     /// The backing source, if any.
     pub backing: Option<Backing>,
-}
-
-/// The first read of a header: every layout-1 header, and layout-2 headers of 4 KiB.
-const FIRST_READ: u64 = 4096;
-
-/// Reads and validates the header of a `.add-cow` file, e.g. to learn which files to open.
-/// `name` says which file it is in error messages.
-pub fn read_header(meta: &dyn Storage, name: &str) -> Result<Header> {
-    let len = meta
-        .len()
-        .map_err(|e| Error::io(Op::GetLength, name, 0, e))?;
-    let read = |n: u64| -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; n.min(len) as usize];
-        meta.read_at(&mut buf, 0)
-            .map_err(|e| Error::io(Op::ReadHeader, name, 0, e))?;
-        Ok(buf)
-    };
-    // The first 4 KiB hold a layout-1 header, or a layout-2 header of 4 KiB, or the start of
-    // a longer one that tells its length: one read, or two for a longer header.
-    let prefix = read(FIRST_READ)?;
-    let parsed = Header::len_of(&prefix).and_then(|n| match n <= prefix.len() {
-        true => Header::parse(&prefix[..n]),
-        false => Header::parse(&read(n as u64)?),
-    });
-    parsed.map_err(|e| match e {
-        Error::Invalid(msg) => Error::Invalid(format!("{name}: {msg}")),
-        Error::Unsupported(msg) => Error::Unsupported(format!("{name}: {msg}")),
-        other => other,
-    })
 }
 
 impl Image {

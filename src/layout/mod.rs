@@ -239,6 +239,83 @@ impl Header {
     }
 }
 
+/// The bytes of the header's start that [`Header::backing_rewrite`] reads from the file (the
+/// fixed fields of layout 2, where the names' offsets are).
+pub const REWRITE_PREFIX: usize = v2::FIXED;
+
+/// A sector: the unit a disk writes atomically.
+const SECTOR: u64 = 512;
+
+/// How to change the backing file a header names, in place and crash-safely, from
+/// [`Header::backing_rewrite`]. Durability order: write `name` (if any) and make it durable,
+/// then write `switch` and make it durable. Before `switch` lands the header reads as before
+/// (`name` went into bytes no field points at); `switch` is one write inside one sector when
+/// `atomic`, so the header then reads as before or as `header`, never torn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackingRewrite {
+    /// Layout 2: the new name, at an offset in the name area outside both names the header
+    /// points at now.
+    pub name: Option<(u64, Vec<u8>)>,
+    /// The write that switches to the new backing file: layout 2's offset, size and format
+    /// fields (bytes 4..60, the fields between written as they are); layout 1's name field,
+    /// as far as the longer of both names reaches. May be empty (layout 1, no name before or
+    /// after).
+    pub switch: (u64, Vec<u8>),
+    /// `switch` lies inside one sector: always for layout 2; for layout 1 when both names
+    /// end by byte 512 of the file (at most 500 bytes each).
+    pub atomic: bool,
+    /// The header afterwards.
+    pub header: Header,
+}
+
+impl Header {
+    /// The header with another backing file (`None`: none), checked as a new header of this
+    /// layout would be. Layout 1 stores no format: it is ignored.
+    pub fn with_backing(&self, backing: Option<(&[u8], BackingFormat)>) -> Result<Header> {
+        let backing = backing.filter(|(b, _)| !b.is_empty());
+        let mut header = match self.layout {
+            Layout::V1 => Header::new(&self.image_file, backing.map(|(b, _)| b))?,
+            Layout::V2 { cluster_bits, .. } => {
+                Header::new_v2(&self.image_file, backing, cluster_bits)?
+            }
+        };
+        header.layout = self.layout;
+        Ok(header)
+    }
+
+    /// The writes that make the file's header name `backing` instead (see [`BackingRewrite`]).
+    /// `prefix` is the file's first [`REWRITE_PREFIX`] bytes as they are now (layout 2 reads the
+    /// names' offsets there). `EINVAL` for a name the layout refuses, or (layout 2) when the
+    /// name area has no run of unused bytes long enough for the new name.
+    pub fn backing_rewrite(
+        &self,
+        prefix: &[u8],
+        backing: Option<(&[u8], BackingFormat)>,
+    ) -> Result<BackingRewrite> {
+        let header = self.with_backing(backing)?;
+        let new = header.backing_file.as_deref();
+        let (name, switch, atomic) = match self.layout {
+            Layout::V1 => {
+                let old = self.backing_file.as_ref().map_or(0, Vec::len);
+                let (at, field) = v1::backing_field(new, old);
+                let atomic = at + field.len() as u64 <= SECTOR;
+                (None, (at, field), atomic)
+            }
+            Layout::V2 { cluster_bits, .. } => {
+                let size = v2::header_size_for(cluster_bits);
+                let (name, switch) = v2::backing_rewrite(prefix, size, new, header.backing_format)?;
+                (name, switch, true)
+            }
+        };
+        Ok(BackingRewrite {
+            name,
+            switch,
+            atomic,
+            header,
+        })
+    }
+}
+
 /// A name: non-empty, without NUL bytes.
 fn check_name(what: &str, name: &[u8]) -> Result<()> {
     if name.is_empty() {

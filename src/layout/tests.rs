@@ -291,3 +291,119 @@ fn len_of_tells_the_header_length() {
     assert_eq!(Header::len_of(&v1[..v2::FIXED]).unwrap(), 2560);
     assert_eq!(Header::len_of(b"nope").unwrap_err().errno(), libc::EINVAL);
 }
+
+/// Applies a backing rewrite to a header's bytes: the name, then the switch.
+fn apply(bytes: &mut [u8], r: &BackingRewrite) {
+    for (at, b) in r.name.iter().chain([&r.switch]) {
+        bytes[*at as usize..*at as usize + b.len()].copy_from_slice(b);
+    }
+}
+
+#[test]
+fn v1_backing_rewrite_overwrites_the_field_as_far_as_the_longer_name() {
+    let h = Header::new(b"disk.raw", Some(b"a-rather-long-base.raw")).unwrap();
+    let mut bytes = h.to_bytes();
+    let r = h.backing_rewrite(
+        &bytes[..REWRITE_PREFIX],
+        Some((b"b.raw", BackingFormat::AddCow)),
+    );
+    let r = r.unwrap();
+    assert_eq!(
+        (r.name.clone(), r.switch.0, r.switch.1.len()),
+        (None, 12, 22)
+    );
+    assert!(r.atomic);
+    apply(&mut bytes, &r);
+    let parsed = Header::parse(&bytes).unwrap();
+    assert_eq!(parsed.backing_file.as_deref(), Some(&b"b.raw"[..]));
+    assert_eq!(parsed, r.header);
+    // Removing it; then names past the first sector are not atomic.
+    let none = r
+        .header
+        .backing_rewrite(&bytes[..REWRITE_PREFIX], None)
+        .unwrap();
+    apply(&mut bytes, &none);
+    assert_eq!(Header::parse(&bytes).unwrap().backing_file, None);
+    let long = none.header.backing_rewrite(
+        &bytes[..REWRITE_PREFIX],
+        Some((&[b'x'; 501], BackingFormat::Raw)),
+    );
+    assert!(!long.unwrap().atomic);
+    let at_most = none.header.backing_rewrite(
+        &bytes[..REWRITE_PREFIX],
+        Some((&[b'x'; 500], BackingFormat::Raw)),
+    );
+    assert!(at_most.unwrap().atomic);
+}
+
+#[test]
+fn v2_backing_rewrite_puts_the_name_beside_both_and_switches_in_the_first_sector() {
+    let mut h = Header::new_v2(b"disk.raw", Some((b"old.raw", BackingFormat::Raw)), 12).unwrap();
+    h.set_all_allocated(true);
+    let mut bytes = h.to_bytes();
+    let r = h
+        .backing_rewrite(
+            &bytes[..REWRITE_PREFIX],
+            Some((b"new.acow", BackingFormat::AddCow)),
+        )
+        .unwrap();
+    // After the image name (76..84) and the old backing name (84..91).
+    assert_eq!(r.name, Some((91, b"new.acow".to_vec())));
+    assert_eq!((r.switch.0, r.switch.1.len(), r.atomic), (4, 56, true));
+    let before = bytes.clone();
+    bytes[91..99].copy_from_slice(b"new.acow");
+    assert_eq!(
+        Header::parse(&bytes).unwrap(),
+        h,
+        "the name alone changes nothing"
+    );
+    apply(&mut bytes, &r);
+    let parsed = Header::parse(&bytes).unwrap();
+    assert_eq!(parsed, r.header);
+    assert_eq!(parsed.backing_file.as_deref(), Some(&b"new.acow"[..]));
+    assert_eq!(parsed.backing_format, Some(BackingFormat::AddCow));
+    assert!(parsed.all_allocated(), "the fields between are kept");
+    assert_eq!(bytes[12..44], before[12..44]);
+    // The next rename reuses the space in front of the current name once the old is gone.
+    let again = parsed
+        .backing_rewrite(
+            &bytes[..REWRITE_PREFIX],
+            Some((b"third", BackingFormat::Raw)),
+        )
+        .unwrap();
+    assert_eq!(again.name.as_ref().unwrap().0, 84);
+    apply(&mut bytes, &again);
+    assert_eq!(
+        Header::parse(&bytes).unwrap().backing_file.as_deref(),
+        Some(&b"third"[..])
+    );
+    let none = again
+        .header
+        .backing_rewrite(&bytes[..REWRITE_PREFIX], None)
+        .unwrap();
+    assert_eq!(none.name, None);
+    apply(&mut bytes, &none);
+    let parsed = Header::parse(&bytes).unwrap();
+    assert_eq!((parsed.backing_file, parsed.backing_format), (None, None));
+}
+
+#[test]
+fn v2_backing_rewrite_refusals() {
+    let h = Header::new_v2(b"disk.raw", Some((b"old", BackingFormat::Raw)), 12).unwrap();
+    let bytes = h.to_bytes();
+    let prefix = &bytes[..REWRITE_PREFIX];
+    let same = h.backing_rewrite(prefix, Some((b"disk.raw", BackingFormat::Raw)));
+    assert_eq!(same.unwrap_err().errno(), libc::EINVAL);
+    // 4020 bytes of name area: 8 + 3 taken; a new name fits beside both up to 4009 bytes.
+    let fits = h.backing_rewrite(prefix, Some((&[b'n'; 4009], BackingFormat::Raw)));
+    assert_eq!(fits.unwrap().name.unwrap().0, 87);
+    let e = h
+        .backing_rewrite(prefix, Some((&[b'n'; 4010], BackingFormat::Raw)))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("cannot be rewritten in place"),
+        "{e}"
+    );
+    let e = h.backing_rewrite(&[0; REWRITE_PREFIX], None).unwrap_err();
+    assert!(e.to_string().contains("not a layout-2 header"), "{e}");
+}

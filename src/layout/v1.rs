@@ -93,6 +93,16 @@ pub(super) fn to_bytes(h: &Header) -> Vec<u8> {
     buf
 }
 
+/// The write that replaces a backing name of `old` bytes with `new` in the name field: at
+/// byte 12, the new name and zeros, as far as the longer of both reaches (the bytes after it
+/// are zero already).
+pub(super) fn backing_field(new: Option<&[u8]>, old: usize) -> (u64, Vec<u8>) {
+    let new = new.unwrap_or_default();
+    let mut field = vec![0u8; new.len().max(old)];
+    field[..new.len()].copy_from_slice(new);
+    (BACKING_AT as u64, field)
+}
+
 /// A NUL-padded name: the bytes before the first NUL, which must come within the field.
 fn parse_name<'a>(what: &str, field: &'a [u8]) -> Result<&'a [u8]> {
     let end = field.iter().position(|&b| b == 0).ok_or_else(|| {

@@ -200,6 +200,67 @@ fn name<'a>(buf: &'a [u8], at: usize, size: usize, what: &str) -> Result<Option<
     Ok(Some(name))
 }
 
+/// The byte range of the name the offset/size pair at `at` of `prefix` points at (empty for
+/// none).
+fn name_range(prefix: &[u8], at: usize) -> std::ops::Range<usize> {
+    let off = u32_at(prefix, at) as usize;
+    off..off + u32_at(prefix, at + 4) as usize
+}
+
+/// Layout 2's backing rewrite (see `BackingRewrite`) for a header of `size` bytes whose fixed
+/// fields are `prefix`: the new name goes into the first run of the name area that overlaps
+/// neither name the header points at now; the switch rewrites bytes 4..60 (the backing
+/// offset and size, the fields between as `prefix` holds them, the backing format).
+#[allow(clippy::type_complexity)]
+pub(super) fn backing_rewrite(
+    prefix: &[u8],
+    size: usize,
+    new: Option<&[u8]>,
+    format: Option<BackingFormat>,
+) -> Result<(Option<(u64, Vec<u8>)>, (u64, Vec<u8>))> {
+    if prefix.len() < FIXED || !probe(prefix) {
+        return Err(Error::invalid(
+            "layout-2 header changed on disk: not a layout-2 header any more",
+        ));
+    }
+    let taken = [name_range(prefix, 12), name_range(prefix, 4)];
+    let mut switch = prefix[4..BACKING_FORMAT_AT + FORMAT_LEN].to_vec();
+    let put = |buf: &mut Vec<u8>, at: usize, bytes: &[u8]| {
+        buf[at - 4..at - 4 + bytes.len()].copy_from_slice(bytes)
+    };
+    put(&mut switch, BACKING_FORMAT_AT, &[0; FORMAT_LEN]);
+    let Some(new) = new else {
+        put(&mut switch, 4, &[0; 8]);
+        return Ok((None, (4, switch)));
+    };
+    let free = |r: &std::ops::Range<usize>| {
+        r.end <= size
+            && taken
+                .iter()
+                .all(|t| t.is_empty() || r.end <= t.start || t.end <= r.start)
+    };
+    let at = [FIXED, taken[0].end, taken[1].end]
+        .into_iter()
+        .map(|start| start..start + new.len())
+        .find(free)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "no {} unused bytes in the header's name area ({FIXED}..{size}) for the new \
+                 backing file name: it cannot be rewritten in place",
+                new.len()
+            ))
+        })?
+        .start;
+    put(&mut switch, 4, &(at as u32).to_le_bytes());
+    put(&mut switch, 8, &(new.len() as u32).to_le_bytes());
+    let format = format
+        .expect("a backing file has a format")
+        .name()
+        .as_bytes();
+    put(&mut switch, BACKING_FORMAT_AT, format);
+    Ok((Some((at as u64, new.to_vec())), (4, switch)))
+}
+
 /// A 16-byte format field: the bytes before its NUL, zero-padded after it.
 fn format_field<'a>(buf: &'a [u8], at: usize, what: &str) -> Result<&'a [u8]> {
     let field = &buf[at..at + FORMAT_LEN];

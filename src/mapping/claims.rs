@@ -56,6 +56,11 @@ impl Claims {
         Ok(Claim(clusters))
     }
 
+    /// Whether any cluster is claimed.
+    pub(crate) fn any(&self) -> bool {
+        !self.held().is_empty()
+    }
+
     /// Gives a claim back and moves the generation on.
     pub(crate) fn release(&self, claim: Claim) {
         let mut held = self.held();

@@ -31,15 +31,18 @@
 
 #![forbid(unsafe_code)]
 
+mod backing;
 mod claims;
 mod empty;
 mod features;
+mod header;
 mod resize;
 mod write;
 mod writeback;
 mod zero;
 
 pub use crate::bitmap::PAGE_COST;
+pub use header::read_header;
 pub use write::{Begin, Step, Txn};
 pub use writeback::WriteBack;
 
@@ -80,7 +83,14 @@ pub struct CoreOptions {
 pub struct Core {
     meta: Box<dyn Storage>,
     meta_name: String,
+    /// The header as opened. Its layout (cluster size, where the bitmap lives) never changes;
+    /// its names and feature bits may be outdated: `current` has them.
     header: Header,
+    /// The header as the metadata source holds it now: names as last rewritten
+    /// ([`Core::set_backing_file`]), as last read ([`Core::reload`]). Never locked across I/O.
+    current: std::sync::RwLock<Header>,
+    /// Excludes header rewrites from each other without waiting (`header.rs`).
+    header_lock: header::HeaderLock,
     /// The virtual size; changed only by the truncate steps.
     size: std::sync::atomic::AtomicU64,
     bitmap: Bitmap,
@@ -120,6 +130,8 @@ impl Core {
             meta,
             meta_name,
             bitmap: Bitmap::new(geometry.clusters(), opts.bitmap_cache_bytes),
+            current: header.clone().into(),
+            header_lock: header::HeaderLock::default(),
             header,
             claims: Claims::default(),
             backing_len: NO_BACKING.into(),
@@ -141,8 +153,12 @@ impl Core {
         Geometry::new(self.header.cluster_bits(), self.size())
     }
 
-    pub fn header(&self) -> &Header {
-        &self.header
+    /// The header as the metadata source holds it now (a copy).
+    pub fn header(&self) -> Header {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn is_writable(&self) -> bool {
