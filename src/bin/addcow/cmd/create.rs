@@ -71,6 +71,8 @@ pub fn run(a: Args) -> Outcome {
         confine: a.confine,
         layout: a.layout,
         cluster_size: a.cluster_size.unwrap_or(0),
+        // A SIZE given, even 0, is the size (qemu-img's rule); none: the backing file's.
+        exact_size: a.size.is_some(),
     };
     addcow::create(&a.file, &opts).map_err(on(&a.file))?;
     if !a.quiet {
