@@ -295,3 +295,20 @@ fn create_confine_refuses_names_outside_the_directory() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("invalid size '12Q'"), "{}", r.stderr);
 }
+
+/// qemu-img's size rule: no SIZE takes the backing file's, an explicit 0 is an empty image.
+#[test]
+fn create_size_zero_is_explicit_and_none_takes_the_backing_size() {
+    let d = Dir::new();
+    d.base("base.raw", 4096, 1 << 20);
+    d.ok(&["create", "-b", "base.raw", "-o", "a.raw", "a.add-cow"]);
+    assert_eq!(
+        d.json(&["info", "--output=json", "a.add-cow"])["virtual-size"],
+        1 << 20
+    );
+    d.ok(&["create", "-b", "base.raw", "-o", "z.raw", "z.add-cow", "0"]);
+    assert_eq!(
+        d.json(&["info", "--output=json", "z.add-cow"])["virtual-size"],
+        0
+    );
+}
