@@ -85,11 +85,25 @@ fn write_zeroes_whole_clusters_allocate_without_copy_and_stay_sparse() {
         "nothing else written"
     );
 
-    // Without MAY_UNMAP the zeroed space stays allocated in the image file (ZERO_RANGE).
+    // Without MAY_UNMAP the zeroed space stays allocated in the image file (ZERO_RANGE): the
+    // two holes get their blocks back (whether SEEK_DATA calls unwritten space data depends on
+    // the file system; its block count does not).
+    let disk = dir.path().join("disk.raw");
+    let before = allocated_bytes(&disk);
     let keep = ZeroFlags::default();
     img.write_zeroes(2 * CS, 2 * CS, keep).unwrap();
     assert_eq!(read(&img, 2 * CS, 2 * CS), vec![0u8; 2 * CS as usize]);
     assert!(status(&img, 2 * CS).0);
+    assert!(
+        allocated_bytes(&disk) >= before + 2 * CS,
+        "ZERO_RANGE keeps (allocates) the space: {before} -> {}",
+        allocated_bytes(&disk)
+    );
+}
+
+/// Bytes of storage the file holds (its block count).
+fn allocated_bytes(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(path).unwrap()) * 512
 }
 
 #[test]
