@@ -325,3 +325,39 @@ fn parts_of_2_mib_clusters_longer_than_a_cluster_are_written_in_pieces() {
         (true, 2 * m2 as u64)
     );
 }
+
+#[test]
+fn a_partial_last_cluster_counts_as_whole_and_its_last_block_is_freed() {
+    // 3 clusters and 1000 bytes: the last cluster and the file's last block are partial.
+    let size = 3 * CS + 1000;
+    for discard in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path(), size, size, &rw());
+        img.write_at(0, &vec![7u8; size as usize]).unwrap();
+        match discard {
+            true => img.discard(2 * CS, CS + 1000).unwrap(),
+            false => img.write_zeroes(2 * CS, CS + 1000, UNMAP).unwrap(),
+        }
+        assert_eq!(
+            read(&img, 2 * CS, CS + 1000),
+            vec![0u8; (CS + 1000) as usize]
+        );
+        assert_eq!(
+            status(&img, 2 * CS),
+            (true, true, CS + 1000),
+            "discard {discard}"
+        );
+        img.flush().unwrap();
+        assert_eq!(
+            data_bytes(&dir.path().join("disk.raw")),
+            2 * CS,
+            "discard {discard}: the last block was not freed"
+        );
+        assert_eq!(
+            std::fs::metadata(dir.path().join("disk.raw"))
+                .unwrap()
+                .len(),
+            size
+        );
+    }
+}
