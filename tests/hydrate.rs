@@ -540,3 +540,21 @@ fn hydrate_without_kernel_copy_writes_over_holes_and_keeps_zero_holes() {
         "the zero cluster stays a hole"
     );
 }
+
+/// `Outcome::Completed` means flushed: another open sees every bit while the image is still
+/// open and nobody flushed it (the test closed it before, which flushes anyway).
+#[test]
+fn a_completed_job_has_flushed_its_bits() {
+    let m = Mem::new(8 * CS, 8 * CS);
+    let img = Arc::new(m.rw());
+    let job = HydrateJob::start(img.clone(), &HydrateOptions::default()).unwrap();
+    assert_eq!(job.wait(None), Some(Outcome::Completed));
+    let other = m.open(&common::ro()).unwrap();
+    assert!(
+        allocated(&other).iter().all(|&a| a),
+        "{:?}",
+        allocated(&other)
+    );
+    assert_eq!(m.raw(), m.base());
+    drop(job);
+}
