@@ -145,16 +145,18 @@ impl Model {
         self.alloc[c] = true;
     }
 
-    /// Part of a cluster zeroed: a copy-on-write with zeros where it reads backing data.
+    /// Parts of clusters zeroed (a request without whole clusters may span two): a
+    /// copy-on-write with zeros where they read backing data or are allocated.
     fn zero_part(&mut self, offset: u64, len: u64) {
-        if len == 0 {
-            return;
+        let mut pos = offset;
+        while pos < offset + len {
+            let end = ((pos / CS + 1) * CS).min(offset + len);
+            let c = (pos / CS) as usize;
+            if self.alloc[c] || pos < self.backing.len() as u64 {
+                self.write(pos, &vec![0u8; (end - pos) as usize]);
+            }
+            pos = end;
         }
-        let c = (offset / CS) as usize;
-        if !self.alloc[c] && offset >= self.backing.len() as u64 {
-            return;
-        }
-        self.write(offset, &vec![0u8; len as usize]);
     }
 
     fn write_zeroes(&mut self, offset: u64, bytes: u64) {
@@ -431,8 +433,13 @@ fn read(img: &Image, offset: u64, len: u64) -> Result<Vec<u8>, i32> {
     Ok(buf)
 }
 
+/// The first byte where `got` and `want` differ (slices compare with `memcmp`, which is not
+/// instrumented; the byte loop only runs on a failure).
 fn first_difference(got: &[u8], want: &[u8]) -> Option<usize> {
-    got.iter().zip(want).position(|(g, w)| g != w)
+    match got == want {
+        true => None,
+        false => Some(got.iter().zip(want).position(|(g, w)| g != w).unwrap_or(0)),
+    }
 }
 
 /// Whole content and the allocation of every cluster (after the read's copy-on-read).
@@ -480,7 +487,7 @@ fn block_status(img: &Image, model: &Model, offset: u64, bytes: u64, when: &str)
     let run = &content[offset as usize..(offset + s.len) as usize];
     if s.zero {
         assert!(
-            run.iter().all(|&b| b == 0),
+            run == &vec![0u8; run.len()][..],
             "{when}: {s:?} does not read zeros"
         );
         if !s.allocated {
