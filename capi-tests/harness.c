@@ -231,6 +231,27 @@ int create_img(const char *meta, const char *image_file, const char *backing, ui
     return addcow_create(meta, &o);
 }
 
+int make_overlay(const char *dir, char *meta, uint64_t blen, uint32_t seed, uint64_t size)
+{
+    char base[PATH_MAX];
+    pj(meta, dir, "img.add-cow");
+    pj(base, dir, "base.raw");
+    TRY(write_pat_file(base, blen, seed));
+    CHECK_OK(create_img(meta, "img.raw", "base.raw", size));
+    return T_PASS;
+}
+
+int file_is(const char *path, const uint8_t *want, size_t len, const char *what)
+{
+    size_t got_len = 0;
+    uint8_t *got = read_whole(path, &got_len);
+    CHECKF(got != NULL && got_len == len, "%s (%s) is %zu bytes, want %zu", what, path, got_len,
+           len);
+    int rc = cmp_bytes(got, want, len, 0, what);
+    free(got);
+    return rc;
+}
+
 int cmp_bytes(const uint8_t *got, const uint8_t *want, size_t len, uint64_t base,
               const char *what)
 {

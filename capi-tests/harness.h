@@ -77,6 +77,12 @@ const char *errname(long long rc);
 
 #define CHECK_OK(expr) CHECK_RC(expr, 0)
 
+/* addcow_last_error() must contain `needle`. */
+#define CHECK_MSG(needle)                                                              \
+    CHECKF(strstr(addcow_last_error(), (needle)) != NULL,                              \
+           "addcow_last_error() \"%s\" does not mention \"%s\"", addcow_last_error(),  \
+           (needle))
+
 /* A helper returning T_PASS / T_FAIL. */
 #define TRY(expr)                                                                      \
     do {                                                                               \
@@ -103,10 +109,16 @@ int pread_file(const char *path, uint64_t off, void *buf, size_t len);
 /* addcow_create with the common fields; backing may be NULL. Returns the library's rc. */
 int create_img(const char *meta, const char *image_file, const char *backing, uint64_t size);
 AddCowCreateOptions create_opts(const char *image_file, const char *backing, uint64_t size);
+/* dir/base.raw (`blen` bytes of pattern `seed`) and dir/img.add-cow over it (image file img.raw,
+ * `size` bytes, 0: the backing file's length); the .add-cow path goes to `meta` (PATH_MAX
+ * bytes). Returns T_PASS / T_FAIL. */
+int make_overlay(const char *dir, char *meta, uint64_t blen, uint32_t seed, uint64_t size);
 
 /* Compares `len` bytes; on a mismatch prints the first differing offset (base + i). */
 int cmp_bytes(const uint8_t *got, const uint8_t *want, size_t len, uint64_t base,
               const char *what);
+/* The file at `path` must hold exactly the `len` bytes of `want`. */
+int file_is(const char *path, const uint8_t *want, size_t len, const char *what);
 /* Reads [off, off+len) through the library and compares. */
 int read_expect(AddCowImage *img, uint64_t off, const uint8_t *want, size_t len,
                 const char *what);

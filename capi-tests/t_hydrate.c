@@ -18,12 +18,8 @@ static int dummy_handle;
 /* Creates it in `dir` and fills `want` (HY_SIZE bytes) with what it reads. */
 static int hy_make(const char *dir, char *meta, char *raw, uint8_t *want)
 {
-    char base[PATH_MAX];
-    pj(meta, dir, "img.add-cow");
+    TRY(make_overlay(dir, meta, HY_BACKING, 1, HY_SIZE));
     pj(raw, dir, "img.raw");
-    pj(base, dir, "base.raw");
-    TRY(write_pat_file(base, HY_BACKING, 1));
-    CHECK_OK(create_img(meta, "img.raw", "base.raw", HY_SIZE));
     memset(want, 0, HY_SIZE);
     fill_pat(want, HY_BACKING, 1, 0);
     AddCowImage *img = NULL;
@@ -76,11 +72,7 @@ int case_hydrate_basic(const char *dir)
     CHECK_OK(addcow_hydrate(img, 0, HY_SIZE, &done));
     CHECK_RC(done, 0);
     CHECK_OK(addcow_close(img));
-    size_t len = 0;
-    uint8_t *file = read_whole(raw, &len);
-    CHECK(file != NULL && len == HY_SIZE);
-    TRY(cmp_bytes(file, want, HY_SIZE, 0, "the raw image file"));
-    free(file);
+    TRY(file_is(raw, want, HY_SIZE, "the raw image file"));
     free(want);
     return T_PASS;
 }
@@ -145,13 +137,9 @@ int case_hydrate_job(const char *dir)
  * leaves its handle usable. */
 int case_hydrate_job_control(const char *dir)
 {
-    char meta[PATH_MAX], raw[PATH_MAX], base[PATH_MAX];
+    char meta[PATH_MAX];
     const uint64_t size = 64 * CL;
-    pj(meta, dir, "img.add-cow");
-    pj(raw, dir, "img.raw");
-    pj(base, dir, "base.raw");
-    TRY(write_pat_file(base, size, 3));
-    CHECK_OK(create_img(meta, "img.raw", "base.raw", 0));
+    TRY(make_overlay(dir, meta, size, 3, 0));
     AddCowImage *img = NULL;
     CHECK_OK(addcow_open(meta, ADDCOW_OPEN_RDWR, &img));
     /* One cluster a second: it cannot finish while the test runs. */
@@ -176,8 +164,7 @@ int case_hydrate_job_control(const char *dir)
     addcow_job_free(job);
     /* A job still running when the image closes. */
     CHECK_OK(addcow_close(img));
-    TRY(write_pat_file(base, size, 3));
-    CHECK_OK(create_img(meta, "img.raw", "base.raw", 0));
+    TRY(make_overlay(dir, meta, size, 3, 0));
     CHECK_OK(addcow_open(meta, ADDCOW_OPEN_RDWR, &img));
     CHECK_OK(addcow_hydrate_start(img, &o, &job));
     CHECK_OK(addcow_close(img));
@@ -217,13 +204,10 @@ static void *writer_main(void *arg)
 /* Guest writes beside a job: the guest's data wins everywhere. */
 int case_hydrate_job_with_writers(const char *dir)
 {
-    char meta[PATH_MAX], raw[PATH_MAX], base[PATH_MAX];
+    char meta[PATH_MAX], raw[PATH_MAX];
     const uint64_t size = 48 * CL;
-    pj(meta, dir, "img.add-cow");
+    TRY(make_overlay(dir, meta, size, 4, 0));
     pj(raw, dir, "img.raw");
-    pj(base, dir, "base.raw");
-    TRY(write_pat_file(base, size, 4));
-    CHECK_OK(create_img(meta, "img.raw", "base.raw", 0));
     uint8_t *want = xmalloc(size);
     fill_pat(want, size, 4, 0);
     AddCowImage *img = NULL;
@@ -246,11 +230,7 @@ int case_hydrate_job_with_writers(const char *dir)
     TRY(all_allocated(img, size));
     TRY(read_expect(img, 0, want, size, "after the job and the writers"));
     CHECK_OK(addcow_close(img));
-    size_t len = 0;
-    uint8_t *file = read_whole(raw, &len);
-    CHECK(file != NULL && len == size);
-    TRY(cmp_bytes(file, want, size, 0, "the raw image file"));
-    free(file);
+    TRY(file_is(raw, want, size, "the raw image file"));
     free(want);
     return T_PASS;
 }
@@ -277,7 +257,7 @@ int case_hydrate_job_fails(const char *dir)
     AddCowJob *job = NULL;
     CHECK_OK(addcow_hydrate_start(img, NULL, &job));
     CHECK_RC(addcow_job_wait(job, -1), -ENOSPC);
-    CHECK(strstr(addcow_last_error(), "No space left") != NULL);
+    CHECK_MSG("No space left");
     AddCowJobProgress p = progress(job);
     CHECK_RC(p.state, ADDCOW_JOB_FAILED);
     CHECK_RC(p.error, -ENOSPC);

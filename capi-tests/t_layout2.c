@@ -247,8 +247,7 @@ int case_header_feature_bits(const char *dir)
     h = SENTINEL_HEADER;
     CHECK_RC(addcow_header_read(meta, &h), -ENOTSUP);
     CHECK(h == NULL);
-    CHECKF(strstr(addcow_last_error(), "incompatible feature bit 10") != NULL,
-           "addcow_last_error: \"%s\"", addcow_last_error());
+    CHECK_MSG("incompatible feature bit 10");
     CHECK_RC(addcow_open(meta, 0, &img), -ENOTSUP);
     CHECK(img == NULL);
     return T_PASS;

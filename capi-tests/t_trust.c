@@ -23,12 +23,6 @@ static int dummy_handle;
         CHECK_MSG(limit_);                                                             \
     } while (0)
 
-/* addcow_last_error() must contain `needle`. */
-#define CHECK_MSG(needle)                                                              \
-    CHECKF(strstr(addcow_last_error(), (needle)) != NULL,                              \
-           "addcow_last_error() \"%s\" does not mention \"%s\"", addcow_last_error(),  \
-           (needle))
-
 static AddCowOpenOptions open_opts(uint32_t flags)
 {
     AddCowOpenOptions o;
@@ -54,17 +48,6 @@ static int write_meta(const char *path, const char *image, const char *backing, 
     return r;
 }
 
-/* base.raw (2 clusters, seed 1) and img.add-cow over it (image file img.raw). */
-static int make_overlay(const char *dir, char *meta)
-{
-    char base[PATH_MAX];
-    pj(meta, dir, "img.add-cow");
-    pj(base, dir, "base.raw");
-    TRY(write_pat_file(base, 2 * CL, 1));
-    CHECK_OK(create_img(meta, "img.raw", "base.raw", 0));
-    return T_PASS;
-}
-
 /* Whether `img` accepts a write (1) or refuses it with -EPERM (0); anything else fails. */
 static int writable(AddCowImage *img, int *out)
 {
@@ -80,7 +63,7 @@ static int writable(AddCowImage *img, int *out)
 int case_open_ext_null_opts(const char *dir)
 {
     char meta[PATH_MAX];
-    TRY(make_overlay(dir, meta));
+    TRY(make_overlay(dir, meta, 2 * CL, 1, 0));
     AddCowImage *img = SENTINEL;
     CHECK_OK(addcow_open_ext(meta, NULL, &img)); /* NULL: the defaults, read-only */
     CHECK(img != NULL && img != SENTINEL);
@@ -110,7 +93,7 @@ int case_open_ext_null_opts(const char *dir)
 int case_open_ext_flags(const char *dir)
 {
     char meta[PATH_MAX], raw[PATH_MAX];
-    TRY(make_overlay(dir, meta));
+    TRY(make_overlay(dir, meta, 2 * CL, 1, 0));
     pj(raw, dir, "img.raw");
     AddCowImage *img = NULL;
     int w = -1;
@@ -163,7 +146,7 @@ int case_open_ext_flags(const char *dir)
 int case_open_ext_struct_size_small(const char *dir)
 {
     char meta[PATH_MAX];
-    TRY(make_overlay(dir, meta));
+    TRY(make_overlay(dir, meta, 2 * CL, 1, 0));
     const uint32_t bad[] = {0, 1, 4, 7};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         AddCowOpenOptions o = open_opts(ADDCOW_OPEN_RDWR);
@@ -211,7 +194,7 @@ static void put_u32(uint8_t *p, size_t off, uint32_t v)
 int case_open_ext_struct_size_older(const char *dir)
 {
     char meta[PATH_MAX];
-    TRY(make_overlay(dir, meta));
+    TRY(make_overlay(dir, meta, 2 * CL, 1, 0));
     const size_t older = offsetof(AddCowOpenOptions, bitmap_cache_size);
     CHECK(older == 8);
     struct guarded g;
@@ -233,7 +216,7 @@ int case_open_ext_struct_size_older(const char *dir)
 int case_open_ext_struct_size_larger(const char *dir)
 {
     char meta[PATH_MAX];
-    TRY(make_overlay(dir, meta));
+    TRY(make_overlay(dir, meta, 2 * CL, 1, 0));
     const size_t ours = sizeof(AddCowOpenOptions), big = ours + 16;
     struct guarded g;
     uint8_t *p = guarded_alloc(&g, big);
@@ -265,7 +248,7 @@ int case_open_ext_struct_size_larger(const char *dir)
 int case_lock_rdwr_excludes(const char *dir)
 {
     char meta[PATH_MAX];
-    TRY(make_overlay(dir, meta));
+    TRY(make_overlay(dir, meta, 2 * CL, 1, 0));
     AddCowImage *img = NULL, *other;
     CHECK_OK(addcow_open(meta, ADDCOW_OPEN_RDWR, &img));
     uint8_t data[300];
@@ -305,7 +288,7 @@ int case_lock_rdwr_excludes(const char *dir)
 int case_lock_readers_share(const char *dir)
 {
     char meta[PATH_MAX];
-    TRY(make_overlay(dir, meta));
+    TRY(make_overlay(dir, meta, 2 * CL, 1, 0));
     AddCowImage *r1 = NULL, *r2 = NULL, *w = SENTINEL;
     CHECK_OK(addcow_open(meta, 0, &r1));
     CHECK_OK(addcow_open(meta, 0, &r2));
@@ -408,7 +391,7 @@ int case_lock_backing_chain(const char *dir)
 int case_lock_force_share(const char *dir)
 {
     char meta[PATH_MAX];
-    TRY(make_overlay(dir, meta));
+    TRY(make_overlay(dir, meta, 2 * CL, 1, 0));
     AddCowImage *w = NULL, *peek = NULL, *x = SENTINEL;
     CHECK_OK(addcow_open(meta, ADDCOW_OPEN_RDWR, &w));
     uint8_t data[200];
@@ -446,7 +429,7 @@ int case_lock_force_share(const char *dir)
 int case_lock_create_busy(const char *dir)
 {
     char meta[PATH_MAX], raw[PATH_MAX], other[PATH_MAX], new_raw[PATH_MAX];
-    TRY(make_overlay(dir, meta));
+    TRY(make_overlay(dir, meta, 2 * CL, 1, 0));
     pj(raw, dir, "img.raw");
     pj(other, dir, "other.add-cow");
     pj(new_raw, dir, "new.raw");
@@ -564,7 +547,7 @@ static AddCowIo fd_io(struct fdio *f)
 int case_lock_open_io_locks_nothing(const char *dir)
 {
     char meta[PATH_MAX], raw[PATH_MAX], base[PATH_MAX];
-    TRY(make_overlay(dir, meta));
+    TRY(make_overlay(dir, meta, 2 * CL, 1, 0));
     pj(raw, dir, "img.raw");
     pj(base, dir, "base.raw");
     struct fdio fm = {open(meta, O_RDWR | O_CLOEXEC)}, fi = {open(raw, O_RDWR | O_CLOEXEC)},
@@ -802,7 +785,7 @@ int case_efbig_create(const char *dir)
 int case_efbig_truncate(const char *dir)
 {
     char meta[PATH_MAX], raw[PATH_MAX];
-    TRY(make_overlay(dir, meta));
+    TRY(make_overlay(dir, meta, 2 * CL, 1, 0));
     pj(raw, dir, "img.raw");
     AddCowImage *img = NULL;
     CHECK_OK(addcow_open(meta, ADDCOW_OPEN_RDWR, &img));
@@ -834,7 +817,7 @@ int case_special_files(const char *dir)
 {
     alarm(60);
     char meta[PATH_MAX], raw[PATH_MAX], fifo[PATH_MAX], sub[PATH_MAX];
-    TRY(make_overlay(dir, meta));
+    TRY(make_overlay(dir, meta, 2 * CL, 1, 0));
     pj(raw, dir, "img.raw");
     pj(fifo, dir, "pipe.add-cow");
     pj(sub, dir, "dir.raw");

@@ -10,12 +10,9 @@
 /* base.raw of `blen` bytes (seed 1) and img.add-cow of `size` bytes over it, opened rw. */
 static int setup(const char *dir, uint64_t blen, uint64_t size, char *raw, AddCowImage **img)
 {
-    char meta[PATH_MAX], base[PATH_MAX];
-    pj(meta, dir, "img.add-cow");
+    char meta[PATH_MAX];
+    TRY(make_overlay(dir, meta, blen, 1, size));
     pj(raw, dir, "img.raw");
-    pj(base, dir, "base.raw");
-    TRY(write_pat_file(base, blen, 1));
-    CHECK_OK(create_img(meta, "img.raw", "base.raw", size));
     CHECK_OK(open_img(meta, ADDCOW_OPEN_RDWR, img));
     return T_PASS;
 }

@@ -28,6 +28,7 @@ ADDCOW_CHECK(ADDCOW_OPEN_FORCE_SHARE == 16, open_force_share);
 ADDCOW_CHECK(ADDCOW_OPEN_CONFINE == 32, open_confine);
 ADDCOW_CHECK(ADDCOW_OPEN_DIRECT == 64, open_direct);
 ADDCOW_CHECK(ADDCOW_CREATE_CONFINE == 1, create_confine);
+ADDCOW_CHECK(ADDCOW_CREATE_SIZE_EXACT == 2, create_size_exact);
 ADDCOW_CHECK(ADDCOW_COMPAT_ALL_ALLOCATED == 1, compat_all_allocated);
 ADDCOW_CHECK(ADDCOW_MAX_SIZE == 1ULL << 56, max_size);
 ADDCOW_CHECK(ADDCOW_IOV_MAX == 1024, iov_max);
@@ -152,6 +153,13 @@ struct addcow_prototypes {
     int64_t (*check_count)(const AddCowCheckResult *, uint32_t);
     int (*check_finding)(const AddCowCheckResult *, uint64_t, const char **);
     void (*check_free)(AddCowCheckResult *);
+    int (*create_io)(const AddCowIo *, const AddCowCreateOptions *);
+    int (*core_begin_zero)(AddCowCore *, uint64_t, uint64_t, AddCowWriteStep *);
+    int (*core_is_fully_allocated)(AddCowCore *);
+    int (*core_set_all_allocated)(AddCowCore *, int);
+    int (*core_set_backing_file)(AddCowCore *, const char *, const char *);
+    int (*set_backing_file)(AddCowImage *, const char *, const char *);
+    int (*core_reload)(AddCowCore *);
 };
 
 int main(void)
@@ -224,6 +232,13 @@ int main(void)
     p.check_count = addcow_check_count;
     p.check_finding = addcow_check_finding;
     p.check_free = addcow_check_free;
+    p.create_io = addcow_create_io;
+    p.core_begin_zero = addcow_core_begin_zero;
+    p.core_is_fully_allocated = addcow_core_is_fully_allocated;
+    p.core_set_all_allocated = addcow_core_set_all_allocated;
+    p.core_set_backing_file = addcow_core_set_backing_file;
+    p.set_backing_file = addcow_set_backing_file;
+    p.core_reload = addcow_core_reload;
 
     v = p.version();
     if (!v || !*v) {

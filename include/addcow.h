@@ -95,7 +95,8 @@
 #define ADDCOW_CHECK_CORRUPTION 1
 
 /**
- * `addcow_check_finding` kind: a leak (a harmless leftover: stray bits, stale bytes).
+ * `addcow_check_finding` kind: a leak (a harmless leftover: stray bits, stale bytes, image-file
+ * data in unallocated clusters).
  */
 #define ADDCOW_CHECK_LEAK 2
 
@@ -778,13 +779,15 @@ const char *addcow_version(void);
  * Checks the image at `path` for consistency (`qemu-img check`'s model): the header and its
  * feature bits, the image file, the bitmap's length against the image file's (a short bitmap,
  * stale bytes past it, layout 2's padding), bits set past the last cluster, the backing file
- * (missing while needed; shorter than the image), and whether another process uses the image
- * (checked anyway, with a note). Under layout 2's "all allocated" bit every cluster counts as
+ * (missing while needed; shorter than the image), image-file data in unallocated clusters
+ * (found with `SEEK_DATA`: a leak; a note where the file system has no `SEEK_DATA`), and
+ * whether another process uses the image (checked anyway, with a note). Under layout 2's "all allocated" bit every cluster counts as
  * allocated whatever the bitmap says (a note when it disagrees). With `ADDCOW_CHECK_REPAIR`
  * (which locks the files for writing: -EBUSY while another user has them) it repairs what
  * needs no guess: a short bitmap is extended as unallocated only when the image file holds no
  * data in the clusters it lacks; stray bits are cleared; stale bytes cut; missing padding
- * added. Everything else is only reported.
+ * added; data in unallocated clusters punched out of the image file (never read; reported
+ * where the file system cannot punch). Everything else is only reported.
  *
  * On success stores the findings in `*out` (free them with `addcow_check_free`) and returns
  * the exit code of the model: 0 nothing left to repair, 2 corruptions left, 3 leaks left and
@@ -796,7 +799,9 @@ const char *addcow_version(void);
  * # Safety
  * `path` is NULL or NUL-terminated; `out` is NULL or writable.
  */
-int addcow_check(const char *path, uint32_t flags, struct AddCowCheckResult **out);
+int addcow_check(const char *path,
+                 uint32_t flags,
+                 struct AddCowCheckResult **out);
 
 /**
  * One count of a check result: `which` is an `ADDCOW_CHECK_*` counter (`CORRUPTIONS`,

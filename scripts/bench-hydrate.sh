@@ -10,7 +10,11 @@
 #     `qemu-img rebase -b ''`, then `sync` of the data file.
 # Every copy ends durable, and the backing file is read once first so that all of them start
 # with it in the page cache. Then guest 4 KiB random writes on a fresh image, with and without
-# a job hydrating beside them: median and 99th percentile latency.
+# a job hydrating beside them: median and 99th percentile latency. Then write-zeroes and
+# discard over the whole image in 1 MiB requests, then a flush, against fallocate(2) on a raw
+# copy of the backing file (the same requests, then fsync): on a hydrated image (discard;
+# write-zeroes with and without MAY_UNMAP) and on a fresh one (nothing allocated: clusters are
+# allocated without copying the backing file).
 #
 #   bash scripts/bench-hydrate.sh [SIZE_MIB]
 #
@@ -107,4 +111,50 @@ with fresh("lat1") as img:
         still = job.progress.state == addcow.JobState.RUNNING
 print(f"guest 4 KiB random writes, job hydrating:  p50 {p50:7.1f} us  p99 {p99:8.1f} us"
       + ("" if still else "  (the job finished during the run)"))
+
+# Write-zeroes and discard against fallocate(2) on a raw file.
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE = 0x01, 0x02, 0x10
+MIB = 1 << 20
+
+def raw_fallocate(mode):
+    path = os.path.join(tmp, "raw.raw")
+    with open(os.path.join(tmp, "base.raw"), "rb") as src, open(path, "wb") as dst:
+        while chunk := src.read(64 * MIB):
+            dst.write(chunk)
+        os.fsync(dst.fileno())
+    fd = os.open(path, os.O_RDWR)
+    try:
+        t = time.monotonic()
+        for off in range(0, size, MIB):
+            if libc.fallocate(fd, mode | KEEP_SIZE, off, MIB) != 0:
+                raise OSError(ctypes.get_errno(), "fallocate")
+        os.fsync(fd)
+        return time.monotonic() - t
+    finally:
+        os.close(fd)
+        os.remove(path)
+
+def library(name, hydrated, op):
+    with fresh(name) as img:
+        if hydrated:
+            img.hydrate()
+            img.flush()
+        t = time.monotonic()
+        for off in range(0, size, MIB):
+            op(img, off)
+        img.flush()
+        return time.monotonic() - t
+
+print("whole image in 1 MiB requests, then flush/fsync:")
+report("fallocate PUNCH_HOLE (raw file)", raw_fallocate(PUNCH_HOLE))
+report("discard (hydrated image)", library("d1", True, lambda i, o: i.discard(o, MIB)))
+report("write_zeroes MAY_UNMAP (hydrated)",
+       library("z1", True, lambda i, o: i.write_zeroes(o, MIB, may_unmap=True)))
+report("fallocate ZERO_RANGE (raw file)", raw_fallocate(ZERO_RANGE))
+report("write_zeroes (hydrated image)", library("z2", True, lambda i, o: i.write_zeroes(o, MIB)))
+report("discard (fresh image)", library("d2", False, lambda i, o: i.discard(o, MIB)))
+report("write_zeroes (fresh image)", library("z3", False, lambda i, o: i.write_zeroes(o, MIB)))
 EOF

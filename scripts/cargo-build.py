@@ -4,7 +4,8 @@
     cargo-build.py --manifest-path Cargo.toml --target-dir BUILD/cargo-target --profile release \
         --out-dir BUILD --soversion 1 --lib-version 1.0.0 --depfile BUILD/libaddcow.d
 
-runs `cargo build --lib --profile PROFILE --target-dir DIR`, checks that the cdylib's DT_SONAME is
+runs `cargo build --lib --profile PROFILE --target-dir DIR` (with `--bin NAME`: `--lib --bin NAME`,
+one cargo run for both, and NAME is copied into OUT-DIR too), checks that the cdylib's DT_SONAME is
 libaddcow.so.SOVERSION (build.rs sets it), and puts into OUT-DIR:
 
     libaddcow.so.LIB-VERSION   a copy of the cdylib
@@ -165,6 +166,7 @@ def main():
     ap.add_argument("--lib-version", help="full version of the shared library file name")
     ap.add_argument("--depfile", type=Path, help="depfile to write for ninja")
     ap.add_argument("--depfile-target", help="target name in the depfile (default: the versioned .so)")
+    ap.add_argument("--bin", help="also build this binary target (the addcow command) into OUT-DIR")
     ap.add_argument("--verbose", action="store_true", help="let cargo print its progress")
     args = ap.parse_args()
 
@@ -188,6 +190,8 @@ def main():
 
     cmd = [args.cargo, "build", "--lib", "--manifest-path", str(manifest),
            "--target-dir", str(target_dir), "--profile", profile]
+    if args.bin:
+        cmd += ["--bin", args.bin]
     if not args.verbose:
         cmd.append("--quiet")
     try:
@@ -212,6 +216,11 @@ def main():
     symlink(real, out_dir / soname)
     symlink(soname, out_dir / f"lib{LIB}.so")
     copy(a, out_dir / f"lib{LIB}.a")
+    if args.bin:
+        exe = built / args.bin
+        if not exe.is_file():
+            die(f"cargo did not produce {exe}")
+        copy(exe, out_dir / args.bin)
 
     if args.depfile:
         cargo_dep = built / f"lib{LIB}.d"
@@ -219,6 +228,8 @@ def main():
             die(f"cargo did not write {cargo_dep}")
         root = manifest.parent
         deps = parse_cargo_depfile(cargo_dep)
+        if args.bin:
+            deps += parse_cargo_depfile(built / f"{args.bin}.d")
         deps += [manifest] + [root / f for f in ("Cargo.lock", "build.rs", "cbindgen.toml") if (root / f).exists()]
         write_depfile(args.depfile, args.depfile_target or str(out_dir / real), deps)
 

@@ -5,7 +5,7 @@
 #
 # installs BUILDDIR into a temporary DESTDIR, checks the file layout (header, libaddcow.so.X.Y.Z
 # with DT_SONAME libaddcow.so.1, the libaddcow.so.1 and libaddcow.so symlinks, libaddcow.a,
-# addcow.pc), then builds scripts/pkgconfig-consumer.c with `pkg-config --cflags --libs addcow`
+# addcow.pc, bin/addcow running `--version`), then builds scripts/pkgconfig-consumer.c with `pkg-config --cflags --libs addcow`
 # against the DESTDIR and runs it (shared, with LD_LIBRARY_PATH into the DESTDIR; and static,
 # with `pkg-config --static`). Needs meson, cc, pkg-config, readelf. Exits non-zero on any
 # problem, saying what.
@@ -32,12 +32,12 @@ destdir=$tmp/destdir
 meson install -C "$builddir" --destdir "$destdir" --quiet || die "meson install failed"
 
 # prefix, libdir, includedir as configured (libdir and includedir may be relative to prefix).
-read -r prefix libdir includedir < <(meson introspect "$builddir" --buildoptions |
+read -r prefix libdir includedir bindir < <(meson introspect "$builddir" --buildoptions |
     python3 -c '
 import json, os, sys
 o = {x["name"]: x["value"] for x in json.load(sys.stdin)}
 p = o["prefix"]
-print(p, os.path.join(p, o["libdir"]), os.path.join(p, o["includedir"]))
+print(p, os.path.join(p, o["libdir"]), os.path.join(p, o["includedir"]), os.path.join(p, o["bindir"]))
 ') || die "meson introspect failed"
 lib=$destdir$libdir
 inc=$destdir$includedir
@@ -56,6 +56,12 @@ real=$(cd "$lib" && ls libaddcow.so.*.*.* 2>/dev/null) || die "no $lib/libaddcow
 soname=$(readelf -d "$lib/$real" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
 [[ $soname == libaddcow.so.1 ]] || die "$real has SONAME '$soname', expected libaddcow.so.1"
 [[ -f $lib/libaddcow.a ]] || die "$lib/libaddcow.a not installed"
+cli=$destdir$bindir/addcow
+[[ -f $cli && -x $cli ]] || die "$cli (the addcow command) not installed"
+cli_version=$("$cli" --version) || die "$cli --version failed"
+[[ $cli_version == "addcow $(meson introspect "$builddir" --projectinfo | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')" ]] ||
+    die "$cli --version says '$cli_version', not the project version"
+echo "check-install: $cli_version"
 pcdir=$lib/pkgconfig
 [[ -f $pcdir/addcow.pc ]] || die "$pcdir/addcow.pc not installed"
 # The symbol table is read once: `readelf | grep -q` fails under pipefail when grep stops early

@@ -11,8 +11,8 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
 ##                                                                            ##
 ##   WARNING: FUZZING WAS NOT RUN.                                            ##
 ##   `cargo +nightly --version` failed: cargo-fuzz needs a nightly toolchain. ##
-##   The fuzz targets (fuzz/fuzz_targets: header, ops, capi) and their        ##
-##   regression inputs were NOT exercised by this test run.                   ##
+##   The fuzz targets (fuzz/fuzz_targets: header, ops, capi, lifecycle) and   ##
+##   their regression inputs were NOT exercised by this test run.             ##
 ##   Install one with `rustup toolchain install nightly`.                     ##
 ##                                                                            ##
 ################################################################################
@@ -20,6 +20,6 @@ WARN
     exit 0
 fi
 seconds=${FUZZ_SECONDS:-20}
-for target in header ops capi; do
+for target in header ops capi lifecycle; do
     bash scripts/fuzz.sh "$target" "$seconds"
 done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs one cargo-fuzz target for a bounded time:  bash scripts/fuzz.sh TARGET SECONDS [ARGS...]
-#   TARGET: header | ops | capi (fuzz/fuzz_targets/); extra ARGS go to libFuzzer (-jobs=2 ...).
+#   TARGET: header | ops | capi | lifecycle (fuzz/fuzz_targets/); extra ARGS go to libFuzzer (-jobs=2 ...).
 # Needs a nightly toolchain; installs cargo-fuzz (into ~/.cargo/bin) when it is missing.
 # Seeds from the committed corpus fuzz/corpus/TARGET and the reproducers in
 # fuzz/regressions/TARGET, both read-only; new inputs go to fuzz/work/TARGET (ignored by git).

@@ -6,7 +6,8 @@
 #      C code under -fsanitize=address,undefined; the Rust library itself is not instrumented).
 #   3. scripts/check-install.sh: meson install into a DESTDIR, build a pkg-config consumer.
 #   3b. scripts/test-python.sh: the Python package's pytest suite, against build/'s library.
-#   3c. nbdkit/tests: the nbdkit plugin serving add-cow images to qemu-img and qemu-io.
+#   3c. nbdkit/tests: the nbdkit plugin serving add-cow images to qemu-img and qemu-io, also
+#       through `build/addcow serve` (test_cli_serve.py).
 #   3d. scripts/test-qemu.sh: QEMU 10.0.2's tools patched with qemu/ (the add-cow driver), built
 #       against build/'s libaddcow; qemu/tests and qemu-iotests -add-cow through them. Fails
 #       (never skips) when it cannot fetch or build QEMU.

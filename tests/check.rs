@@ -354,3 +354,93 @@ fn unknown_compatible_bits_are_a_note() {
     img.poke(&img.meta, 32, &[0b100]);
     note(&img.meta, &["0x4"]);
 }
+
+/// Whether the image file holds data (not a hole) anywhere in `range`, by `SEEK_DATA`.
+fn holds_data(path: &Path, range: std::ops::Range<u64>) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: lseek takes no pointers; `f` is open.
+    let at = unsafe { libc::lseek(f.as_raw_fd(), range.start as libc::off_t, libc::SEEK_DATA) };
+    at >= 0 && (at as u64) < range.end
+}
+
+#[test]
+fn data_in_unallocated_clusters_is_a_leak_punched_by_repair() {
+    for layout in [1, 2] {
+        let cs = if layout == 2 { K4 } else { K64 };
+        let img = image(layout, 10 * cs);
+        img.write(2 * cs, &vec![0x22u8; cs as usize]);
+        img.write(6 * cs, b"six");
+        let unpoked = img.read_all();
+        // Copy-on-writes that crashed before their bits were set: cluster 3 (its data starts
+        // in allocated cluster 2, whose bytes must survive) and clusters 4 and 8.
+        img.poke(&img.raw, 3 * cs - 100, &[0x33u8; 200]);
+        img.poke(&img.raw, 4 * cs + 1, &[0x44u8; 10]);
+        img.poke(&img.raw, 8 * cs, &vec![0x88u8; cs as usize]);
+        let before = img.read_all();
+        let from = (3 * cs) as usize;
+        assert!(
+            before[from..] == unpoked[from..],
+            "leaked data is never read"
+        );
+        let r = check(&img.meta, false).unwrap();
+        let at = (3 * cs).to_string();
+        only(&r, Severity::Leak, false, &["3 unallocated clusters", &at]);
+        assert_eq!(r.exit_code(), 3);
+        let r = check(&img.meta, true).unwrap();
+        only(&r, Severity::Leak, true, &["punched"]);
+        assert_eq!(r.exit_code(), 0);
+        clean(&img.meta);
+        for c in [3, 4, 8] {
+            assert!(!holds_data(&img.raw, c * cs..(c + 1) * cs), "cluster {c}");
+        }
+        let raw = std::fs::read(&img.raw).unwrap();
+        let c2 = &raw[(2 * cs) as usize..(3 * cs) as usize];
+        assert!(c2[..(cs - 100) as usize].iter().all(|&b| b == 0x22));
+        assert!(c2[(cs - 100) as usize..].iter().all(|&b| b == 0x33));
+        assert_eq!(&raw[(6 * cs) as usize..(6 * cs + 3) as usize], b"six");
+        assert_eq!(raw.len() as u64, 10 * cs, "the image file keeps its length");
+        assert!(
+            img.read_all() == before,
+            "layout {layout}: repair changed the content"
+        );
+    }
+}
+
+#[test]
+fn data_in_an_unallocated_partial_last_cluster_is_punched() {
+    let size = 3 * K64 + 1000;
+    let img = image(1, size);
+    img.write(0, b"zero");
+    img.poke(&img.raw, size - 10, &[0xEEu8; 10]);
+    let before = img.read_all();
+    only(
+        &check(&img.meta, false).unwrap(),
+        Severity::Leak,
+        false,
+        &["1 unallocated clusters", &(3 * K64).to_string()],
+    );
+    only(&check(&img.meta, true).unwrap(), Severity::Leak, true, &[]);
+    assert!(!holds_data(&img.raw, 3 * K64..size));
+    assert!(
+        holds_data(&img.raw, 0..K64),
+        "an allocated cluster was punched"
+    );
+    assert_eq!(std::fs::metadata(&img.raw).unwrap().len(), size);
+    assert!(img.read_all() == before, "repair changed the content");
+    clean(&img.meta);
+}
+
+#[test]
+fn data_in_allocated_clusters_and_under_the_all_allocated_bit_is_no_leak() {
+    let img = image(1, 4 * K64);
+    img.write(0, &vec![1u8; (4 * K64) as usize]);
+    clean(&img.meta);
+    // Layout 2's bit: every cluster reads the image file, whatever the bitmap says.
+    let img = image(2, 10 * K4);
+    img.write(0, &vec![3u8; (10 * K4) as usize]);
+    img.poke(&img.meta, img.bitmap, &[0]);
+    let r = check(&img.meta, true).unwrap();
+    assert_eq!(r.count(Severity::Leak, true), 0, "{r:#?}");
+    assert!(holds_data(&img.raw, 0..8 * K4));
+}

@@ -10,66 +10,58 @@
 mod common;
 use common::disk::{Disk, Pick};
 use common::harness::{
-    assert_clean, backing, backing_byte, check, check_bit, crash_violations, crash_violations_with,
-    written, written_byte, Campaign, Scenario, Setup, Step, CS, IMAGE, META,
+    assert_crash_clean, backing, backing_byte, check, check_bit, crash_violations,
+    crash_violations_with, written, written_byte, Campaign, Scenario, Setup, Step, CS, IMAGE, META,
 };
 use common::{workloads, Rng};
 use std::collections::BTreeSet;
 
-fn crash(what: &str, scenarios: Vec<Scenario>) {
-    let campaign = Campaign::from_env();
-    assert_clean(
-        what,
-        scenarios.iter().map(|s| crash_violations(s, &campaign)),
-    );
-}
-
 #[test]
 fn crash_in_place_writes() {
-    crash("in-place writes", workloads::in_place());
+    assert_crash_clean("in-place writes", &workloads::in_place());
 }
 
 #[test]
 fn crash_allocating_writes() {
-    crash("allocating writes", workloads::allocating());
+    assert_crash_clean("allocating writes", &workloads::allocating());
 }
 
 #[test]
 fn crash_flush() {
-    crash("flush", workloads::flush());
+    assert_crash_clean("flush", &workloads::flush());
 }
 
 #[test]
 fn crash_writethrough() {
-    crash("writethrough", workloads::writethrough());
+    assert_crash_clean("writethrough", &workloads::writethrough());
 }
 
 #[test]
 fn crash_truncate_grow() {
-    crash("truncate grow", workloads::truncate_grow());
+    assert_crash_clean("truncate grow", &workloads::truncate_grow());
 }
 
 #[test]
 fn crash_truncate_shrink() {
-    crash("truncate shrink", workloads::truncate_shrink());
+    assert_crash_clean("truncate shrink", &workloads::truncate_shrink());
 }
 
 #[test]
 fn crash_all_allocated() {
-    crash("the all-allocated bit", workloads::all_allocated());
+    assert_crash_clean("the all-allocated bit", &workloads::all_allocated());
 }
 
 #[test]
 fn crash_all_allocated_cleared() {
-    crash(
+    assert_crash_clean(
         "clearing the all-allocated bit",
-        workloads::all_allocated_cleared(),
+        &workloads::all_allocated_cleared(),
     );
 }
 
 #[test]
 fn crash_hydrate() {
-    crash("hydration", workloads::hydrate());
+    assert_crash_clean("hydration", &workloads::hydrate());
 }
 
 // ---------------------------------------------------------------------------------------------

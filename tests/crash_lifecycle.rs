@@ -8,8 +8,8 @@
 mod common;
 use common::disk::{Disk, Pick};
 use common::harness::{
-    assert_clean, backing, crash_violations, fault_violations, read_snapshot, Campaign, Scenario,
-    Setup, Snapshot, Step, CS, IMAGE,
+    assert_crash_clean, assert_faults_clean, backing, read_snapshot, Scenario, Setup, Snapshot,
+    Step, CS, IMAGE,
 };
 
 /// The backing file's index on the disk.
@@ -96,13 +96,7 @@ fn commit_scenarios() -> Vec<Scenario> {
 
 #[test]
 fn crash_commit() {
-    let campaign = Campaign::from_env();
-    assert_clean(
-        "commit",
-        commit_scenarios()
-            .iter()
-            .map(|s| crash_violations(s, &campaign)),
-    );
+    assert_crash_clean("commit", &commit_scenarios());
 }
 
 /// What the backing file must hold once `s` committed: what the image read (the last
@@ -158,12 +152,8 @@ fn detach_scenarios() -> Vec<Scenario> {
 
 #[test]
 fn crash_detach() {
-    let campaign = Campaign::from_env();
     let scenarios = detach_scenarios();
-    assert_clean(
-        "detach",
-        scenarios.iter().map(|s| crash_violations(s, &campaign)),
-    );
+    assert_crash_clean("detach", &scenarios);
     for s in &scenarios {
         let (disk, _img) = run(s, &s.steps);
         let durable = disk.materialize(disk.events(), &mut Pick::Nothing);
@@ -178,14 +168,7 @@ fn crash_detach() {
 
 #[test]
 fn detach_faults() {
-    for errno in [libc::EIO, libc::ENOSPC] {
-        assert_clean(
-            "detach faults",
-            detach_scenarios()
-                .iter()
-                .map(|s| fault_violations(s, errno)),
-        );
-    }
+    assert_faults_clean("detach faults", &detach_scenarios());
 }
 
 #[test]

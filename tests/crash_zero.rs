@@ -8,7 +8,8 @@
 mod common;
 use addcow::ZeroFlags;
 use common::harness::{
-    assert_clean, crash_violations, fault_violations, Campaign, Scenario, Setup, Snapshot, Step, CS,
+    assert_crash_clean, assert_faults_clean, crash_violations, Campaign, Scenario, Setup, Snapshot,
+    Step, CS,
 };
 
 /// Five clusters, the last one partial (as the write workloads).
@@ -124,23 +125,12 @@ fn scenarios() -> Vec<Scenario> {
 
 #[test]
 fn crash_write_zeroes_and_discard() {
-    let campaign = Campaign::from_env();
-    let scenarios = scenarios();
-    assert_clean(
-        "write zeroes and discard",
-        scenarios.iter().map(|s| crash_violations(s, &campaign)),
-    );
+    assert_crash_clean("write zeroes and discard", &scenarios());
 }
 
 #[test]
 fn faults_write_zeroes_and_discard() {
-    let scenarios = scenarios();
-    assert_clean(
-        "write zeroes and discard, faults",
-        [libc::EIO, libc::ENOSPC]
-            .into_iter()
-            .flat_map(|errno| scenarios.iter().map(move |s| fault_violations(s, errno))),
-    );
+    assert_faults_clean("write zeroes and discard, faults", &scenarios());
 }
 
 /// The harness sees a wrong model of these operations: it can fail.

@@ -7,57 +7,48 @@
 
 mod common;
 use common::harness::{
-    assert_clean, fault_violations, written, Scenario, Setup, Snapshot, Step, CS,
+    assert_faults_clean, fault_violations, written, Scenario, Setup, Snapshot, Step, CS,
 };
 use common::workloads;
 
-fn faults(what: &str, scenarios: Vec<Scenario>) {
-    assert_clean(
-        what,
-        [libc::EIO, libc::ENOSPC]
-            .into_iter()
-            .flat_map(|errno| scenarios.iter().map(move |s| fault_violations(s, errno))),
-    );
-}
-
 #[test]
 fn faults_in_place_writes() {
-    faults("in-place writes", workloads::in_place());
+    assert_faults_clean("in-place writes", &workloads::in_place());
 }
 
 #[test]
 fn faults_allocating_writes() {
-    faults("allocating writes", workloads::allocating());
+    assert_faults_clean("allocating writes", &workloads::allocating());
 }
 
 #[test]
 fn faults_flush() {
-    faults("flush", workloads::flush());
+    assert_faults_clean("flush", &workloads::flush());
 }
 
 #[test]
 fn faults_writethrough() {
-    faults("writethrough", workloads::writethrough());
+    assert_faults_clean("writethrough", &workloads::writethrough());
 }
 
 #[test]
 fn faults_truncate_grow() {
-    faults("truncate grow", workloads::truncate_grow());
+    assert_faults_clean("truncate grow", &workloads::truncate_grow());
 }
 
 #[test]
 fn faults_truncate_shrink() {
-    faults("truncate shrink", workloads::truncate_shrink());
+    assert_faults_clean("truncate shrink", &workloads::truncate_shrink());
 }
 
 #[test]
 fn faults_hydrate() {
-    faults("hydration", workloads::hydrate());
+    assert_faults_clean("hydration", &workloads::hydrate());
 }
 
 #[test]
 fn faults_all_allocated() {
-    faults("the all-allocated bit", workloads::all_allocated());
+    assert_faults_clean("the all-allocated bit", &workloads::all_allocated());
 }
 
 /// A failed flush of the header that clears the bit (in a grow) leaves the cleared header in
@@ -65,9 +56,9 @@ fn faults_all_allocated() {
 /// durable, and the durable state differs from the current one after a flush.
 #[test]
 fn faults_all_allocated_cleared() {
-    faults(
+    assert_faults_clean(
         "clearing the all-allocated bit",
-        workloads::all_allocated_cleared(),
+        &workloads::all_allocated_cleared(),
     );
 }
 

@@ -325,3 +325,47 @@ fn a_failed_writethrough_grow_keeps_the_old_size() {
     }
     assert!(failures > 0, "no flush failure reached the grow");
 }
+
+/// A writable image of `len` bytes over memory, nothing allocated, with a backing file of
+/// `backing_len` bytes of 0xAB when there is one.
+fn mem_image(len: u64, backing_len: Option<u64>) -> Image {
+    let header = Header::new(b"img", backing_len.map(|_| &b"base"[..])).unwrap();
+    let mut meta = header.to_bytes().to_vec();
+    meta.resize(meta.len() + len.div_ceil(1 << 16).div_ceil(8) as usize, 0);
+    let parts = Parts {
+        meta: (Box::new(MemStorage::from_bytes(meta)), "meta".into()),
+        image: (
+            Box::new(MemStorage::from_bytes(vec![0; len as usize])),
+            "image".into(),
+        ),
+        backing: backing_len.map(|n| {
+            addcow::Backing::raw(
+                Box::new(MemStorage::from_bytes(vec![0xAB; n as usize])),
+                "base",
+            )
+        }),
+    };
+    let opts = OpenOptions {
+        writable: true,
+        ..OpenOptions::default()
+    };
+    Image::open_parts(parts, &opts).unwrap()
+}
+
+/// Found by fuzz/lifecycle (fuzz/regressions/lifecycle/hydrate-zero-length-at-the-end): a
+/// hydrate of zero bytes touches no cluster and copies nothing. It rounded its empty range
+/// out to whole clusters, so that `hydrate(offset, 0)` inside a cluster (at the image end, of a
+/// partial last cluster) hydrated that cluster.
+#[test]
+fn hydrating_zero_bytes_copies_nothing() {
+    let size = 3 * (1 << 16) + 1000;
+    let img = mem_image(size, Some(size));
+    for offset in [0, 100, 1 << 16, size - 1, size] {
+        assert_eq!(
+            img.hydrate(offset, 0, 0).unwrap(),
+            0,
+            "hydrate({offset}, 0)"
+        );
+    }
+    assert_eq!(img.allocation().unwrap().allocated, 0);
+}

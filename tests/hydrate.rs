@@ -10,7 +10,7 @@ use addcow::{
     create, Backing, CreateOptions, HydrateJob, HydrateOptions, Image, JobState, OpenOptions,
     Outcome, Parts,
 };
-use common::{assert_err, Rng};
+use common::{assert_err, read_all, Rng};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -80,12 +80,6 @@ impl Mem {
         self.data.read_at(&mut v, 0).unwrap();
         v
     }
-}
-
-fn read_all(img: &Image) -> Vec<u8> {
-    let mut v = vec![0; img.size() as usize];
-    img.read_at(0, &mut v).unwrap();
-    v
 }
 
 fn allocated(img: &Image) -> Vec<bool> {
@@ -495,4 +489,66 @@ fn copy_on_read_beside_writers_keeps_the_writes() {
     assert!(allocated(&img).iter().all(|&a| a));
     assert_eq!(read_all(&img), want);
     assert_eq!(m.raw(), want);
+}
+
+/// A backing source the kernel cannot copy from (memory, as a host's callbacks) over a sparse
+/// image file: hydration reads and writes, writing the backing data over the image file's
+/// holes and leaving holes where the backing data is zeros.
+#[test]
+fn hydrate_without_kernel_copy_writes_over_holes_and_keeps_zero_holes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.path().join("img"))
+        .unwrap();
+    data.set_len(4 * CS).unwrap();
+    let mut base = backing_bytes(4 * CS);
+    base[(2 * CS) as usize..(3 * CS) as usize].fill(0);
+    let header = Header::new(b"img", Some(b"base")).unwrap();
+    let parts = Parts {
+        meta: (
+            Box::new(MemStorage::from_bytes(header.to_bytes().to_vec())),
+            "meta".into(),
+        ),
+        image: (
+            Box::new(addcow::storage::FileStorage::new(data)),
+            "img".into(),
+        ),
+        backing: Some(Backing::raw(
+            Box::new(MemStorage::from_bytes(base.clone())),
+            "base",
+        )),
+    };
+    let img = Image::open_parts(parts, &common::rw()).unwrap();
+    assert_eq!(img.hydrate(0, 4 * CS, CS).unwrap(), 4);
+    assert_eq!(read_all(&img), base);
+    drop(img);
+    assert_eq!(std::fs::read(dir.path().join("img")).unwrap(), base);
+    let f = addcow::storage::FileStorage::new(std::fs::File::open(dir.path().join("img")).unwrap());
+    assert_eq!(
+        f.next_hole(0).unwrap(),
+        2 * CS,
+        "the zero cluster stays a hole"
+    );
+}
+
+/// `Outcome::Completed` means flushed: another open sees every bit while the image is still
+/// open and nobody flushed it (the test closed it before, which flushes anyway).
+#[test]
+fn a_completed_job_has_flushed_its_bits() {
+    let m = Mem::new(8 * CS, 8 * CS);
+    let img = Arc::new(m.rw());
+    let job = HydrateJob::start(img.clone(), &HydrateOptions::default()).unwrap();
+    assert_eq!(job.wait(None), Some(Outcome::Completed));
+    let other = m.open(&common::ro()).unwrap();
+    assert!(
+        allocated(&other).iter().all(|&a| a),
+        "{:?}",
+        allocated(&other)
+    );
+    assert_eq!(m.raw(), m.base());
+    drop(job);
 }

@@ -5,54 +5,10 @@
 
 mod common;
 use addcow::{BackingFormat, CreateOptions, Image, OpenOptions};
-use common::{assert_err, qemu_tool, ro, rw, Rng};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use common::{assert_err, create_img, qemu, read_all, ro, rw, Rng};
+use std::path::PathBuf;
 
 const K64: u64 = 65536;
-
-fn create(dir: &Path, layout: u32, cluster: u64, size: u64, backing: Option<&str>) -> PathBuf {
-    let meta = dir.join("img.add-cow");
-    addcow::create(
-        &meta,
-        &CreateOptions {
-            image_file: PathBuf::from("img.raw"),
-            backing_file: backing.map(PathBuf::from),
-            backing_format: BackingFormat::Raw,
-            size,
-            layout,
-            cluster_size: cluster,
-            ..CreateOptions::default()
-        },
-    )
-    .unwrap();
-    meta
-}
-
-/// Bytes that differ from their neighbours and never repeat at cluster distance.
-fn noise(rng: &mut Rng, len: u64) -> Vec<u8> {
-    (0..len)
-        .map(|i| (rng.next() >> 56) as u8 ^ (i % 251) as u8)
-        .collect()
-}
-
-/// Runs a command; panics with its output unless it exits 0.
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {text}",
-        out.status
-    );
-    text
-}
 
 /// `(offset, len, pattern)` writes: random, some unaligned, some across clusters.
 fn writes(rng: &mut Rng, size: u64, cluster: u64, n: usize) -> Vec<(u64, u64, u8)> {
@@ -68,19 +24,13 @@ fn writes(rng: &mut Rng, size: u64, cluster: u64, n: usize) -> Vec<(u64, u64, u8
         .collect()
 }
 
-fn read_all(img: &Image) -> Vec<u8> {
-    let mut buf = vec![0u8; img.size() as usize];
-    img.read_at(0, &mut buf).unwrap();
-    buf
-}
-
 #[test]
 fn allocation_counts_clusters() {
     for (layout, cluster) in [(1, K64), (2, 4096)] {
         let dir = tempfile::tempdir().unwrap();
         let size = 10 * cluster + 512;
         std::fs::write(dir.path().join("base.raw"), vec![7u8; 3 * cluster as usize]).unwrap();
-        let meta = create(dir.path(), layout, cluster, size, Some("base.raw"));
+        let meta = create_img(dir.path(), layout, cluster, size, Some("base.raw"));
         let img = Image::open(&meta, &rw()).unwrap();
         let a = img.allocation().unwrap();
         assert_eq!((a.allocated, a.total, a.is_full()), (0, 11, false));
@@ -101,14 +51,13 @@ fn allocation_counts_clusters() {
 
 #[test]
 fn detach_leaves_the_disk_the_guest_saw() {
-    let compare = qemu_tool("qemu-img");
     for (layout, cluster, remove) in [(1, K64, true), (2, 4096, true), (2, K64, false)] {
         let dir = tempfile::tempdir().unwrap();
         let mut rng = Rng::new(u64::from(layout) * 1000 + cluster);
         let size = 24 * cluster + 1536;
         let base = dir.path().join("base.raw");
-        std::fs::write(&base, noise(&mut rng, 30 * cluster + 77)).unwrap();
-        let meta = create(dir.path(), layout, cluster, size, Some("base.raw"));
+        std::fs::write(&base, rng.noise(30 * cluster + 77)).unwrap();
+        let meta = create_img(dir.path(), layout, cluster, size, Some("base.raw"));
         let img = Image::open(&meta, &rw()).unwrap();
         for (offset, len, p) in writes(&mut rng, size, cluster, 30) {
             img.write_at(offset, &vec![p; len as usize]).unwrap();
@@ -134,17 +83,19 @@ fn detach_leaves_the_disk_the_guest_saw() {
         assert_eq!(meta.exists(), !remove, "layout {layout}");
         let expected = dir.path().join("expected.raw");
         std::fs::write(&expected, &seen).unwrap();
-        run(Command::new(&compare)
-            .args(["compare", "-f", "raw", "-F", "raw"])
-            .arg(dir.path().join("img.raw"))
-            .arg(&expected));
+        qemu::run(
+            qemu::command("qemu-img", dir.path())
+                .args(["compare", "-f", "raw", "-F", "raw"])
+                .arg(dir.path().join("img.raw"))
+                .arg(&expected),
+        );
     }
 }
 
 #[test]
 fn detach_refuses_an_image_in_use() {
     let dir = tempfile::tempdir().unwrap();
-    let meta = create(dir.path(), 2, 4096, 4096, None);
+    let meta = create_img(dir.path(), 2, 4096, 4096, None);
     let img = Image::open(&meta, &rw()).unwrap();
     img.write_at(0, &[1u8; 4096]).unwrap();
     assert_err(addcow::detach(&meta, true), libc::EBUSY, &["in use"]);
@@ -166,35 +117,30 @@ fn commit_oracle(
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut rng = Rng::new(seed);
-    let base = noise(&mut rng, base_len);
+    let base = rng.noise(base_len);
     std::fs::write(d.join("base.raw"), &base).unwrap();
     std::fs::write(d.join("qbase.raw"), &base).unwrap();
-    let meta = create(d, layout, cluster, size, Some("base.raw"));
-    run(Command::new(qemu_tool("qemu-img"))
-        .args(["create", "-q", "-f", "qcow2", "-o"])
-        .arg(format!("data_file=data.raw,cluster_size={cluster}"))
-        .args(["-b", "qbase.raw", "-F", "raw", "overlay.qcow2"])
-        .arg(size.to_string())
-        .current_dir(d));
+    let meta = create_img(d, layout, cluster, size, Some("base.raw"));
+    qemu::create_overlay(d, "qbase.raw", cluster, size);
     let ops = writes(&mut rng, span, cluster, 25);
     let img = Image::open(&meta, &rw()).unwrap();
-    let mut io = Command::new(qemu_tool("qemu-io"));
-    io.current_dir(d).args(["-f", "qcow2"]);
+    let mut io = qemu::command("qemu-io", d);
+    io.args(["-f", "qcow2"]);
     for &(offset, len, p) in &ops {
         img.write_at(offset, &vec![p; len as usize]).unwrap();
         io.arg("-c").arg(format!("write -P {p} {offset} {len}"));
     }
-    run(io.arg("overlay.qcow2"));
+    qemu::run(io.arg("overlay.qcow2"));
     let before = read_all(&img);
     img.close().unwrap();
 
     addcow::commit(&meta, &OpenOptions::default(), empty).unwrap();
-    let mut qcommit = Command::new(qemu_tool("qemu-img"));
-    qcommit.current_dir(d).args(["commit", "-q", "-f", "qcow2"]);
+    let mut qcommit = qemu::command("qemu-img", d);
+    qcommit.args(["commit", "-q", "-f", "qcow2"]);
     if !empty {
         qcommit.arg("-d");
     }
-    run(qcommit.arg("overlay.qcow2"));
+    qemu::run(qcommit.arg("overlay.qcow2"));
     let ours = std::fs::read(d.join("base.raw")).unwrap();
     let theirs = std::fs::read(d.join("qbase.raw")).unwrap();
     let what = format!("layout {layout}, cluster {cluster}, base {base_len}, size {size}");
@@ -253,7 +199,7 @@ fn commit_into_an_add_cow_backing_image() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut rng = Rng::new(9);
-    std::fs::write(d.join("golden.raw"), noise(&mut rng, 8 * 4096)).unwrap();
+    std::fs::write(d.join("golden.raw"), rng.noise(8 * 4096)).unwrap();
     let mid = d.join("mid.add-cow");
     addcow::create(
         &mid,
@@ -300,7 +246,7 @@ fn commit_into_an_add_cow_backing_image() {
 #[test]
 fn commit_needs_a_backing_file() {
     let dir = tempfile::tempdir().unwrap();
-    let meta = create(dir.path(), 1, K64, K64, None);
+    let meta = create_img(dir.path(), 1, K64, K64, None);
     assert_err(
         addcow::commit(&meta, &OpenOptions::default(), false),
         libc::EINVAL,
@@ -315,9 +261,9 @@ fn commit_an_all_allocated_image() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut rng = Rng::new(11);
-    std::fs::write(d.join("base.raw"), noise(&mut rng, 5 * 4096)).unwrap();
-    let meta = create(d, 2, 4096, 6 * 4096 + 512, Some("base.raw"));
-    let content = noise(&mut rng, 6 * 4096 + 512);
+    std::fs::write(d.join("base.raw"), rng.noise(5 * 4096)).unwrap();
+    let meta = create_img(d, 2, 4096, 6 * 4096 + 512, Some("base.raw"));
+    let content = rng.noise(6 * 4096 + 512);
     let img = Image::open(&meta, &rw()).unwrap();
     img.write_at(0, &content).unwrap();
     img.close().unwrap();

@@ -18,12 +18,11 @@
 
 mod common;
 use addcow::layout::Header;
-use addcow::{BackingFormat, CreateOptions, Image, OpenOptions};
-use common::Rng;
+use addcow::{Image, OpenOptions};
+use common::{create_img, qemu, Rng};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const SECTOR: u64 = 512;
 
@@ -218,71 +217,24 @@ fn gen_op(rng: &mut Rng, w: &Workload, size: u64, pattern: u8) -> Op {
     }
 }
 
-fn qemu(tool: &str, overlay: &Path) -> Command {
-    let mut cmd = Command::new(tool);
-    cmd.current_dir(overlay.parent().unwrap());
-    cmd
-}
-
-/// Runs a QEMU tool; fails on a non-zero exit or on "error"/"failed" in its output.
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let text = format!("{stdout}{stderr}").to_lowercase();
-    if !out.status.success() || text.contains("error") || text.contains("failed") {
-        panic!(
-            "{cmd:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
-            out.status
-        );
-    }
-    stdout.into_owned()
-}
-
 /// Allocation state of every cluster (of `cluster` bytes) of a qcow2 overlay of `size` bytes:
 /// `qemu-img map`'s extents with `depth 0` and `present true` are allocated in the overlay.
 fn qemu_allocation(overlay: &Path, size: u64, cluster: u64) -> Vec<bool> {
-    let json = run(qemu("qemu-img", overlay)
-        .args(["map", "-f", "qcow2", "--output=json"])
-        .arg(overlay));
-    let clusters = size.div_ceil(cluster) as usize;
-    let mut state: Vec<Option<bool>> = vec![None; clusters];
-    let mut covered = 0;
-    for obj in json.split('{').skip(1) {
-        let obj = obj.split('}').next().unwrap();
-        let field = |name: &str| -> &str {
-            let key = format!("\"{name}\":");
-            let at = obj
-                .find(&key)
-                .unwrap_or_else(|| panic!("no {name} in qemu-img map extent {{{obj}}}"));
-            obj[at + key.len()..].split(',').next().unwrap().trim()
-        };
-        let start: u64 = field("start").parse().unwrap();
-        let length: u64 = field("length").parse().unwrap();
-        let allocated = field("depth") == "0" && field("present") == "true";
-        assert_eq!(
-            start, covered,
-            "qemu-img map: gap or overlap at {start}: {json}"
-        );
-        covered = start + length;
-        for c in start / cluster..covered.div_ceil(cluster) {
-            let slot = &mut state[c as usize];
+    let clusters = qemu::map(overlay, size, cluster);
+    clusters
+        .iter()
+        .enumerate()
+        .map(|(c, extents)| {
+            let allocated = extents[0].allocated;
             // qcow2 allocates whole clusters; an extent boundary inside a cluster may only
             // separate backing data from the zeros past the backing file's end.
             assert!(
-                slot.is_none() || *slot == Some(allocated),
-                "qemu-img map: cluster {c} is partly allocated: {json}"
+                extents.iter().all(|e| e.allocated == allocated),
+                "qemu-img map: cluster {c} is partly allocated: {extents:?}"
             );
-            *slot = Some(allocated);
-        }
-    }
-    assert_eq!(
-        covered, size,
-        "qemu-img map does not cover the image: {json}"
-    );
-    state.into_iter().map(Option::unwrap).collect()
+            allocated
+        })
+        .collect()
 }
 
 /// Reads `path`, then pads with zeros or cuts it to `len` bytes; also returns its real length.
@@ -373,10 +325,12 @@ fn compare(
         .unwrap_or_else(|e| panic!("{at}: reopen read-only: {e}"));
     let size = img.size();
 
-    run(qemu("qemu-img", &p.overlay)
-        .args(["convert", "-f", "qcow2", "-O", "raw"])
-        .arg(&p.overlay)
-        .arg(&p.converted));
+    qemu::run(
+        qemu::command("qemu-img", p.overlay.parent().unwrap())
+            .args(["convert", "-f", "qcow2", "-O", "raw"])
+            .arg(&p.overlay)
+            .arg(&p.converted),
+    );
     let (theirs, their_size) = read_padded(&p.converted, size);
     if their_size != size {
         errors.push(format!(
@@ -493,31 +447,9 @@ fn run_workload(w: &Workload, dir: &Path, cov: &mut Coverage) -> Vec<String> {
 
     // A backing file where (nearly) every byte differs from its neighbours and no byte
     // pattern repeats at cluster distance.
-    let base: Vec<u8> = (0..w.base_len)
-        .map(|i| (rng.next() >> 56) as u8 ^ (i % 251) as u8)
-        .collect();
-    std::fs::write(&p.base, &base).unwrap();
-
-    addcow::create(
-        &p.meta,
-        &CreateOptions {
-            image_file: PathBuf::from("img.raw"),
-            backing_file: Some(PathBuf::from("base.raw")),
-            backing_format: BackingFormat::Raw,
-            size: w.size,
-            layout: w.layout,
-            cluster_size: w.cluster,
-            ..CreateOptions::default()
-        },
-    )
-    .unwrap_or_else(|e| panic!("seed {}: addcow::create: {e}", w.seed));
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-o"])
-        .arg(format!("data_file=data.raw,cluster_size={}", w.cluster))
-        .args(["-b", "base.raw", "-F", "raw"])
-        .arg("overlay.qcow2")
-        .arg(w.size.to_string())
-        .current_dir(dir));
+    std::fs::write(&p.base, rng.noise(w.base_len)).unwrap();
+    create_img(dir, w.layout, w.cluster, w.size, Some("base.raw"));
+    qemu::create_overlay(dir, "base.raw", w.cluster, w.size);
 
     let mut size = w.size;
     let mut truncated = false;
@@ -556,7 +488,7 @@ fn run_workload(w: &Workload, dir: &Path, cov: &mut Coverage) -> Vec<String> {
             },
         )
         .unwrap_or_else(|e| panic!("seed {}: open writable: {e}", w.seed));
-        let mut qemu_io = qemu("qemu-io", &p.overlay);
+        let mut qemu_io = qemu::command("qemu-io", dir);
         qemu_io.args(["-f", "qcow2"]);
         let _ = writeln!(log, "# phase {phase}");
         for op in &ops {
@@ -577,7 +509,7 @@ fn run_workload(w: &Workload, dir: &Path, cov: &mut Coverage) -> Vec<String> {
         }
         img.close()
             .unwrap_or_else(|e| panic!("seed {}: close: {e}", w.seed));
-        run(qemu_io.arg(&p.overlay));
+        qemu::run(qemu_io.arg(&p.overlay));
 
         let found = compare(w, phase, &p, truncated, cov);
         if !found.is_empty() {
@@ -599,7 +531,7 @@ fn run_workload(w: &Workload, dir: &Path, cov: &mut Coverage) -> Vec<String> {
 fn qemu_oracle() {
     // QEMU is the oracle: without its tools this test fails, it never skips.
     for tool in ["qemu-img", "qemu-io"] {
-        common::qemu_tool(tool);
+        qemu::tool(tool);
     }
 
     let workloads = workloads();

@@ -18,11 +18,10 @@
 //! reached the disk. The image size and BASE's length are multiples of 512 (qcow2's sizes).
 
 mod common;
-use addcow::{CreateOptions, Image, OpenOptions, ZeroFlags};
-use common::{qemu_tool, Rng};
+use addcow::{Image, OpenOptions, ZeroFlags};
+use common::{create_img, qemu, Rng};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 const CS: u64 = 65536;
 
@@ -131,54 +130,18 @@ impl Holes {
     }
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let text = format!("{stdout}{stderr}").to_lowercase();
-    if !out.status.success() || text.contains("error") || text.contains("failed") {
-        panic!("{cmd:?} failed ({}):\n{stdout}\n{stderr}", out.status);
-    }
-    stdout.into_owned()
-}
-
 /// Per cluster of the qcow2 overlay: (allocated in the overlay, reads all zeros), from
 /// `qemu-img map --output=json`.
 fn qemu_map(dir: &Path, size: u64) -> Vec<(bool, bool)> {
-    let json = run(Command::new(qemu_tool("qemu-img"))
-        .args(["map", "-f", "qcow2", "--output=json", "overlay.qcow2"])
-        .current_dir(dir));
-    let clusters = size.div_ceil(CS) as usize;
-    let mut state = vec![(false, true); clusters];
-    let mut covered = 0;
-    for obj in json.split('{').skip(1) {
-        let obj = obj.split('}').next().unwrap();
-        let field = |name: &str| -> &str {
-            let key = format!("\"{name}\":");
-            let at = obj
-                .find(&key)
-                .unwrap_or_else(|| panic!("no {name} in qemu-img map extent {{{obj}}}"));
-            obj[at + key.len()..].split(',').next().unwrap().trim()
-        };
-        let start: u64 = field("start").parse().unwrap();
-        let length: u64 = field("length").parse().unwrap();
-        assert_eq!(start, covered, "qemu-img map: gap at {start}: {json}");
-        covered = start + length;
-        let allocated = field("depth") == "0" && field("present") == "true";
-        let zero = field("zero") == "true";
-        for c in start / CS..covered.div_ceil(CS) {
-            let s = &mut state[c as usize];
-            s.0 |= allocated;
-            s.1 &= zero;
-        }
-    }
-    assert_eq!(
-        covered, size,
-        "qemu-img map does not cover the image: {json}"
-    );
-    state
+    qemu::map(&dir.join("overlay.qcow2"), size, CS)
+        .iter()
+        .map(|extents| {
+            (
+                extents.iter().any(|e| e.allocated),
+                extents.iter().all(|e| e.zero),
+            )
+        })
+        .collect()
 }
 
 /// Per cluster of our image: (allocated, reads all zeros by block status).
@@ -215,23 +178,8 @@ fn workload(
         .map(|_| (rng.next() >> 56) as u8 | 1)
         .collect();
     std::fs::write(dir.join("base.raw"), &base).unwrap();
-    let meta = dir.join("img.add-cow");
-    addcow::create(
-        &meta,
-        &CreateOptions {
-            image_file: PathBuf::from("img.raw"),
-            backing_file: Some(PathBuf::from("base.raw")),
-            size,
-            ..CreateOptions::default()
-        },
-    )
-    .unwrap();
-    run(Command::new(qemu_tool("qemu-img"))
-        .args(["create", "-q", "-f", "qcow2", "-o"])
-        .arg(format!("data_file=data.raw,cluster_size={CS}"))
-        .args(["-b", "base.raw", "-F", "raw", "overlay.qcow2"])
-        .arg(size.to_string())
-        .current_dir(dir));
+    let meta = create_img(dir, 1, CS, size, Some("base.raw"));
+    qemu::create_overlay(dir, "base.raw", CS, size);
     let rw = OpenOptions {
         writable: true,
         ..OpenOptions::default()
@@ -241,8 +189,8 @@ fn workload(
     let mut holes = Holes::new(size, base_len);
     for &ops in phases {
         let img = Image::open(&meta, &rw).unwrap();
-        let mut qemu_io = Command::new(qemu_tool("qemu-io"));
-        qemu_io.args(["-f", "qcow2"]).current_dir(dir);
+        let mut qemu_io = qemu::command("qemu-io", dir);
+        qemu_io.args(["-f", "qcow2"]);
         for _ in 0..ops {
             n += 1;
             let op = gen_op(&mut rng, size, (n * 97 % 255 + 1) as u8);
@@ -253,20 +201,18 @@ fn workload(
             qemu_io.arg("-c").arg(op.qemu_io());
         }
         img.close().unwrap();
-        run(qemu_io.arg("overlay.qcow2"));
+        qemu::run(qemu_io.arg("overlay.qcow2"));
 
         let mut errors = Vec::new();
-        run(Command::new(qemu_tool("qemu-img"))
-            .args([
-                "convert",
-                "-f",
-                "qcow2",
-                "-O",
-                "raw",
-                "overlay.qcow2",
-                "want.raw",
-            ])
-            .current_dir(dir));
+        qemu::run(qemu::command("qemu-img", dir).args([
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            "overlay.qcow2",
+            "want.raw",
+        ]));
         let want = std::fs::read(dir.join("want.raw")).unwrap();
         let img = Image::open(&meta, &OpenOptions::default()).unwrap();
         let mut got = vec![0u8; size as usize];

@@ -85,11 +85,25 @@ fn write_zeroes_whole_clusters_allocate_without_copy_and_stay_sparse() {
         "nothing else written"
     );
 
-    // Without MAY_UNMAP the zeroed space stays allocated in the image file (ZERO_RANGE).
+    // Without MAY_UNMAP the zeroed space stays allocated in the image file (ZERO_RANGE): the
+    // two holes get their blocks back (whether SEEK_DATA calls unwritten space data depends on
+    // the file system; its block count does not).
+    let disk = dir.path().join("disk.raw");
+    let before = allocated_bytes(&disk);
     let keep = ZeroFlags::default();
     img.write_zeroes(2 * CS, 2 * CS, keep).unwrap();
     assert_eq!(read(&img, 2 * CS, 2 * CS), vec![0u8; 2 * CS as usize]);
     assert!(status(&img, 2 * CS).0);
+    assert!(
+        allocated_bytes(&disk) >= before + 2 * CS,
+        "ZERO_RANGE keeps (allocates) the space: {before} -> {}",
+        allocated_bytes(&disk)
+    );
+}
+
+/// Bytes of storage the file holds (its block count).
+fn allocated_bytes(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(path).unwrap()) * 512
 }
 
 #[test]
@@ -310,4 +324,40 @@ fn parts_of_2_mib_clusters_longer_than_a_cluster_are_written_in_pieces() {
         img.is_allocated(0, u64::MAX).unwrap(),
         (true, 2 * m2 as u64)
     );
+}
+
+#[test]
+fn a_partial_last_cluster_counts_as_whole_and_its_last_block_is_freed() {
+    // 3 clusters and 1000 bytes: the last cluster and the file's last block are partial.
+    let size = 3 * CS + 1000;
+    for discard in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path(), size, size, &rw());
+        img.write_at(0, &vec![7u8; size as usize]).unwrap();
+        match discard {
+            true => img.discard(2 * CS, CS + 1000).unwrap(),
+            false => img.write_zeroes(2 * CS, CS + 1000, UNMAP).unwrap(),
+        }
+        assert_eq!(
+            read(&img, 2 * CS, CS + 1000),
+            vec![0u8; (CS + 1000) as usize]
+        );
+        assert_eq!(
+            status(&img, 2 * CS),
+            (true, true, CS + 1000),
+            "discard {discard}"
+        );
+        img.flush().unwrap();
+        assert_eq!(
+            data_bytes(&dir.path().join("disk.raw")),
+            2 * CS,
+            "discard {discard}: the last block was not freed"
+        );
+        assert_eq!(
+            std::fs::metadata(dir.path().join("disk.raw"))
+                .unwrap()
+                .len(),
+            size
+        );
+    }
 }

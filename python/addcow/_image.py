@@ -16,7 +16,6 @@ import errno
 import io
 import operator
 import os
-import threading
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any, Iterable, Iterator, List, NamedTuple, Optional, Tuple, U
 
 from . import _lib
 from ._buffers import pin_readable, pin_writable
+from ._handle import Handle
 from ._job import HydrateJob
 from ._lib import check, invalid, lib
 
@@ -278,7 +278,7 @@ def open(  # noqa: A001 - mirrors io.open / gzip.open
     return Image(handle, path, "r+" if writable else "r")
 
 
-class Image:
+class Image(Handle):
     """An open add-cow image. Create it with :func:`addcow.open`.
 
     Thread-safe: any method may be called from many threads at once. The library runs the
@@ -290,11 +290,11 @@ class Image:
     A context manager: leaving the ``with`` block closes (and so flushes) the image.
     """
 
+    _closed_message = "I/O operation on a closed add-cow image"
+
     def __init__(self, handle: Any, path: PathType, mode: str) -> None:
         """Wraps a live ``AddCowImage*``; use :func:`addcow.open` instead."""
-        self._handle: Optional[Any] = handle
-        self._active = 0
-        self._cond = threading.Condition(threading.Lock())
+        super().__init__(handle)
         #: The path the image was opened with.
         self.name = path
         #: ``"r"`` or ``"r+"``.
@@ -303,40 +303,16 @@ class Image:
 
     # --- lifetime ------------------------------------------------------------------------
 
-    def _acquire(self) -> Any:
-        with self._cond:
-            if self._handle is None:
-                raise ValueError("I/O operation on a closed add-cow image")
-            self._active += 1
-            return self._handle
-
-    def _release(self) -> None:
-        with self._cond:
-            self._active -= 1
-            if self._active == 0:
-                self._cond.notify_all()
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._handle is None
-
     def close(self) -> None:
         """Flushes and closes the image. Idempotent. Waits for calls in progress on other
         threads; raises :class:`OSError` when the final flush fails (the image is closed
         anyway)."""
-        with self._cond:
-            handle = self._handle
-            if handle is None:
-                return
-            self._handle = None
-            while self._active:
-                self._cond.wait()
-        check(lib.addcow_close(handle), "addcow_close", self.name)
+        handle = self._take()
+        if handle is not None:
+            check(lib.addcow_close(handle), "addcow_close", self.name)
 
     def __enter__(self) -> "Image":
-        if self._handle is None:
-            raise ValueError("I/O operation on a closed add-cow image")
+        self._check_open()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -375,8 +351,7 @@ class Image:
     @property
     def cluster_size(self) -> int:
         """The cluster size in bytes (65536 for layout 1)."""
-        if self._handle is None:
-            raise ValueError("I/O operation on a closed add-cow image")
+        self._check_open()
         return self._cluster_size
 
     @property
@@ -628,8 +603,7 @@ class Image:
         """A seekable :class:`io.RawIOBase` view of the image (its own position, starting
         at 0). Closing the view does not close the image. Wrap it in
         :class:`io.BufferedRandom` or :class:`io.BufferedReader` for buffered access."""
-        if self._handle is None:
-            raise ValueError("I/O operation on a closed add-cow image")
+        self._check_open()
         return ImageFile(self)
 
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import ctypes
 import enum
 import errno as _errno
-import threading
 import time
 from typing import Any, NamedTuple, Optional
 
 from . import _lib
+from ._handle import Handle
 from ._lib import check, lib
 
 __all__ = ["HydrateJob", "JobState", "Progress"]
@@ -54,7 +54,7 @@ class Progress(NamedTuple):
     errno: int
 
 
-class HydrateJob:
+class HydrateJob(Handle):
     """A background hydration job; make it with :meth:`addcow.Image.hydrate_start`.
 
     Thread-safe. A context manager: leaving the ``with`` block closes the job, which cancels
@@ -65,24 +65,11 @@ class HydrateJob:
                 print(job.progress)
     """
 
+    _closed_message = "operation on a closed hydration job"
+
     def __init__(self, handle: int) -> None:
         """Wraps a live ``AddCowJob*``; use :meth:`addcow.Image.hydrate_start` instead."""
-        self._handle: Optional[int] = handle
-        self._active = 0
-        self._cond = threading.Condition(threading.Lock())
-
-    def _acquire(self) -> int:
-        with self._cond:
-            if self._handle is None:
-                raise ValueError("operation on a closed hydration job")
-            self._active += 1
-            return self._handle
-
-    def _release(self) -> None:
-        with self._cond:
-            self._active -= 1
-            if self._active == 0:
-                self._cond.notify_all()
+        super().__init__(handle)
 
     def _call(self, name: str, *args: Any) -> int:
         h = self._acquire()
@@ -141,27 +128,16 @@ class HydrateJob:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
 
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._handle is None
-
     def close(self) -> None:
         """Cancels the job unless it ended, waits for its thread (one batch and a flush) and
         frees it. Idempotent; waits for calls in progress on other threads (a :meth:`wait`
         gives way within a quarter of a second)."""
-        with self._cond:
-            handle = self._handle
-            if handle is None:
-                return
-            self._handle = None
-            while self._active:
-                self._cond.wait()
-        lib.addcow_job_free(handle)
+        handle = self._take()
+        if handle is not None:
+            lib.addcow_job_free(handle)
 
     def __enter__(self) -> "HydrateJob":
-        if self._handle is None:
-            raise ValueError("operation on a closed hydration job")
+        self._check_open()
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -59,6 +59,7 @@ __all__ = [
     "AddCowHydrateOptions",
     "AddCowJobProgress",
     "CREATE_CONFINE",
+    "CREATE_SIZE_EXACT",
     "COMPAT_ALL_ALLOCATED",
     "MAX_SIZE",
     "IOV_MAX",
@@ -95,6 +96,7 @@ JOB_FAILED = 5
 
 # Create flags (ADDCOW_CREATE_*).
 CREATE_CONFINE = 1 << 0
+CREATE_SIZE_EXACT = 1 << 1
 
 #: Layout 2's compatible feature bit 0 (ADDCOW_COMPAT_ALL_ALLOCATED): every cluster is
 #: allocated, the image file alone is the disk.
@@ -349,6 +351,13 @@ _DECLARATIONS: List[Tuple[str, object, List[object], bool]] = [
     ("addcow_writeback_pages", c_int64, [c_void_p], False),
     ("addcow_core_writeback_write", c_int, [c_void_p, c_void_p], False),
     ("addcow_core_writeback_end", c_int, [c_void_p, c_void_p, c_int], False),
+    ("addcow_core_begin_zero", c_int, [c_void_p, c_uint64, c_uint64, c_void_p], False),
+    ("addcow_core_is_fully_allocated", c_int, [c_void_p], False),
+    ("addcow_core_set_all_allocated", c_int, [c_void_p, c_int], False),
+    ("addcow_core_set_backing_file", c_int, [c_void_p, c_char_p, c_char_p], False),
+    ("addcow_core_reload", c_int, [c_void_p], False),
+    ("addcow_set_backing_file", c_int, [ImagePtr, c_char_p, c_char_p], False),
+    ("addcow_create_io", c_int, [POINTER(AddCowIo), POINTER(AddCowCreateOptions)], False),
     ("addcow_get_allocation", c_int, [ImagePtr, POINTER(c_uint64), POINTER(c_uint64)], False),
     ("addcow_detach", c_int, [c_char_p, c_uint32], False),
     ("addcow_commit", c_int, [c_char_p, c_uint32], False),

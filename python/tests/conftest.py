@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Tuple
+from typing import Any, Tuple
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -42,6 +42,15 @@ def bitmap_bits(meta_path: Path, clusters: int) -> list:
     """The allocation bits as stored on disk in the ``.add-cow`` file (LSB first)."""
     raw = meta_path.read_bytes()[HEADER_SIZE:]
     return [bool(raw[c // 8] >> (c % 8) & 1) if c // 8 < len(raw) else False for c in range(clusters)]
+
+
+def overlay_over(tmp_path: Path, data: bytes, **create_args: Any) -> Path:
+    """``tmp_path/base.raw`` holding ``data`` and ``disk.add-cow`` over it (image file
+    ``disk.raw``), made with ``addcow.create(..., **create_args)``."""
+    (tmp_path / "base.raw").write_bytes(data)
+    path = tmp_path / "disk.add-cow"
+    addcow.create(path, "disk.raw", backing_file="base.raw", **create_args)
+    return path
 
 
 @pytest.fixture

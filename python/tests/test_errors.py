@@ -224,7 +224,8 @@ def test_raw_abi_argument_checks(tmp_path: Path, overlay: Path) -> None:
     assert lib.addcow_create(path, ctypes.byref(opts)) == -errno.ENOTSUP
     opts.layout, opts.cluster_size = 1, 4096
     assert lib.addcow_create(path, ctypes.byref(opts)) == EINVAL
-    opts.cluster_size, opts.flags = 65536, 1 << 1  # bit 0 is CREATE_CONFINE; bit 1 is unknown
+    # bits 0 and 1 are CREATE_CONFINE and CREATE_SIZE_EXACT; bit 2 is unknown
+    opts.cluster_size, opts.flags = 65536, 1 << 2
     assert lib.addcow_create(path, ctypes.byref(opts)) == EINVAL
     opts.flags, opts.struct_size = 0, 8
     assert lib.addcow_create(path, ctypes.byref(opts)) == EINVAL

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Tuple
 
 import pytest
-from conftest import CLUSTER, bitmap_bits, rand_bytes
+from conftest import CLUSTER, bitmap_bits, overlay_over, rand_bytes
 
 import addcow
 
@@ -72,9 +72,7 @@ def test_job_completes_with_progress(big_overlay: Path, base: Base) -> None:
 def test_job_pause_resume_cancel_and_resume_by_a_new_job(tmp_path: Path) -> None:
     size = 64 * CLUSTER
     data = rand_bytes(size, 3)
-    (tmp_path / "base.raw").write_bytes(data)
-    path = tmp_path / "vm.add-cow"
-    addcow.create(path, "vm.raw", backing_file="base.raw")
+    path = overlay_over(tmp_path, data)
     with addcow.open(path, "r+") as img:
         # One cluster a second: it cannot finish during the test.
         job = img.hydrate_start(rate=CLUSTER, batch=CLUSTER)
@@ -107,9 +105,7 @@ def test_closing_the_image_cancels_its_job(overlay: Path) -> None:
 def test_job_beside_writer_threads(tmp_path: Path) -> None:
     size = 32 * CLUSTER
     data = rand_bytes(size, 4)
-    (tmp_path / "base.raw").write_bytes(data)
-    path = tmp_path / "vm.add-cow"
-    addcow.create(path, "vm.raw", backing_file="base.raw")
+    path = overlay_over(tmp_path, data)
     want = bytearray(data)
     writes = []
     for w in range(2):
@@ -132,7 +128,7 @@ def test_job_beside_writer_threads(tmp_path: Path) -> None:
                 t.join()
             assert job.wait()
         assert img.read(0, size) == want
-    assert (tmp_path / "vm.raw").read_bytes() == want
+    assert (tmp_path / "disk.raw").read_bytes() == want
 
 
 def test_copy_on_read(big_overlay: Path, base: Base) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 import addcow
 
-from conftest import CLUSTER, HEADER_SIZE, rand_bytes
+from conftest import CLUSTER, HEADER_SIZE, overlay_over, rand_bytes
 
 #: The smallest, the default and the largest layout-2 cluster size.
 CLUSTER_SIZES = [4096, 65536, 2 << 20]
@@ -55,9 +55,7 @@ def test_create_and_reopen(tmp_path: Path, cs: int) -> None:
 def test_round_trip_over_backing(tmp_path: Path, cs: int) -> None:
     """A sub-cluster write allocates exactly its cluster, completed from the backing file."""
     data = rand_bytes(4 * cs, cs)
-    (tmp_path / "base.raw").write_bytes(data)
-    meta = tmp_path / "disk.add-cow"
-    addcow.create(meta, "disk.raw", backing_file="base.raw", layout=2, cluster_size=cs)
+    meta = overlay_over(tmp_path, data, layout=2, cluster_size=cs)
     assert addcow.read_header(meta).backing_format == "raw"
     new = rand_bytes(1000, 7)
     want = data[: cs + 100] + new + data[cs + 1100 :]
@@ -128,9 +126,7 @@ def test_all_allocated_bit(tmp_path: Path) -> None:
     needed."""
     cs = 4096
     data = rand_bytes(3 * cs, 4)
-    (tmp_path / "base.raw").write_bytes(data)
-    meta = tmp_path / "disk.add-cow"
-    addcow.create(meta, "disk.raw", backing_file="base.raw", layout=2, cluster_size=cs)
+    meta = overlay_over(tmp_path, data, layout=2, cluster_size=cs)
     with addcow.open(meta, "r+") as img:
         img.write(0, b"x")
         img.write(cs, b"y")

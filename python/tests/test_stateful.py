@@ -60,6 +60,8 @@ class Model:
         whole, parts = self.whole_clusters(offset, length)
         self.alloc.update(c for c in whole if c in self.alloc or c * CLUSTER < len(self.backing))
         for a, b in parts:
+            if a >= b:
+                continue  # an empty part touches no cluster
             for c in range(a // CLUSTER, -(-b // CLUSTER)):
                 if max(a, c * CLUSTER) < len(self.backing):
                     self.alloc.add(c)

@@ -76,3 +76,16 @@ def test_no_fallback_and_errors(overlay: Path) -> None:
             img.write_zeroes(0, CLUSTER)
         with pytest.raises(PermissionError):
             img.discard(0, CLUSTER)
+
+
+def test_empty_write_zeroes_and_discard_change_nothing(overlay: Path, base: Tuple[Path, bytes]) -> None:
+    """A zero-length request at any offset, the end included, allocates nothing (the state
+    machine's model once allocated the last cluster for one at the end)."""
+    _, data = base
+    with addcow.open(overlay, "r+") as img:
+        before = list(img.map())
+        for at in (0, 1, CLUSTER, img.size):
+            img.write_zeroes(at, 0)
+            img.write_zeroes(at, 0, may_unmap=True)
+            img.discard(at, 0)
+        assert list(img.map()) == before

@@ -91,6 +91,26 @@ pub(super) fn bad_arg(msg: &str) -> Error {
     Error::invalid(msg)
 }
 
+/// Stores a new handle, the boxed value `make` returns, in `*out`: -EINVAL when `out` is NULL;
+/// `*out` is cleared before `make` runs, so that every failure leaves NULL there.
+///
+/// # Safety
+/// `out` is NULL or writable.
+pub(super) unsafe fn store_handle<T>(
+    out: *mut *mut T,
+    make: impl FnOnce() -> Result<T>,
+) -> Result<()> {
+    if out.is_null() {
+        return Err(bad_arg("out is NULL"));
+    }
+    // SAFETY: non-NULL and writable per the caller.
+    unsafe { out.write(std::ptr::null_mut()) };
+    let handle = Box::into_raw(Box::new(make()?));
+    // SAFETY: as above.
+    unsafe { out.write(handle) };
+    Ok(())
+}
+
 /// A required, NUL-terminated string argument.
 ///
 /// # Safety

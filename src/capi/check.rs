@@ -1,7 +1,7 @@
 //! `addcow_check`: checking and repairing an image's files from C, with the findings behind an
 //! opaque result.
 
-use super::boundary::{bad_arg, c_str, ffi};
+use super::boundary::{bad_arg, c_str, ffi, store_handle};
 use crate::engine::{check, CheckReport, Severity};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, CString, OsStr};
@@ -29,7 +29,8 @@ pub const ADDCOW_CHECK_FINDINGS: u32 = 6;
 /// `addcow_check_finding` kind: a corruption (what the image reads is wrong or undecidable, or
 /// it cannot be opened).
 pub const ADDCOW_CHECK_CORRUPTION: c_int = 1;
-/// `addcow_check_finding` kind: a leak (a harmless leftover: stray bits, stale bytes).
+/// `addcow_check_finding` kind: a leak (a harmless leftover: stray bits, stale bytes, image-file
+/// data in unallocated clusters).
 pub const ADDCOW_CHECK_LEAK: c_int = 2;
 /// `addcow_check_finding` kind: a note, counted nowhere (the image in use by another process, a
 /// backing file shorter than the image, unknown compatible feature bits).
@@ -47,13 +48,15 @@ pub struct AddCowCheckResult {
 /// Checks the image at `path` for consistency (`qemu-img check`'s model): the header and its
 /// feature bits, the image file, the bitmap's length against the image file's (a short bitmap,
 /// stale bytes past it, layout 2's padding), bits set past the last cluster, the backing file
-/// (missing while needed; shorter than the image), and whether another process uses the image
-/// (checked anyway, with a note). Under layout 2's "all allocated" bit every cluster counts as
+/// (missing while needed; shorter than the image), image-file data in unallocated clusters
+/// (found with `SEEK_DATA`: a leak; a note where the file system has no `SEEK_DATA`), and
+/// whether another process uses the image (checked anyway, with a note). Under layout 2's "all allocated" bit every cluster counts as
 /// allocated whatever the bitmap says (a note when it disagrees). With `ADDCOW_CHECK_REPAIR`
 /// (which locks the files for writing: -EBUSY while another user has them) it repairs what
 /// needs no guess: a short bitmap is extended as unallocated only when the image file holds no
 /// data in the clusters it lacks; stray bits are cleared; stale bytes cut; missing padding
-/// added. Everything else is only reported.
+/// added; data in unallocated clusters punched out of the image file (never read; reported
+/// where the file system cannot punch). Everything else is only reported.
 ///
 /// On success stores the findings in `*out` (free them with `addcow_check_free`) and returns
 /// the exit code of the model: 0 nothing left to repair, 2 corruptions left, 3 leaks left and
@@ -71,31 +74,29 @@ pub unsafe extern "C" fn addcow_check(
     out: *mut *mut AddCowCheckResult,
 ) -> c_int {
     ffi("addcow_check", || {
-        if out.is_null() {
-            return Err(bad_arg("out is NULL"));
-        }
-        // SAFETY: non-NULL and writable per the caller; cleared so that failure leaves NULL.
-        unsafe { out.write(std::ptr::null_mut()) };
-        if flags & !ADDCOW_CHECK_REPAIR != 0 {
-            return Err(bad_arg(&format!(
-                "unknown check flags {:#x}",
-                flags & !ADDCOW_CHECK_REPAIR
-            )));
-        }
-        // SAFETY: the caller's guarantee.
-        let path = Path::new(OsStr::from_bytes(
-            unsafe { c_str(path, "path")? }.to_bytes(),
-        ));
-        let report = check(path, flags & ADDCOW_CHECK_REPAIR != 0)?;
-        let messages = report
-            .findings
-            .iter()
-            .map(|f| CString::new(f.message.replace('\0', "\\0")).unwrap_or_default())
-            .collect();
-        let code = report.exit_code();
-        let result = Box::new(AddCowCheckResult { report, messages });
-        // SAFETY: as above.
-        unsafe { out.write(Box::into_raw(result)) };
+        let mut code = 0;
+        let run = || {
+            if flags & !ADDCOW_CHECK_REPAIR != 0 {
+                return Err(bad_arg(&format!(
+                    "unknown check flags {:#x}",
+                    flags & !ADDCOW_CHECK_REPAIR
+                )));
+            }
+            // SAFETY: the caller's guarantee.
+            let path = Path::new(OsStr::from_bytes(
+                unsafe { c_str(path, "path")? }.to_bytes(),
+            ));
+            let report = check(path, flags & ADDCOW_CHECK_REPAIR != 0)?;
+            let messages = report
+                .findings
+                .iter()
+                .map(|f| CString::new(f.message.replace('\0', "\\0")).unwrap_or_default())
+                .collect();
+            code = report.exit_code();
+            Ok(AddCowCheckResult { report, messages })
+        };
+        // SAFETY: the caller's guarantee on `out`, forwarded.
+        unsafe { store_handle(out, run) }?;
         Ok(code)
     })
 }

@@ -1,7 +1,7 @@
 //! Reading a header before opening anything else: a host that supplies its own I/O learns here
 //! which image and backing files to open.
 
-use super::boundary::{bad_arg, c_str, ffi};
+use super::boundary::{c_str, ffi, store_handle};
 use super::host::{AddCowIo, HostStorage, Needs, META};
 use crate::error::{Error, Result};
 use crate::mapping::read_header;
@@ -54,15 +54,8 @@ unsafe fn store(
     out: *mut *mut AddCowHeader,
     read: impl FnOnce() -> Result<crate::layout::Header>,
 ) -> Result<c_int> {
-    if out.is_null() {
-        return Err(bad_arg("out is NULL"));
-    }
-    // SAFETY: non-NULL and writable per the caller; cleared so that failure leaves NULL.
-    unsafe { out.write(std::ptr::null_mut()) };
-    let header = AddCowHeader::new(&read()?)?;
-    // SAFETY: as above.
-    unsafe { out.write(Box::into_raw(Box::new(header))) };
-    Ok(0)
+    // SAFETY: the caller's guarantee, forwarded.
+    unsafe { store_handle(out, || AddCowHeader::new(&read()?)) }.map(|()| 0)
 }
 
 /// Reads and validates the header of the `.add-cow` file at `path` without opening the files

@@ -2,7 +2,7 @@
 //! (`addcow_hydrate_start`, then `addcow_job_*` on the `AddCowJob` handle). The image keeps a
 //! list of its jobs ([`Jobs`]) so that `addcow_close` stops them before it closes the image.
 
-use super::boundary::{bad_arg, ffi};
+use super::boundary::{bad_arg, ffi, store_handle};
 use super::versioned::{self, Versioned};
 use super::{image, AddCowImage};
 use crate::engine::{HydrateJob, HydrateOptions, JobState, Outcome};
@@ -182,24 +182,20 @@ pub unsafe extern "C" fn addcow_hydrate_start(
     out: *mut *mut AddCowJob,
 ) -> c_int {
     ffi("addcow_hydrate_start", || {
-        if out.is_null() {
-            return Err(bad_arg("out is NULL"));
-        }
-        // SAFETY: non-NULL and writable per the caller; cleared first so failure leaves NULL.
-        unsafe { out.write(std::ptr::null_mut()) };
-        // SAFETY: the caller's guarantee.
-        let handle = unsafe { img.as_ref() }.ok_or_else(|| bad_arg("img is NULL"))?;
-        let opts = match opts.is_null() {
-            true => HydrateOptions::default(),
-            // SAFETY: non-NULL, and the caller's guarantee on its size.
-            false => options(&unsafe { versioned::read(opts)? })?,
+        let start = || {
+            // SAFETY: the caller's guarantee.
+            let handle = unsafe { img.as_ref() }.ok_or_else(|| bad_arg("img is NULL"))?;
+            let opts = match opts.is_null() {
+                true => HydrateOptions::default(),
+                // SAFETY: non-NULL, and the caller's guarantee on its size.
+                false => options(&unsafe { versioned::read(opts)? })?,
+            };
+            let job = Arc::new(HydrateJob::start(handle.image.clone(), &opts)?);
+            handle.jobs.add(&job);
+            Ok(AddCowJob { job })
         };
-        let job = Arc::new(HydrateJob::start(handle.image.clone(), &opts)?);
-        handle.jobs.add(&job);
-        let job = Box::into_raw(Box::new(AddCowJob { job }));
-        // SAFETY: as above.
-        unsafe { out.write(job) };
-        Ok(0)
+        // SAFETY: the caller's guarantee on `out`, forwarded.
+        unsafe { store_handle(out, start) }.map(|()| 0)
     })
 }
 

@@ -1,7 +1,7 @@
 //! Opening images from C: `addcow_open`/`addcow_open_io` with flags, and their extensible
 //! forms taking `AddCowOpenOptions`.
 
-use super::boundary::{bad_arg, c_str, ffi};
+use super::boundary::{bad_arg, c_str, ffi, store_handle};
 use super::host::{AddCowIo, HostStorage, Needs, BACKING, IMAGE, META};
 use super::versioned::{self, Versioned};
 use super::AddCowImage;
@@ -133,15 +133,8 @@ unsafe fn hand_out(
     out: *mut *mut AddCowImage,
     open: impl FnOnce() -> Result<Image>,
 ) -> Result<c_int> {
-    if out.is_null() {
-        return Err(bad_arg("out is NULL"));
-    }
-    // SAFETY: non-NULL and writable per the caller; cleared first so that failure leaves NULL.
-    unsafe { out.write(std::ptr::null_mut()) };
-    let handle = Box::into_raw(Box::new(AddCowImage::new(open()?)));
-    // SAFETY: as above.
-    unsafe { out.write(handle) };
-    Ok(0)
+    // SAFETY: the caller's guarantee, forwarded.
+    unsafe { store_handle(out, || open().map(AddCowImage::new)) }.map(|()| 0)
 }
 
 /// # Safety

@@ -9,21 +9,34 @@
 //! - **Leak** (harmless leftovers, the `.add-cow` file's equivalent of leaked clusters): bits set
 //!   past the last cluster (the spare bits of the last byte, layout 2's padding); the `.add-cow`
 //!   file longer than the bitmap (an interrupted shrink leaves that); layout 2's padding missing,
-//!   or a short bitmap under layout 2's "all allocated" bit (which every cluster reads by).
+//!   or a short bitmap under layout 2's "all allocated" bit (which every cluster reads by);
+//!   image-file data in unallocated clusters (found with `SEEK_DATA`: qcow2's leaked clusters;
+//!   a copy-on-write that crashed before its bit was set, a failed write, or a commit that
+//!   could not punch leave it). It is never read, only space.
 //! - **Note** (counted nowhere): the image in use by another process (checked anyway, its content
 //!   may change meanwhile), a backing file shorter than the image (unallocated clusters past its
 //!   end read zeros), unknown compatible feature bits, a backing file an all-allocated image does
 //!   not need, layout 2's "all allocated" bit over a bitmap that does not say so (valid: the bit
-//!   wins, and clearing it fills the bitmap first).
+//!   wins, and clearing it fills the bitmap first), an image file whose file system has no
+//!   `SEEK_DATA` (data in unallocated clusters not checked).
 //!
 //! # Repair (`repair`)
 //! Needs the `.add-cow` and image files locked for writing (`EBUSY` while another user has
 //! them). Fixed: a short bitmap is extended with zero bits (unallocated) only when the image
 //! file holds no data in the clusters it lacks (`SEEK_DATA`), since only then does that not
 //! change what the image reads; stray bits are cleared; an overlong `.add-cow` file is cut;
-//! missing padding is added. Everything else is reported, not repaired. The repairs are written, then the
-//! `.add-cow` file is synced; each one leaves the image reading what it read before, so a crash
-//! between them is harmless.
+//! missing padding is added; data in unallocated clusters is punched out of the image file
+//! (where the file system can punch; otherwise reported). Everything else is reported, not
+//! repaired. The repairs are written, then the `.add-cow` file is synced; each one leaves the
+//! image reading what it read before, so a crash between them is harmless.
+//!
+//! Punching is safe because a cluster whose bit is clear is never read from the image file, and
+//! nothing sets its bit meanwhile: the repair holds the write locks, so no writer runs, and the
+//! bit read from the `.add-cow` file is the one every later open reads (a bit another writer
+//! had set only in its memory was lost with it, data and all: its cluster reads the backing
+//! file). Only whole clusters whose bit reads 0 are punched, never a byte of an allocated one.
+//! A crash mid-punch leaves some of the data: still a leak, never read. The image file is
+//! synced after the punches.
 //!
 //! # Exit codes (the model for the CLI, `qemu-img check`'s)
 //! [`CheckReport::exit_code`]: 0 no unrepaired finding, 2 corruptions left, 3 leaks left and no
@@ -154,6 +167,7 @@ pub fn check(path: impl AsRef<Path>, repair: bool) -> Result<CheckReport> {
     r.total_clusters = files.geometry.clusters();
     files.bitmap_length(&mut r)?;
     files.bits(&mut r)?;
+    files.leaked_data(&mut r)?;
     check_backing(&mut r, &dir, &header, size)?;
     if repair && r.findings.iter().any(|f| f.repaired) {
         meta.flush()
@@ -362,6 +376,114 @@ impl Files<'_> {
             r.allocated_clusters = clusters;
         }
         Ok(())
+    }
+
+    /// Image-file data in clusters whose bit is clear: a leak, punched by a repair where the
+    /// file system can (module docs). Not looked for under layout 2's "all allocated" bit, nor
+    /// in clusters the bitmap has no bit for (`short_bitmap`), nor where the file system cannot
+    /// tell data from holes (a note).
+    fn leaked_data(&self, r: &mut CheckReport) -> Result<()> {
+        if self.header.all_allocated() {
+            return Ok(());
+        }
+        let seeks = self.image.seeks_data();
+        if !seeks.map_err(|e| Error::io(Op::FindData, "image file", 0, e))? {
+            r.add(
+                Severity::Note,
+                "the image file's file system cannot find data (no SEEK_DATA): data left in \
+                 unallocated clusters was not looked for",
+                false,
+            );
+            return Ok(());
+        }
+        let runs = self.leaked_runs()?;
+        let Some(&(first, _)) = runs.first() else {
+            return Ok(());
+        };
+        let clusters: u64 = runs.iter().map(|(a, b)| b - a).sum();
+        let found = format!(
+            "{clusters} unallocated clusters hold data in the image file (the first at offset \
+             {}): never read, only space (a copy-on-write interrupted before its bit was set \
+             leaves this)",
+            first * self.geometry.cluster_size()
+        );
+        if !self.repair {
+            r.add(Severity::Leak, found, false);
+            return Ok(());
+        }
+        match self.punch(&runs)? {
+            true => r.add(Severity::Leak, format!("{found}; punched"), true),
+            false => r.add(
+                Severity::Leak,
+                format!("{found}; the file system cannot punch holes: not repaired"),
+                false,
+            ),
+        }
+        Ok(())
+    }
+
+    /// Runs `first..end` of clusters whose bit is clear and that hold image-file data, in order,
+    /// found by walking the image file's data with `SEEK_DATA`/`SEEK_HOLE` and reading the bits
+    /// of its clusters.
+    fn leaked_runs(&self) -> Result<Vec<(u64, u64)>> {
+        let g = self.geometry;
+        let cs = g.cluster_size();
+        let known = g.clusters().min(self.stored()?.saturating_mul(8));
+        let limit = g.size().min(known.saturating_mul(cs));
+        let find = |at, e| Error::io(Op::FindData, "image file", at, e);
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut pos = 0;
+        while pos < limit {
+            let data = self.image.next_data(pos).map_err(|e| find(pos, e))?;
+            let Some(data) = data.filter(|&d| d < limit) else {
+                break;
+            };
+            let hole = self.image.next_hole(data).map_err(|e| find(data, e))?;
+            let end = hole.clamp(data + 1, limit);
+            self.clear_bits(data / cs, (end - 1) / cs + 1, &mut runs)?;
+            pos = end;
+        }
+        Ok(runs)
+    }
+
+    /// Appends the clusters of `first..end` whose bit is clear to `runs`, merging neighbours.
+    fn clear_bits(&self, first: u64, end: u64, runs: &mut Vec<(u64, u64)>) -> Result<()> {
+        let mut buf = Vec::new();
+        let mut c = first;
+        while c < end {
+            let stop = end.min((c / 8 + CHUNK) * 8);
+            buf.resize((stop.div_ceil(8) - c / 8) as usize, 0);
+            self.read_meta(c / 8, &mut buf)?;
+            for k in c..stop {
+                if buf[(k / 8 - c / 8) as usize] >> (k % 8) & 1 == 1 {
+                    continue;
+                }
+                match runs.last_mut() {
+                    Some(last) if last.1 == k => last.1 = k + 1,
+                    _ => runs.push((k, k + 1)),
+                }
+            }
+            c = stop;
+        }
+        Ok(())
+    }
+
+    /// Punches the clusters of `runs` out of the image file (to the end of the last cluster:
+    /// the file keeps its length) and syncs it; `false` when the file system cannot punch.
+    fn punch(&self, runs: &[(u64, u64)]) -> Result<bool> {
+        let cs = self.geometry.cluster_size();
+        for &(first, end) in runs {
+            let (at, len) = (first * cs, (end - first) * cs);
+            match self.image.punch_hole(at, len) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(false),
+                Err(e) => return Err(Error::io(Op::PunchHole, "image file", at, e)),
+            }
+        }
+        self.image
+            .flush()
+            .map_err(|e| Error::io(Op::Flush, "image file", 0, e))?;
+        Ok(true)
     }
 
     /// Set bits in bitmap bytes `0..len`, skipping holes of the `.add-cow` file.

@@ -193,8 +193,9 @@ fn is_zero(buf: &[u8]) -> bool {
 }
 
 impl Image {
-    /// Hydrates every cluster that `offset..offset + bytes` touches: copies the unallocated
-    /// ones from the backing file (zeros past its end) into the image file, `batch` bytes of
+    /// Hydrates every cluster that `offset..offset + bytes` touches (none when `bytes` is 0):
+    /// copies the unallocated ones from the backing file (zeros past its end) into the image
+    /// file, `batch` bytes of
     /// contiguous clusters at a time (0: 1 MiB; rounded up to whole clusters, at most 64 MiB),
     /// and marks them allocated; returns how many clusters it copied. Safe beside reads and
     /// writes on other threads: clusters a guest writes meanwhile keep the guest's data (see the
@@ -204,6 +205,9 @@ impl Image {
     pub fn hydrate(&self, offset: u64, bytes: u64, batch: u64) -> Result<u64> {
         self.check_hydrate()?;
         self.core().check(offset, bytes)?;
+        if bytes == 0 {
+            return Ok(0);
+        }
         let cs = self.cluster_size();
         let (mut pos, end) = (offset / cs * cs, (offset + bytes).div_ceil(cs) * cs);
         let mut hydrator = Hydrator::new(self, batch);

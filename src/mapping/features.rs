@@ -92,7 +92,7 @@ impl Core {
     /// Set it only once every cluster is allocated with its bit durable; clear it only once
     /// the bitmap says every cluster is allocated, durably ([`Core::fill_step`]), and before
     /// making any cluster unallocated. On failure the bit keeps its old value in memory and
-    /// the header is unsynced. `EBUSY` while [`Core::set_backing_file`] or [`Core::reload`]
+    /// the header is unsynced. `EPERM` on a read-only core with something to write; `EBUSY` while [`Core::set_backing_file`] or [`Core::reload`]
     /// runs (never waits for them).
     pub fn set_all_allocated(&self, on: bool) -> Result<()> {
         let mut header = self.header();
@@ -102,6 +102,9 @@ impl Core {
         };
         if self.all_allocated() == on && !self.header_unsynced() {
             return Ok(());
+        }
+        if !self.writable {
+            return Err(Error::ReadOnly(Op::Write));
         }
         let _shared = self.header_lock.try_shared()?;
         self.header_unsynced.store(true, Ordering::Release);

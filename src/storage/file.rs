@@ -28,6 +28,22 @@ impl FileStorage {
         &self.file
     }
 
+    /// Whether the file system answers `lseek(SEEK_DATA)` (where it does not, `next_data`
+    /// reports data everywhere and cannot tell a hole from data).
+    pub(crate) fn seeks_data(&self) -> io::Result<bool> {
+        // SAFETY: lseek takes no pointers; the descriptor is open for as long as `self.file`.
+        let at = unsafe { libc::lseek(self.file.as_raw_fd(), 0, libc::SEEK_DATA) };
+        if at >= 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENXIO) => Ok(true),
+            Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(false),
+            _ => Err(err),
+        }
+    }
+
     /// One read system call, retried on EINTR: `pread` for one buffer (measurably cheaper than
     /// `preadv` with one iovec at 4 KiB), `preadv` for several (at most `ADDCOW_IOV_MAX`,
     /// Linux's `IOV_MAX`). Returns the bytes read (0 at end of file).

@@ -907,6 +907,27 @@ fn fault_run(
     }
 }
 
+/// [`assert_clean`] over the crash points of `scenarios` ([`crash_violations`], the campaign of
+/// the environment).
+pub fn assert_crash_clean(what: &str, scenarios: &[Scenario]) {
+    let campaign = Campaign::from_env();
+    assert_clean(
+        what,
+        scenarios.iter().map(|s| crash_violations(s, &campaign)),
+    );
+}
+
+/// [`assert_clean`] over `EIO`, then `ENOSPC`, injected at each host call of `scenarios`
+/// ([`fault_violations`]).
+pub fn assert_faults_clean(what: &str, scenarios: &[Scenario]) {
+    assert_clean(
+        what,
+        [libc::EIO, libc::ENOSPC]
+            .into_iter()
+            .flat_map(|errno| scenarios.iter().map(move |s| fault_violations(s, errno))),
+    );
+}
+
 /// Panics listing the failing scenarios and the first violations, if any; asserts that
 /// something was checked.
 pub fn assert_clean(what: &str, outcomes: impl IntoIterator<Item = Outcome>) {

@@ -4,6 +4,7 @@
 
 pub mod disk;
 pub mod harness;
+pub mod qemu;
 pub mod workloads;
 
 /// xorshift64*: small, deterministic, good enough for workloads.
@@ -37,6 +38,13 @@ impl Rng {
         self.next() % n
     }
 
+    /// `len` bytes that differ from their neighbours and never repeat at cluster distance.
+    pub fn noise(&mut self, len: u64) -> Vec<u8> {
+        (0..len)
+            .map(|i| (self.next() >> 56) as u8 ^ (i % 251) as u8)
+            .collect()
+    }
+
     pub fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {
             v.swap(i, self.below(i as u64 + 1) as usize);
@@ -44,16 +52,30 @@ impl Rng {
     }
 }
 
-/// The path of a QEMU tool (`qemu-img`, `qemu-io`) from the machine's qemu-utils. QEMU's tools
-/// are the oracle of these tests: a missing tool fails the test, it never skips it.
-pub fn qemu_tool(name: &str) -> std::path::PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("{name} is not on PATH: install qemu-utils (apt-get install qemu-utils)")
-        })
+/// Creates `dir/img.add-cow` (image file `img.raw`) of `size` bytes, layout `layout` with
+/// `cluster`-byte clusters, over the raw file `backing` (a name in `dir`) if any.
+pub fn create_img(
+    dir: &std::path::Path,
+    layout: u32,
+    cluster: u64,
+    size: u64,
+    backing: Option<&str>,
+) -> std::path::PathBuf {
+    let meta = dir.join("img.add-cow");
+    addcow::create(
+        &meta,
+        &addcow::CreateOptions {
+            image_file: "img.raw".into(),
+            backing_file: backing.map(Into::into),
+            backing_format: addcow::BackingFormat::Raw,
+            size,
+            layout,
+            cluster_size: cluster,
+            ..addcow::CreateOptions::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("create {}: {e}", meta.display()));
+    meta
 }
 
 /// Open options: read-write.
@@ -67,6 +89,13 @@ pub fn rw() -> addcow::OpenOptions {
 /// Open options: read-only.
 pub fn ro() -> addcow::OpenOptions {
     addcow::OpenOptions::default()
+}
+
+/// Everything the image reads, `0..size`.
+pub fn read_all(img: &addcow::Image) -> Vec<u8> {
+    let mut buf = vec![0u8; img.size() as usize];
+    img.read_at(0, &mut buf).unwrap();
+    buf
 }
 
 /// Asserts the error's errno and that its message contains every one of `words`.
