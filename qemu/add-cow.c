@@ -971,6 +971,32 @@ static QemuOptsList add_cow_create_opts = {
     }
 };
 
+/*
+ * A new image's image file holds nothing, as qcow2's new data file: an
+ * image file left by an earlier image is cut to zero and grown back (no
+ * stale data in unallocated clusters, which check would count as leaks).
+ * addcow_create() has refused files in use or in the backing chain.
+ */
+static int add_cow_clear_image_file(const char *path, const char *image_file,
+                                    uint64_t size, Error **errp)
+{
+    g_autofree char *dir = g_path_get_dirname(path);
+    g_autofree char *name = path_is_absolute(image_file) ?
+        g_strdup(image_file) : g_build_filename(dir, image_file, NULL);
+    int fd = qemu_open(name, O_WRONLY, errp);
+    int ret = 0;
+
+    if (fd < 0) {
+        return -errno;
+    }
+    if (ftruncate(fd, 0) < 0 || ftruncate(fd, size) < 0) {
+        ret = -errno;
+        error_setg_errno(errp, errno, "Could not clear image file '%s'", name);
+    }
+    qemu_close(fd);
+    return ret;
+}
+
 static int coroutine_fn GRAPH_UNLOCKED
 add_cow_co_create_opts(BlockDriver *drv, const char *filename, QemuOpts *opts,
                       Error **errp)
@@ -1009,8 +1035,9 @@ add_cow_co_create_opts(BlockDriver *drv, const char *filename, QemuOpts *opts,
     if (ret < 0) {
         error_setg_errno(errp, -ret, "Could not create add-cow image: %s",
                          addcow_last_error());
+        return ret;
     }
-    return ret;
+    return add_cow_clear_image_file(path, image_file, co.size, errp);
 }
 
 static const char *const add_cow_strong_runtime_opts[] = {

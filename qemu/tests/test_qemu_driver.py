@@ -219,3 +219,16 @@ def test_concurrent_writes_at_depth(tmp_path: Path) -> None:
     want[:end] = b"\x5c" * end
     with addcow.open(img) as a:
         assert a.read(0, SIZE) == bytes(want)
+
+
+def test_create_over_a_stale_image_file_starts_empty(tmp_path: Path) -> None:
+    """As qcow2's data file: a new image's image file holds nothing, even when an earlier
+    image left one with data under the same name (check would count it as leaks)."""
+    img = create(tmp_path, (1, 65536))
+    qemu_io(img, "write -P 0x12 0 1M")
+    img.unlink()
+    img = create(tmp_path, (1, 65536))
+    assert "No errors were found" in run(QEMU_IMG, "check", img)
+    with addcow.open(img) as a:
+        assert a.read(0, SIZE) == bytes(expected_from_backing(tmp_path))
+    assert not any((tmp_path / "t.add-cow.raw").read_bytes())
