@@ -21,9 +21,11 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use std::path::{Path, PathBuf};
 
-const CS: u64 = 65536;
+#[path = "common/input.rs"]
+mod input;
+use input::{BackingLen, BackingSpec, Len, Pos, CS};
+
 const MAX_OPS: usize = 32;
-const NEAR_CLUSTERS: u64 = 8;
 const MAX_BACKING: usize = 9 * CS as usize;
 const MAX_WRITE: usize = 7 * CS as usize;
 
@@ -217,69 +219,6 @@ impl Model {
 
 // ---------------------------------------------------------------------------------------------
 // The fuzzed input.
-
-#[derive(Arbitrary, Debug, Clone, Copy)]
-enum Pos {
-    Frac(u16),
-    Near(u8, i16),
-    End(i16),
-}
-
-impl Pos {
-    fn at(self, size: u64) -> u64 {
-        match self {
-            Pos::Frac(f) => (u128::from(size) * u128::from(f) / 65535) as u64,
-            Pos::Near(k, d) => {
-                (u64::from(k) % NEAR_CLUSTERS * CS).saturating_add_signed(i64::from(d))
-            }
-            Pos::End(d) => size.saturating_add_signed(i64::from(d)),
-        }
-    }
-}
-
-#[derive(Arbitrary, Debug, Clone, Copy)]
-enum Len {
-    Zero,
-    Small(u16),
-    Big(u32),
-    ToEnd(i16),
-    Huge,
-}
-
-impl Len {
-    fn of(self, size: u64, offset: u64) -> u64 {
-        match self {
-            Len::Zero => 0,
-            Len::Small(n) => u64::from(n),
-            Len::Big(n) => u64::from(n) % (3 * CS),
-            Len::ToEnd(d) => size
-                .saturating_sub(offset)
-                .saturating_add_signed(i64::from(d)),
-            Len::Huge => u64::MAX,
-        }
-    }
-
-    fn io(self, size: u64, offset: u64) -> u64 {
-        match self {
-            Len::Huge => 3 * CS - 1,
-            other => other.of(size, offset),
-        }
-    }
-}
-
-#[derive(Arbitrary, Debug, Clone, Copy)]
-enum BackingLen {
-    Longer(u32),
-    Same,
-    Shorter(u32),
-}
-
-#[derive(Arbitrary, Debug, Clone, Copy)]
-enum BackingSpec {
-    Absent,
-    Present(BackingLen),
-    Ignored(BackingLen),
-}
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
 struct Mode {
