@@ -4,18 +4,9 @@ use crate::common::{failed, Dir};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
+/// The overlay, with a write so that it has an allocated cluster.
 fn image(d: &Dir) {
-    d.base("base.raw", 1 << 20, 1 << 20);
-    d.ok(&[
-        "create",
-        "-l",
-        "2",
-        "-b",
-        "base.raw",
-        "-o",
-        "img.raw",
-        "o.add-cow",
-    ]);
+    d.overlay();
     d.write("o.add-cow", 0, 4096, 7);
 }
 

@@ -65,6 +65,22 @@ impl Dir {
     }
 
     /// A raw file of `len` bytes whose first `data` bytes are a pattern (the rest a hole).
+    /// A 1 MiB layout-2 overlay `o.add-cow` (image file `img.raw`) over `base.raw`, 1 MiB of
+    /// data.
+    pub fn overlay(&self) {
+        self.base("base.raw", 1 << 20, 1 << 20);
+        self.ok(&[
+            "create",
+            "-l",
+            "2",
+            "-b",
+            "base.raw",
+            "-o",
+            "img.raw",
+            "o.add-cow",
+        ]);
+    }
+
     pub fn base(&self, name: &str, data: u64, len: u64) -> PathBuf {
         let path = self.path(name);
         let bytes: Vec<u8> = (0..data).map(|i| (i / 512 % 251) as u8 + 1).collect();

@@ -3,25 +3,11 @@
 use crate::common::{failed, Dir, K64};
 use std::path::Path;
 
-fn image(d: &Dir) {
-    d.base("base.raw", 1 << 20, 1 << 20);
-    d.ok(&[
-        "create",
-        "-l",
-        "2",
-        "-b",
-        "base.raw",
-        "-o",
-        "img.raw",
-        "o.add-cow",
-    ]);
-}
-
 #[test]
 fn commit_writes_the_backing_file_and_empties_unless_d() {
     for keep in [false, true] {
         let d = Dir::new();
-        image(&d);
+        d.overlay();
         d.write("o.add-cow", K64, 4096, 9);
         let mut args = vec!["commit", "-p"];
         if keep {
@@ -43,7 +29,7 @@ fn commit_writes_the_backing_file_and_empties_unless_d() {
 #[test]
 fn resize_grows_and_shrinks_only_with_shrink() {
     let d = Dir::new();
-    image(&d);
+    d.overlay();
     let size = |d: &Dir| d.json(&["info", "--output=json", "o.add-cow"])["virtual-size"].as_u64();
     assert_eq!(d.ok(&["resize", "o.add-cow", "+1M"]), "Image resized.\n");
     assert_eq!(size(&d), Some(2 << 20));
@@ -64,7 +50,7 @@ fn resize_grows_and_shrinks_only_with_shrink() {
 #[test]
 fn compare_reports_the_first_difference_and_sizes() {
     let d = Dir::new();
-    image(&d);
+    d.overlay();
     assert_eq!(d.run(&["compare", "o.add-cow", "base.raw"]).code, 0);
     d.write("o.add-cow", 5000, 3, 0xee);
     let r = d.run(&["compare", "o.add-cow", "base.raw"]);
@@ -74,7 +60,7 @@ fn compare_reports_the_first_difference_and_sizes() {
     );
     // A longer image matches where its extra bytes read zeros, unless strict.
     let d = Dir::new();
-    image(&d);
+    d.overlay();
     d.ok(&["resize", "o.add-cow", "2M"]);
     assert_eq!(d.run(&["compare", "o.add-cow", "base.raw"]).code, 0);
     assert_eq!(d.run(&["compare", "-s", "o.add-cow", "base.raw"]).code, 1);
@@ -89,7 +75,7 @@ fn compare_reports_the_first_difference_and_sizes() {
 #[test]
 fn bench_reads_and_writes_like_qemu_img_bench() {
     let d = Dir::new();
-    image(&d);
+    d.overlay();
     let out = d.ok(&[
         "bench",
         "-w",
@@ -126,7 +112,7 @@ fn bench_reads_and_writes_like_qemu_img_bench() {
 #[test]
 fn detach_needs_every_cluster() {
     let d = Dir::new();
-    image(&d);
+    d.overlay();
     let r = d.run(&["detach", "o.add-cow"]);
     failed(
         &r,
