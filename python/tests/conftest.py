@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Any, NoReturn, Tuple
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -31,6 +31,14 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "addcow"))
+
+
+def skip_unless_ci(reason: str) -> NoReturn:
+    """Skips the calling test loudly; in CI (``CI`` set, as CI exports ``CI=true``) fails it
+    instead: there every test must run."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set and this test cannot run: {reason}")
+    pytest.skip(f"SKIPPED LOUDLY: {reason}")
 
 
 def rand_bytes(n: int, seed: int) -> bytes:

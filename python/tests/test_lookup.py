@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from conftest import skip_unless_ci
 
 import addcow
 from addcow import _lib
@@ -20,7 +21,7 @@ from addcow import _lib
 def _real_lib() -> str:
     path = os.environ.get("ADDCOW_LIB") or addcow.library_path
     if not os.path.isfile(path):
-        pytest.skip("the loaded libaddcow is not a file path")
+        skip_unless_ci("the loaded libaddcow is not a file path")
     return path
 
 
@@ -49,7 +50,7 @@ def test_nothing_found_names_every_place(tmp_path: Path) -> None:
 def test_a_library_that_is_not_libaddcow_is_rejected(tmp_path: Path) -> None:
     libc = ctypes.util.find_library("c")
     if not libc:
-        pytest.skip("no libc found")
+        skip_unless_ci("no libc found")
     with pytest.raises(_lib.LibraryNotFoundError) as e:
         _lib.load_library(env=libc, package_dir=str(tmp_path), system=False)
     assert "addcow_probe" in str(e.value)
@@ -99,7 +100,7 @@ def _system_has_libaddcow() -> bool:
 def test_import_fails_with_a_clear_error(tmp_path: Path) -> None:
     """`import addcow` in a fresh interpreter, with nothing to find, raises the error."""
     if _system_has_libaddcow():
-        pytest.skip("the system loader finds a libaddcow")
+        skip_unless_ci("the system loader finds a libaddcow")
     pkg = Path(addcow.__file__).parent
     shutil.copytree(pkg, tmp_path / "addcow", ignore=shutil.ignore_patterns("libaddcow.so*", "__pycache__"))
     env = dict(os.environ, ADDCOW_LIB="/nonexistent/libaddcow.so", PYTHONPATH=str(tmp_path))
