@@ -977,6 +977,19 @@ fn a_crash_while_the_bit_is_set_on_a_canonical_header_leaves_one_that_opens() {
     torn_header_outcomes(FIXED);
 }
 
+/// A simulated disk holding an `.add-cow` file `meta` (no backing file) and its image file
+/// `image`, and the image opened read-write over it.
+fn open_on_disk(meta: Vec<u8>, image: Vec<u8>) -> (Disk, Image) {
+    let disk = Disk::new(vec![("add-cow".into(), meta), ("image".into(), image)]);
+    let parts = Parts {
+        meta: (Box::new(disk.file(0)), "add-cow".into()),
+        image: (Box::new(disk.file(1)), "image".into()),
+        backing: None,
+    };
+    let img = Image::open_parts(parts, &rw()).unwrap();
+    (disk, img)
+}
+
 fn torn_header_outcomes(image_at: usize) {
     let bits = 12;
     let cs = 1u64 << bits;
@@ -988,16 +1001,7 @@ fn torn_header_outcomes(image_at: usize) {
         .iter_mut()
         .enumerate()
         .for_each(|(i, b)| *b = image_byte(i as u64));
-    let disk = Disk::new(vec![
-        ("add-cow".into(), hand.file(2, &[0, 1])),
-        ("image".into(), image.clone()),
-    ]);
-    let parts = Parts {
-        meta: (Box::new(disk.file(0)), "add-cow".into()),
-        image: (Box::new(disk.file(1)), "image".into()),
-        backing: None,
-    };
-    let img = Image::open_parts(parts, &rw()).unwrap();
+    let (disk, img) = open_on_disk(hand.file(2, &[0, 1]), image.clone());
     img.flush().unwrap();
     drop(img);
     assert!(disk.current()[0][32] & 1 == 1, "the flush set the bit");
@@ -1047,16 +1051,7 @@ fn a_crash_while_the_bit_is_cleared_keeps_what_existing_clusters_read() {
     hand.compatible = ALL_ALLOCATED;
     let size = 3 * cs;
     let image: Vec<u8> = (0..size).map(image_byte).collect();
-    let disk = Disk::new(vec![
-        ("add-cow".into(), hand.file(3, &[])),
-        ("image".into(), image.clone()),
-    ]);
-    let parts = Parts {
-        meta: (Box::new(disk.file(0)), "add-cow".into()),
-        image: (Box::new(disk.file(1)), "image".into()),
-        backing: None,
-    };
-    let img = Image::open_parts(parts, &rw()).unwrap();
+    let (disk, img) = open_on_disk(hand.file(3, &[]), image.clone());
     img.truncate(5 * cs).unwrap();
     drop(img);
     assert!(disk.current()[0][32] & 1 == 0, "the grow cleared the bit");
