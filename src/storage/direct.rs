@@ -173,6 +173,23 @@ impl DirectStorage {
         Ok(())
     }
 
+    /// Runs `clear` (a punch or zero of `offset..offset + len`) under the range lock of its
+    /// aligned span, like a write: a read-modify-write of a block it touches never brings back
+    /// the bytes it cleared.
+    fn clear_locked(
+        &self,
+        offset: u64,
+        len: u64,
+        clear: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let (start, end) = self.span(offset, len)?;
+        let _held = self.writes.lock(start..end);
+        clear()
+    }
+
     /// A write under its range lock: straight to the kernel while aligned, bounced otherwise.
     fn write_locked(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
         self.file.write_all(bufs, offset, |rest, at| {
@@ -237,25 +254,12 @@ impl Storage for DirectStorage {
         self.file.next_hole(offset)
     }
 
-    /// Under the range lock of its aligned span, like a write: a read-modify-write of a block
-    /// it touches never brings back the bytes it cleared.
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        if len == 0 {
-            return Ok(());
-        }
-        let (start, end) = self.span(offset, len)?;
-        let _held = self.writes.lock(start..end);
-        self.file.punch_hole(offset, len)
+        self.clear_locked(offset, len, || self.file.punch_hole(offset, len))
     }
 
-    /// As `punch_hole`.
     fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
-        if len == 0 {
-            return Ok(());
-        }
-        let (start, end) = self.span(offset, len)?;
-        let _held = self.writes.lock(start..end);
-        self.file.zero_range(offset, len)
+        self.clear_locked(offset, len, || self.file.zero_range(offset, len))
     }
 }
 
