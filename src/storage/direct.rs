@@ -30,7 +30,7 @@
 use super::align::Align;
 use super::bounce::{gather, scatter, Pool};
 use super::range_lock::RangeLock;
-use super::{iov_len, zero_fill, FileStorage, Storage};
+use super::{iov_len, FileStorage, Storage};
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -173,62 +173,38 @@ impl DirectStorage {
         Ok(())
     }
 
-    /// A write under its range lock: straight to the kernel while aligned, bounced otherwise.
-    fn write_locked(&self, bufs: &[IoSlice<'_>], mut offset: u64) -> io::Result<()> {
-        if !self.align.fits(offset, bufs) {
-            return self.write_bounced(bufs, offset);
-        }
-        let mut done = self.file.write_once(bufs, offset)?;
-        if done == iov_len(bufs) {
+    /// Runs `clear` (a punch or zero of `offset..offset + len`) under the range lock of its
+    /// aligned span, like a write: a read-modify-write of a block it touches never brings back
+    /// the bytes it cleared.
+    fn clear_locked(
+        &self,
+        offset: u64,
+        len: u64,
+        clear: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<()> {
+        if len == 0 {
             return Ok(());
         }
-        let mut copy = bufs.to_vec();
-        let mut rest = &mut copy[..];
-        loop {
-            if done == 0 {
-                return Err(io::Error::from(io::ErrorKind::WriteZero));
-            }
-            IoSlice::advance_slices(&mut rest, done as usize);
-            offset += done;
-            if rest.is_empty() {
-                return Ok(());
-            }
-            if !self.align.fits(offset, rest) {
-                return self.write_bounced(rest, offset);
-            }
-            done = self.file.write_once(rest, offset)?;
-        }
+        let (start, end) = self.span(offset, len)?;
+        let _held = self.writes.lock(start..end);
+        clear()
+    }
+
+    /// A write under its range lock: straight to the kernel while aligned, bounced otherwise.
+    fn write_locked(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
+        self.file.write_all(bufs, offset, |rest, at| {
+            (!self.align.fits(at, rest)).then(|| self.write_bounced(rest, at))
+        })
     }
 }
 
 impl Storage for DirectStorage {
-    fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], mut offset: u64) -> io::Result<()> {
-        if !self.align.fits_mut(offset, bufs) {
-            return self.read_bounced(bufs, offset);
-        }
-        let mut done = self.file.read_once(bufs, offset)?;
-        if done == iov_len(bufs) {
-            return Ok(());
-        }
-        let mut copy: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-        let mut rest = &mut copy[..];
-        loop {
-            if done == 0 {
-                // End of file: the rest reads as zeros.
-                zero_fill(rest);
-                return Ok(());
-            }
-            IoSliceMut::advance_slices(&mut rest, done as usize);
-            offset += done;
-            if rest.is_empty() {
-                return Ok(());
-            }
-            // An unaligned count (the end of the file in the middle of a block) lands here.
-            if !self.align.fits_mut(offset, rest) {
-                return self.read_bounced(rest, offset);
-            }
-            done = self.file.read_once(rest, offset)?;
-        }
+    /// Straight to the kernel while aligned, bounced otherwise; an unaligned count (the end
+    /// of the file in the middle of a block) bounces the rest.
+    fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<()> {
+        self.file.read_all(bufs, offset, |rest, at| {
+            (!self.align.fits_mut(at, rest)).then(|| self.read_bounced(rest, at))
+        })
     }
 
     fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
@@ -278,25 +254,12 @@ impl Storage for DirectStorage {
         self.file.next_hole(offset)
     }
 
-    /// Under the range lock of its aligned span, like a write: a read-modify-write of a block
-    /// it touches never brings back the bytes it cleared.
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        if len == 0 {
-            return Ok(());
-        }
-        let (start, end) = self.span(offset, len)?;
-        let _held = self.writes.lock(start..end);
-        self.file.punch_hole(offset, len)
+        self.clear_locked(offset, len, || self.file.punch_hole(offset, len))
     }
 
-    /// As `punch_hole`.
     fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
-        if len == 0 {
-            return Ok(());
-        }
-        let (start, end) = self.span(offset, len)?;
-        let _held = self.writes.lock(start..end);
-        self.file.zero_range(offset, len)
+        self.clear_locked(offset, len, || self.file.zero_range(offset, len))
     }
 }
 

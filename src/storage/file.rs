@@ -108,6 +108,74 @@ impl FileStorage {
             }
         }
     }
+
+    /// Fills `bufs` from `offset` with `read_once` calls until done, zeros from the end of the
+    /// file on. Before each call (the first too), `divert` may take over what is left (its
+    /// buffers and offset) by returning `Some`: direct I/O bounces unaligned remainders.
+    pub(super) fn read_all(
+        &self,
+        bufs: &mut [IoSliceMut<'_>],
+        mut offset: u64,
+        mut divert: impl FnMut(&mut [IoSliceMut<'_>], u64) -> Option<io::Result<()>>,
+    ) -> io::Result<()> {
+        if let Some(done) = divert(bufs, offset) {
+            return done;
+        }
+        let mut done = self.read_once(bufs, offset)?;
+        if done == iov_len(bufs) {
+            return Ok(());
+        }
+        let mut copy: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let mut rest = &mut copy[..];
+        loop {
+            if done == 0 {
+                // End of file: the rest reads as zeros.
+                zero_fill(rest);
+                return Ok(());
+            }
+            IoSliceMut::advance_slices(&mut rest, done as usize);
+            offset += done;
+            if rest.is_empty() {
+                return Ok(());
+            }
+            if let Some(done) = divert(rest, offset) {
+                return done;
+            }
+            done = self.read_once(rest, offset)?;
+        }
+    }
+
+    /// Writes all of `bufs` at `offset` with `write_once` calls; `divert` as for `read_all`.
+    pub(super) fn write_all(
+        &self,
+        bufs: &[IoSlice<'_>],
+        mut offset: u64,
+        mut divert: impl FnMut(&[IoSlice<'_>], u64) -> Option<io::Result<()>>,
+    ) -> io::Result<()> {
+        if let Some(done) = divert(bufs, offset) {
+            return done;
+        }
+        let mut done = self.write_once(bufs, offset)?;
+        if done == iov_len(bufs) {
+            return Ok(());
+        }
+        let mut copy = bufs.to_vec();
+        let mut rest = &mut copy[..];
+        loop {
+            if done == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero));
+            }
+            IoSlice::advance_slices(&mut rest, done as usize);
+            offset += done;
+            if rest.is_empty() {
+                return Ok(());
+            }
+            if let Some(done) = divert(rest, offset) {
+                return done;
+            }
+            done = self.write_once(rest, offset)?;
+        }
+    }
 }
 
 /// `Ok(None)` asks to retry after EINTR.
@@ -138,46 +206,12 @@ impl Storage for FileStorage {
         }
     }
 
-    fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], mut offset: u64) -> io::Result<()> {
-        let mut done = self.read_once(bufs, offset)?;
-        if done == iov_len(bufs) {
-            return Ok(());
-        }
-        let mut copy: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-        let mut rest = &mut copy[..];
-        loop {
-            if done == 0 {
-                // End of file: the rest reads as zeros.
-                zero_fill(rest);
-                return Ok(());
-            }
-            IoSliceMut::advance_slices(&mut rest, done as usize);
-            offset += done;
-            if rest.is_empty() {
-                return Ok(());
-            }
-            done = self.read_once(rest, offset)?;
-        }
+    fn read_vectored_at(&self, bufs: &mut [IoSliceMut<'_>], offset: u64) -> io::Result<()> {
+        self.read_all(bufs, offset, |_, _| None)
     }
 
-    fn write_vectored_at(&self, bufs: &[IoSlice<'_>], mut offset: u64) -> io::Result<()> {
-        let mut done = self.write_once(bufs, offset)?;
-        if done == iov_len(bufs) {
-            return Ok(());
-        }
-        let mut copy = bufs.to_vec();
-        let mut rest = &mut copy[..];
-        loop {
-            if done == 0 {
-                return Err(io::Error::from(io::ErrorKind::WriteZero));
-            }
-            IoSlice::advance_slices(&mut rest, done as usize);
-            offset += done;
-            if rest.is_empty() {
-                return Ok(());
-            }
-            done = self.write_once(rest, offset)?;
-        }
+    fn write_vectored_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
+        self.write_all(bufs, offset, |_, _| None)
     }
 
     fn flush(&self) -> io::Result<()> {
