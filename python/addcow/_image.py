@@ -88,6 +88,7 @@ def create(
     confine: bool = False,
     layout: int = 1,
     cluster_size: Optional[int] = None,
+    exact_size: bool = False,
 ) -> None:
     """Creates the ``.add-cow`` file at ``path`` (replacing any file there that is not in use)
     and, as ``size`` says, the raw image file. Atomic: the ``.add-cow`` file appears complete
@@ -99,7 +100,9 @@ def create(
     missing and there is a backing file, it is created with the backing file's length.
     ``backing_fmt``: ``None`` or ``"raw"`` (default), or ``"add-cow"``. ``confine=True``:
     both names must resolve beneath ``path``'s directory (as :func:`open` checks them with
-    ``confine=True``).
+    ``confine=True``). ``exact_size=True`` (``ADDCOW_CREATE_SIZE_EXACT``): ``size`` is the
+    virtual size even when it is 0 or ``None``, so the image file is created if missing and
+    resized to it (0 makes an empty image, as ``qemu-img create IMG 0``).
 
     ``layout``: 1 (default; the 2012 layout, 64 KiB clusters) or 2 (the 2013 layout: names by
     offset and length, feature bits, the backing format recorded in the header so that
@@ -120,7 +123,7 @@ def create(
     opts.backing_fmt = backing_fmt.encode() if backing_fmt is not None else None
     opts.size = _u64(0 if size is None else size, "size", "addcow_create")
     opts.cluster_size = _u32(cluster_size or 0, "cluster_size", "addcow_create")
-    opts.flags = _lib.CREATE_CONFINE if confine else 0
+    opts.flags = (_lib.CREATE_CONFINE if confine else 0) | (_lib.CREATE_SIZE_EXACT if exact_size else 0)
     check(lib.addcow_create(_fs(path), ctypes.byref(opts)), "addcow_create", path)
 
 
@@ -538,6 +541,21 @@ class Image(Handle):
         h = self._acquire()
         try:
             check(lib.addcow_truncate(h, n), "addcow_truncate")
+        finally:
+            self._release()
+
+    def set_backing_file(self, name: Optional[PathType], backing_fmt: Optional[str] = None) -> None:
+        """Makes the header name ``name`` as the backing file (``None`` or ``""`` removes it);
+        ``backing_fmt`` ``None``/``"raw"`` or ``"add-cow"``. Waits for writes and flushes in
+        flight; crash-safe (the file names the old or the new backing file). The image keeps
+        reading the backing file it opened: the new one is read after the next :func:`open`.
+        :class:`PermissionError` on a read-only image, ``OSError(EINVAL)`` for a name the
+        layout cannot hold."""
+        n = _fs(name) if name is not None else None
+        f = backing_fmt.encode() if backing_fmt is not None else None
+        h = self._acquire()
+        try:
+            check(lib.addcow_set_backing_file(h, n, f), "addcow_set_backing_file")
         finally:
             self._release()
 

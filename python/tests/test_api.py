@@ -643,3 +643,27 @@ def test_header_read_io_through_python_callbacks(overlay: Path) -> None:
     assert _lib.lib.addcow_header_bitmap_offset(None) == 0
     assert _lib.lib.addcow_get_length(None) == -errno.EINVAL
     assert _lib.lib.addcow_close(None) == 0
+
+
+def test_create_exact_size_zero_makes_empty_image(tmp_path: Path, base: Base) -> None:
+    # Without exact_size, size 0 takes the backing file's length; with it, 0 is the size.
+    addcow.create(tmp_path / "sized.add-cow", "sized.raw", backing_file="base.raw", size=0)
+    with addcow.open(tmp_path / "sized.add-cow") as img:
+        assert img.size == len(base[1])
+    addcow.create(tmp_path / "empty.add-cow", "empty.raw", backing_file="base.raw", size=0, exact_size=True)
+    with addcow.open(tmp_path / "empty.add-cow") as img:
+        assert img.size == 0
+    assert (tmp_path / "empty.raw").stat().st_size == 0
+
+
+def test_set_backing_file_rewrites_header(tmp_path: Path, overlay: Path, base: Base) -> None:
+    (tmp_path / "other.raw").write_bytes(base[1])
+    with addcow.open(overlay, "r+") as img:
+        img.set_backing_file("other.raw")
+    assert addcow.read_header(overlay).backing_file == "other.raw"
+    with addcow.open(overlay, "r+") as img:
+        img.set_backing_file(None)
+    assert addcow.read_header(overlay).backing_file is None
+    with addcow.open(overlay) as img:
+        with pytest.raises(PermissionError):
+            img.set_backing_file("other.raw")
